@@ -1,0 +1,32 @@
+"""jmf: JAX-accelerated matrix factorization.
+
+Factorize ``A (m x n) ~ W (m x k) H (k x n)`` with pure-functional solvers,
+compiled once and vmapped over restarts, ranks and matrices.
+
+>>> import jax, jmf
+>>> res = jmf.fit(jmf.Dense(A), jmf.solvers.adam(1e-2), rank=2, key=jax.random.key(0))  # doctest: +SKIP
+"""
+
+from jmf._src.data import Dense, Sparse, as_data, stack
+from jmf._src.factors import Factors
+from jmf._src.fit import FitManyResult, FitResult, ProgressInfo, Status, fit, fit_many
+from jmf import init, losses, solvers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Dense",
+    "Sparse",
+    "Factors",
+    "FitResult",
+    "FitManyResult",
+    "ProgressInfo",
+    "Status",
+    "as_data",
+    "stack",
+    "fit",
+    "fit_many",
+    "init",
+    "losses",
+    "solvers",
+]

@@ -1,0 +1,118 @@
+"""The factorization model as a pytree.
+
+The model predicts entry ``(i, j)`` as::
+
+    yhat_ij = offset + row_bias_i + col_bias_j + sum_k W_ik H_kj
+
+where the bias terms are present only when the corresponding leaf is not
+``None`` (plain matrix factorization has ``W`` and ``H`` only).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["Factors", "rank_mask", "apply_rank_mask", "matmul"]
+
+# Products with at most this many multiply-adds are written as a broadcast
+# multiply and a sum: XLA fuses them with the surrounding elementwise work,
+# whereas a dot call costs far more than the arithmetic for tiny matrices
+# (measured: 5000 Adam steps on 4x2 take 2.3 ms with dot, 0.43 ms fused).
+SMALL_MATMUL = 2048
+
+
+def matmul(X, Y):
+    """``X @ Y`` for ``(..., p, q) @ (..., q, r)``, fused elementwise when tiny."""
+    p, q = X.shape[-2:]
+    r = Y.shape[-1]
+    if p * q * r <= SMALL_MATMUL:
+        return jnp.sum(X[..., :, :, None] * Y[..., None, :, :], axis=-2)
+    return jnp.matmul(X, Y)
+
+
+class Factors(NamedTuple):
+    """Factors of ``A ~ W H`` (plus optional biases).
+
+    Attributes
+    ----------
+    W : Array, shape (m, k)
+        Row factors.
+    H : Array, shape (k, n)
+        Column factors.
+    row_bias : Array, shape (m,), optional
+    col_bias : Array, shape (n,), optional
+    offset : Array, shape (), optional
+        Global offset (e.g. the mean rating).
+
+    Leading batch axes are allowed on every leaf (as returned by
+    :func:`jmf.fit_many`); :meth:`predict` broadcasts over them for the dense
+    reconstruction.
+    """
+
+    W: jax.Array
+    H: jax.Array
+    row_bias: Optional[jax.Array] = None
+    col_bias: Optional[jax.Array] = None
+    offset: Optional[jax.Array] = None
+
+    @property
+    def rank(self) -> int:
+        """Number of columns of ``W`` (padded width for rank-masked members)."""
+        return self.W.shape[-1]
+
+    @property
+    def has_biases(self) -> bool:
+        return self.row_bias is not None or self.col_bias is not None or self.offset is not None
+
+    def predict(self, rows=None, cols=None) -> jax.Array:
+        """Reconstruction.
+
+        Parameters
+        ----------
+        rows, cols : int arrays of shape (p,), optional
+            Entries to predict.  When omitted, return the dense ``(m, n)``
+            reconstruction ``offset + row_bias[:, None] + col_bias[None, :] + W @ H``.
+
+        Returns
+        -------
+        Array of shape (m, n) (or (..., m, n) for batched factors) or (p,).
+        """
+        if rows is None and cols is None:
+            out = matmul(self.W, self.H)
+            if self.row_bias is not None:
+                out = out + self.row_bias[..., :, None]
+            if self.col_bias is not None:
+                out = out + self.col_bias[..., None, :]
+            if self.offset is not None:
+                out = out + jnp.asarray(self.offset)[..., None, None]
+            return out
+        if rows is None or cols is None:
+            raise ValueError("give both rows and cols, or neither for the dense reconstruction")
+        return predict_entries(self, jnp.asarray(rows), jnp.asarray(cols))
+
+
+def predict_entries(f: Factors, rows, cols) -> jax.Array:
+    """``yhat`` at the given entries with gathers: O(p k), never an (m, n) array."""
+    out = jnp.einsum("pk,kp->p", f.W[rows], f.H[:, cols])
+    if f.row_bias is not None:
+        out = out + f.row_bias[rows]
+    if f.col_bias is not None:
+        out = out + f.col_bias[cols]
+    if f.offset is not None:
+        out = out + f.offset
+    return out
+
+
+def rank_mask(rank, width: int, dtype=jnp.float32) -> jax.Array:
+    """0/1 vector of length ``width`` with ones in the first ``rank`` places (rank may be traced)."""
+    return (jnp.arange(width) < rank).astype(dtype)
+
+
+def apply_rank_mask(f: Factors, mask) -> Factors:
+    """Zero the columns of ``W`` and rows of ``H`` beyond a member's rank."""
+    if mask is None:
+        return f
+    return f._replace(W=f.W * mask, H=f.H * mask[:, None])

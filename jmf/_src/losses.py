@@ -1,0 +1,188 @@
+r"""Losses: pure, jit-able functions of ``(factors, data)``.
+
+Convention (used by every loss, solver and reported number in jmf)
+------------------------------------------------------------------
+A loss is a **mean over observed entries**: the data term is summed over
+entries and divided by ``N``, the sum of the weights (``m n`` for an
+unweighted dense matrix, ``nnz`` for unweighted sparse data), and the
+regularization is added *inside* the sum in ridge-regression units::
+
+    L(W, H, b) = ( sum_ij w_ij (a_ij - yhat_ij)^2
+                   + l2 (||W||^2 + ||H||^2) + l1 (|W|_1 + |H|_1)
+                   + bias_l2 (||b_row||^2 + ||b_col||^2) ) / N
+
+So with no regularization the loss is exactly the (weighted) mean squared
+error -- the seed example's ``mean((A - WH)^2)`` -- and an ``l2`` value means
+what it means in ridge regression and ALS (``W = A H^T (H H^T + l2 I)^{-1}``
+minimizes it).  Its scale does not depend on the size of the matrix, so
+learning rates carry over between problems.
+
+A :class:`Loss` bundles ``value`` and ``grad``.  The built-in Frobenius loss
+supplies a hand-derived gradient: on unweighted dense data it uses the Gram
+form ``grad_W = 2 (W (H H^T) - A H^T) / N`` (4mnk FLOPs instead of the 6mnk
+autodiff spends forming the residual), and on sparse data it gathers rows of
+``W`` and columns of ``H`` and scatters with ``segment_sum`` (O(nnz k) work
+and memory, never an m-by-n array).  Any other differentiable function of
+``(factors, data)`` can be wrapped with :func:`custom`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from .data import Dense, Sparse
+from .factors import Factors, matmul, predict_entries
+
+__all__ = ["Loss", "frobenius", "custom", "penalty", "squared_error", "n_observed"]
+
+
+class Loss(NamedTuple):
+    """A loss as a pair of pure functions.
+
+    Attributes
+    ----------
+    value : (Factors, data) -> scalar
+    grad : (Factors, data) -> Factors
+        Gradient with the structure of the factors (``None`` leaves stay ``None``).
+    name : str
+    """
+
+    value: Callable
+    grad: Callable
+    name: str = "loss"
+
+
+def n_observed(data):
+    """``N``: the sum of weights of one (unbatched) data pytree."""
+    return data.n_observed()
+
+
+def squared_error(f: Factors, data) -> jax.Array:
+    """``sum_ij w_ij (a_ij - yhat_ij)^2`` over observed entries (no division)."""
+    if isinstance(data, Dense):
+        r = data.A - f.predict()
+        r2 = r * r
+        if data.weights is not None:
+            r2 = data.weights * r2
+        return jnp.sum(r2)
+    r = data.vals - predict_entries(f, data.rows, data.cols)
+    if data.weights is not None:
+        return jnp.sum(data.weights * r * r)
+    return jnp.sum(r * r)
+
+
+def penalty(f: Factors, l2=0.0, l1=0.0, bias_l2=0.0) -> jax.Array:
+    """``l2 (||W||^2 + ||H||^2) + l1 (|W|_1 + |H|_1) + bias_l2 (||b_row||^2 + ||b_col||^2)``."""
+    out = jnp.zeros((), f.W.dtype)
+    if _nonzero(l2):
+        out = out + l2 * (jnp.sum(f.W * f.W) + jnp.sum(f.H * f.H))
+    if _nonzero(l1):
+        out = out + l1 * (jnp.sum(jnp.abs(f.W)) + jnp.sum(jnp.abs(f.H)))
+    if _nonzero(bias_l2):
+        if f.row_bias is not None:
+            out = out + bias_l2 * jnp.sum(f.row_bias * f.row_bias)
+        if f.col_bias is not None:
+            out = out + bias_l2 * jnp.sum(f.col_bias * f.col_bias)
+    return out
+
+
+def _nonzero(x) -> bool:
+    """Static test used to skip terms; traced hyperparameters are always kept."""
+    if isinstance(x, (int, float)):
+        return x != 0
+    return True
+
+
+def _penalty_grad(f: Factors, l2, l1, bias_l2) -> Factors:
+    gW = jnp.zeros_like(f.W)
+    gH = jnp.zeros_like(f.H)
+    if _nonzero(l2):
+        gW = gW + 2 * l2 * f.W
+        gH = gH + 2 * l2 * f.H
+    if _nonzero(l1):
+        gW = gW + l1 * jnp.sign(f.W)
+        gH = gH + l1 * jnp.sign(f.H)
+    g_row = None if f.row_bias is None else 2 * bias_l2 * f.row_bias
+    g_col = None if f.col_bias is None else 2 * bias_l2 * f.col_bias
+    g_off = None if f.offset is None else jnp.zeros_like(f.offset)
+    return Factors(gW, gH, g_row, g_col, g_off)
+
+
+def _data_grad(f: Factors, data) -> Factors:
+    """Gradient of ``squared_error`` (not divided by N)."""
+    if isinstance(data, Dense):
+        m, n = data.shape
+        k = f.W.shape[-1]
+        if data.weights is None and not f.has_biases and m * n * k > 4 * 2048:
+            # Gram form: R H^T = A H^T - W (H H^T); W^T R = W^T A - (W^T W) H.
+            AHt = data.A @ f.H.T
+            WtA = f.W.T @ data.A
+            gW = -2 * (AHt - f.W @ (f.H @ f.H.T))
+            gH = -2 * (WtA - (f.W.T @ f.W) @ f.H)
+            return Factors(gW, gH)
+        r = data.A - f.predict()
+        if data.weights is not None:
+            r = data.weights * r
+        gW = -2 * matmul(r, f.H.T)
+        gH = -2 * matmul(f.W.T, r)
+        g_row = None if f.row_bias is None else -2 * jnp.sum(r, axis=1)
+        g_col = None if f.col_bias is None else -2 * jnp.sum(r, axis=0)
+        g_off = None if f.offset is None else -2 * jnp.sum(r)
+        return Factors(gW, gH, g_row, g_col, g_off)
+    m, n = data.shape
+    r = data.vals - predict_entries(f, data.rows, data.cols)
+    if data.weights is not None:
+        r = data.weights * r
+    Wr = f.W[data.rows]  # (nnz, k)
+    Hc = f.H.T[data.cols]  # (nnz, k)
+    gW = -2 * jax.ops.segment_sum(r[:, None] * Hc, data.rows, num_segments=m)
+    gH = -2 * jax.ops.segment_sum(r[:, None] * Wr, data.cols, num_segments=n).T
+    g_row = None if f.row_bias is None else -2 * jax.ops.segment_sum(r, data.rows, num_segments=m)
+    g_col = None if f.col_bias is None else -2 * jax.ops.segment_sum(r, data.cols, num_segments=n)
+    g_off = None if f.offset is None else -2 * jnp.sum(r)
+    return Factors(gW, gH, g_row, g_col, g_off)
+
+
+def frobenius(l2=0.0, l1=0.0, bias_l2=None) -> Loss:
+    """Mean squared error over observed entries plus regularization.
+
+    Parameters
+    ----------
+    l2 : float, default 0
+        Ridge penalty on ``W`` and ``H`` (sum units, see module docstring).
+    l1 : float, default 0
+        Lasso penalty on ``W`` and ``H``.
+    bias_l2 : float, optional
+        Ridge penalty on the row/column biases (default: ``l2``).  The offset
+        is never penalized.
+
+    Returns
+    -------
+    Loss
+        ``value(f, data) = (sum w (a - yhat)^2 + penalty) / N`` and its
+        hand-derived gradient (dense, weighted dense and sparse paths).
+    """
+    for name, v in (("l2", l2), ("l1", l1), ("bias_l2", bias_l2)):
+        if isinstance(v, (int, float)) and (v < 0 or v != v):
+            raise ValueError(f"{name} must be a nonnegative number, got {v}")
+    bias_l2 = l2 if bias_l2 is None else bias_l2
+
+    def value(f: Factors, data):
+        return (squared_error(f, data) + penalty(f, l2, l1, bias_l2)) / data.n_observed()
+
+    def grad(f: Factors, data):
+        inv_n = 1 / data.n_observed()
+        g = jax.tree_util.tree_map(lambda a, b: (a + b) * inv_n, _data_grad(f, data), _penalty_grad(f, l2, l1, bias_l2))
+        return g
+
+    return Loss(value, grad, "frobenius")
+
+
+def custom(value: Callable, name: str = "custom") -> Loss:
+    """Wrap any differentiable ``value(factors, data) -> scalar`` as a :class:`Loss` (gradient by autodiff)."""
+    if not callable(value):
+        raise TypeError(f"value must be callable, got {type(value).__name__}")
+    return Loss(value, jax.grad(value), name)

@@ -1,0 +1,1 @@
+"""Solvers: pure ``init``/``step`` pairs driven by :func:`jmf.fit`."""

@@ -1,0 +1,169 @@
+"""First-order solvers driven by any Optax gradient transformation."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ..data import Sparse, _rebuild
+from ..factors import Factors, apply_rank_mask
+from ..losses import Loss, frobenius
+from .base import DATA_KINDS, Solver, cached_factory
+
+__all__ = ["gradient", "sgd", "adam", "nonnegative", "GradientState"]
+
+
+def nonnegative(f: Factors) -> Factors:
+    """Projection onto ``W >= 0, H >= 0`` (biases and offset are left free)."""
+    return f._replace(W=jnp.maximum(f.W, 0), H=jnp.maximum(f.H, 0))
+
+
+_PROJECTIONS = {"nonnegative": nonnegative}
+
+
+class GradientState(NamedTuple):
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+def _minibatch_epoch(loss: Loss, optimizer, projection, batch_size: int):
+    """One step = one epoch over a fresh permutation of the observed entries."""
+
+    def epoch(f: Factors, state: GradientState, data: Sparse, mask):
+        nnz = data.vals.shape[-1]
+        n_batches = -(-nnz // batch_size)
+        pad = n_batches * batch_size - nnz
+        key, sub = jax.random.split(state.key)
+        perm = jax.random.permutation(sub, nnz)
+        weights = data.effective_weights()
+        total = data.n_observed()
+
+        def padded(x):
+            return jnp.pad(x[perm], (0, pad)).reshape(n_batches, batch_size)
+
+        batches = (padded(data.rows), padded(data.cols), padded(data.vals), padded(weights))
+
+        def one(carry, batch):
+            f, opt_state = carry
+            r, c, v, w = batch
+            # Rescale the batch weights to sum to N, so the batch loss is an
+            # unbiased estimate of the full loss (same penalty scale).
+            w = w * (total / jnp.maximum(jnp.sum(w), jnp.finfo(w.dtype).tiny))
+            sub_data = _rebuild(Sparse, (r, c, v, w), data.shape)
+            g = loss.grad(f, sub_data)
+            if mask is not None:
+                g = apply_rank_mask(g, mask)
+            updates, opt_state = optimizer.update(g, opt_state, f)
+            f = optax.apply_updates(f, updates)
+            if projection is not None:
+                f = projection(f)
+            return (f, opt_state), None
+
+        (f, opt_state), _ = jax.lax.scan(one, (f, state.opt_state), batches)
+        return f, GradientState(opt_state, key)
+
+    return epoch
+
+
+def gradient(
+    optimizer: optax.GradientTransformation,
+    loss: Optional[Loss] = None,
+    projection: "Callable | str | None" = None,
+    batch_size: Optional[int] = None,
+    biases: bool = False,
+    name: Optional[str] = None,
+) -> Solver:
+    """Gradient-based solver using any Optax transformation.
+
+    Each step computes ``g = loss.grad(factors, data)`` and applies
+    ``optimizer.update``; with a ``projection`` the factors are projected
+    after every update (projected gradient, e.g. ``"nonnegative"`` for NMF).
+
+    Parameters
+    ----------
+    optimizer : optax.GradientTransformation
+        E.g. ``optax.adam(1e-2)``, ``optax.sgd(0.1, momentum=0.9)`` or a chain.
+    loss : Loss, optional
+        Objective (default :func:`jmf.losses.frobenius`).
+    projection : callable or "nonnegative", optional
+        ``Factors -> Factors`` applied after each update.
+    batch_size : int, optional
+        Sparse data only: one step is one *epoch* of minibatch updates over a
+        fresh random permutation of the observed entries (``ceil(nnz /
+        batch_size)`` updates, the last batch padded with weight-0 entries).
+        Each batch's weights are rescaled to sum to ``N`` so its loss is an
+        unbiased estimate of the full loss.  ``None``: full-batch gradient.
+    biases : bool, default False
+        Fit row/column biases and an offset (``yhat = offset + b_i + c_j + W_i H_j``).
+
+    Returns
+    -------
+    Solver
+    """
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+    loss = frobenius() if loss is None else loss
+    if not isinstance(loss, Loss):
+        raise TypeError(f"loss must be a jmf.losses.Loss (see jmf.losses.custom), got {type(loss).__name__}")
+    if isinstance(projection, str):
+        if projection not in _PROJECTIONS:
+            raise ValueError(f"projection must be one of {sorted(_PROJECTIONS)} or a callable, got {projection!r}")
+        projection = _PROJECTIONS[projection]
+    elif projection is not None and not callable(projection):
+        raise TypeError(f"projection must be callable or a name, got {type(projection).__name__}")
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+
+    def init(f: Factors, data, key=None):
+        if batch_size is not None and key is None:
+            key = jax.random.key(0)
+        return GradientState(optimizer.init(f), key if batch_size is not None else None)
+
+    if batch_size is None:
+
+        def step(f: Factors, state: GradientState, data, mask=None):
+            g = loss.grad(f, data)
+            if mask is not None:
+                g = apply_rank_mask(g, mask)
+            updates, opt_state = optimizer.update(g, state.opt_state, f)
+            f = optax.apply_updates(f, updates)
+            if projection is not None:
+                f = projection(f)
+            return f, GradientState(opt_state, state.key)
+
+        kinds = DATA_KINDS
+    else:
+        step = _minibatch_epoch(loss, optimizer, projection, batch_size)
+        kinds = ("sparse",)
+
+    return Solver(
+        init=init,
+        step=step,
+        loss=loss,
+        name=name or ("minibatch-gradient" if batch_size else "gradient"),
+        nonnegative=projection is nonnegative,
+        biases=biases,
+        data_kinds=kinds,
+    )
+
+
+@cached_factory
+def sgd(learning_rate: float, momentum: Optional[float] = None, nesterov: bool = False, **kwargs) -> Solver:
+    """:func:`gradient` with ``optax.sgd`` (keyword arguments go to :func:`gradient`)."""
+    _check_lr(learning_rate)
+    return gradient(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov), name="sgd", **kwargs)
+
+
+@cached_factory
+def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, **kwargs) -> Solver:
+    """:func:`gradient` with ``optax.adam`` (keyword arguments go to :func:`gradient`)."""
+    _check_lr(learning_rate)
+    return gradient(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), name="adam", **kwargs)
+
+
+def _check_lr(lr) -> None:
+    if isinstance(lr, (int, float)) and not (lr > 0 and lr < float("inf")):
+        raise ValueError(f"learning_rate must be a positive finite number, got {lr}")

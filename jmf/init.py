@@ -1,0 +1,5 @@
+"""Initializers: ``init(key, data, width, rank=None) -> Factors``."""
+
+from jmf._src.init import INITIALIZERS, add_biases, get_initializer, normal, random, svd, top_singular_triplets, uniform
+
+__all__ = ["random", "uniform", "normal", "svd", "add_biases", "get_initializer", "top_singular_triplets", "INITIALIZERS"]

@@ -1,0 +1,5 @@
+"""Losses (mean over observed entries; see the module docstring of jmf._src.losses)."""
+
+from jmf._src.losses import Loss, custom, frobenius, n_observed, penalty, squared_error
+
+__all__ = ["Loss", "frobenius", "custom", "penalty", "squared_error", "n_observed"]
