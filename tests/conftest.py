@@ -1,0 +1,44 @@
+"""Strict test configuration: 4 simulated CPU devices, float64 available, strict dtype promotion.
+
+The device count must be set before JAX initializes its backends, hence at import time here.
+"""
+
+import os
+
+_flag = "--xla_force_host_platform_device_count=4"
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def low_rank(rng, m, n, k, noise=0.0, nonnegative=False, dtype=np.float64):
+    """``U V + noise`` with known rank ``k``."""
+    if nonnegative:
+        U, V = rng.random((m, k)), rng.random((k, n))
+    else:
+        U, V = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    A = U @ V
+    if noise:
+        A = A + noise * (rng.random((m, n)) if nonnegative else rng.standard_normal((m, n)))
+    return A.astype(dtype)
+
+
+def movielens_small_path():
+    """Path of ../shared/data/ml-latest-small, or skip the test when it is absent."""
+    path = os.path.abspath(os.path.join(SHARED_DATA, "ml-latest-small"))
+    if not os.path.exists(os.path.join(path, "ratings.csv")):
+        pytest.skip("MovieLens latest-small is not available")
+    return path
