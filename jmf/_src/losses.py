@@ -74,13 +74,35 @@ def squared_error(f: Factors, data) -> jax.Array:
     return jnp.sum(r * r)
 
 
+def _pair(x, name: str):
+    """A penalty given as one value (both factors) or a ``(W value, H value)`` pair."""
+    if isinstance(x, (tuple, list)):
+        if len(x) != 2:
+            raise ValueError(f"{name} must be a number or a pair (for W, for H), got {x!r}")
+        pair = (x[0], x[1])
+    else:
+        pair = (x, x)
+    for v in pair:
+        if isinstance(v, (int, float)) and (v < 0 or v != v or v == float("inf")):
+            raise ValueError(f"{name} must be nonnegative and finite, got {x!r}")
+    return pair
+
+
 def penalty(f: Factors, l2=0.0, l1=0.0, bias_l2=0.0) -> jax.Array:
-    """``l2 (||W||^2 + ||H||^2) + l1 (|W|_1 + |H|_1) + bias_l2 (||b_row||^2 + ||b_col||^2)``."""
+    """``l2 (||W||^2 + ||H||^2) + l1 (|W|_1 + |H|_1) + bias_l2 (||b_row||^2 + ||b_col||^2)``.
+
+    ``l2`` and ``l1`` may be pairs ``(for W, for H)``.
+    """
+    (l2W, l2H), (l1W, l1H) = _pair(l2, "l2"), _pair(l1, "l1")
     out = jnp.zeros((), f.W.dtype)
-    if _nonzero(l2):
-        out = out + l2 * (jnp.sum(f.W * f.W) + jnp.sum(f.H * f.H))
-    if _nonzero(l1):
-        out = out + l1 * (jnp.sum(jnp.abs(f.W)) + jnp.sum(jnp.abs(f.H)))
+    if _nonzero(l2W):
+        out = out + l2W * jnp.sum(f.W * f.W)
+    if _nonzero(l2H):
+        out = out + l2H * jnp.sum(f.H * f.H)
+    if _nonzero(l1W):
+        out = out + l1W * jnp.sum(jnp.abs(f.W))
+    if _nonzero(l1H):
+        out = out + l1H * jnp.sum(jnp.abs(f.H))
     if _nonzero(bias_l2):
         if f.row_bias is not None:
             out = out + bias_l2 * jnp.sum(f.row_bias * f.row_bias)
@@ -97,14 +119,17 @@ def _nonzero(x) -> bool:
 
 
 def _penalty_grad(f: Factors, l2, l1, bias_l2) -> Factors:
+    (l2W, l2H), (l1W, l1H) = _pair(l2, "l2"), _pair(l1, "l1")
     gW = jnp.zeros_like(f.W)
     gH = jnp.zeros_like(f.H)
-    if _nonzero(l2):
-        gW = gW + 2 * l2 * f.W
-        gH = gH + 2 * l2 * f.H
-    if _nonzero(l1):
-        gW = gW + l1 * jnp.sign(f.W)
-        gH = gH + l1 * jnp.sign(f.H)
+    if _nonzero(l2W):
+        gW = gW + 2 * l2W * f.W
+    if _nonzero(l2H):
+        gH = gH + 2 * l2H * f.H
+    if _nonzero(l1W):
+        gW = gW + l1W * jnp.sign(f.W)
+    if _nonzero(l1H):
+        gH = gH + l1H * jnp.sign(f.H)
     g_row = None if f.row_bias is None else 2 * bias_l2 * f.row_bias
     g_col = None if f.col_bias is None else 2 * bias_l2 * f.col_bias
     g_off = None if f.offset is None else jnp.zeros_like(f.offset)
@@ -151,10 +176,11 @@ def frobenius(l2=0.0, l1=0.0, bias_l2=None) -> Loss:
 
     Parameters
     ----------
-    l2 : float, default 0
-        Ridge penalty on ``W`` and ``H`` (sum units, see module docstring).
-    l1 : float, default 0
-        Lasso penalty on ``W`` and ``H``.
+    l2 : float or (float, float), default 0
+        Ridge penalty on ``W`` and ``H`` (sum units, see module docstring);
+        a pair gives separate values for ``W`` and ``H``.
+    l1 : float or (float, float), default 0
+        Lasso penalty on ``W`` and ``H`` (or a pair).
     bias_l2 : float, optional
         Ridge penalty on the row/column biases (default: ``l2``).  The offset
         is never penalized.
@@ -165,10 +191,10 @@ def frobenius(l2=0.0, l1=0.0, bias_l2=None) -> Loss:
         ``value(f, data) = (sum w (a - yhat)^2 + penalty) / N`` and its
         hand-derived gradient (dense, weighted dense and sparse paths).
     """
-    for name, v in (("l2", l2), ("l1", l1), ("bias_l2", bias_l2)):
-        if isinstance(v, (int, float)) and (v < 0 or v != v):
-            raise ValueError(f"{name} must be a nonnegative number, got {v}")
-    bias_l2 = l2 if bias_l2 is None else bias_l2
+    _pair(l2, "l2"), _pair(l1, "l1")
+    if bias_l2 is None:
+        bias_l2 = _pair(l2, "l2")[0]
+    _pair(bias_l2, "bias_l2")
 
     def value(f: Factors, data):
         return (squared_error(f, data) + penalty(f, l2, l1, bias_l2)) / data.n_observed()
