@@ -1,0 +1,130 @@
+"""Saving/loading factors and results without pickle, atomically; reading input matrices."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse as sp
+
+import jmf
+from jmf.io import atomic_write, load_factors, load_matrix, load_result, save_factors, save_result
+
+
+def _factors(rng, biases=False):
+    W, H = rng.standard_normal((5, 2)), rng.standard_normal((2, 4))
+    if biases:
+        return jmf.Factors(W, H, rng.standard_normal(5), rng.standard_normal(4), np.float64(3.5))
+    return jmf.Factors(W, H)
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_factors_roundtrip(tmp_path, rng, biases):
+    f = _factors(rng, biases)
+    path = save_factors(tmp_path / "model", f, metadata={"solver": "als", "rank": 2})
+    assert path.endswith("model.npz") and os.path.exists(path)
+    g, meta = load_factors(path, with_metadata=True)
+    assert meta == {"solver": "als", "rank": 2}
+    for name in ("W", "H", "row_bias", "col_bias", "offset"):
+        a, b = getattr(f, name), getattr(g, name)
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(np.asarray(a), b)
+    # Readable by numpy with pickle disabled: no object arrays inside.
+    with np.load(path, allow_pickle=False) as z:
+        assert all(z[k].dtype != object for k in z.files)
+
+
+def test_result_roundtrip(tmp_path, rng):
+    A = rng.standard_normal((6, 5))
+    res = jmf.fit(A, jmf.solvers.adam(0.05), rank=2, key=jax.random.key(0), max_iter=50, progress=False)
+    path = save_result(tmp_path / "res.npz", res, metadata={"note": "x"})
+    back = load_result(path)
+    np.testing.assert_allclose(back.loss, np.asarray(res.loss))
+    np.testing.assert_allclose(back.loss_history, np.asarray(res.loss_history))
+    assert int(back.n_iter) == int(res.n_iter) and int(back.status) == int(res.status)
+    assert back.status_name == res.status_name
+    np.testing.assert_allclose(back.factors.W, np.asarray(res.factors.W))
+
+    many = jmf.fit_many(A, jmf.solvers.adam(0.05), ranks=[1, 2], n_restarts=3, key=jax.random.key(0),
+                        max_iter=20, progress=False)
+    back = load_result(save_result(tmp_path / "many.npz", many))
+    assert back.axes == ("rank", "restart") and list(back.ranks) == [1, 2]
+    np.testing.assert_allclose(back.loss, np.asarray(many.loss))
+
+
+def test_failed_write_keeps_existing_file(tmp_path, rng):
+    path = save_factors(tmp_path / "keep.npz", _factors(rng))
+    before = open(path, "rb").read()
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with atomic_write(path) as fh:
+            fh.write(b"partial garbage")
+            raise Boom
+    assert open(path, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["keep.npz"]  # no temp file left behind
+    # Unsaveable content (object array) fails before the target is touched.
+    bad = jmf.Factors(np.array([[object()]], dtype=object), np.ones((1, 1)))
+    with pytest.raises(TypeError, match="pickle"):
+        save_factors(path, bad)
+    assert open(path, "rb").read() == before
+    with pytest.raises(FileExistsError):
+        save_factors(path, _factors(rng), overwrite=False)
+    assert open(path, "rb").read() == before
+
+
+def test_pickled_file_is_refused(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, W=np.array([{"a": 1}], dtype=object), H=np.ones((1, 1)))
+    with pytest.raises(ValueError, match="pickle"):
+        load_factors(path)
+
+
+def test_load_matrix_formats(tmp_path, rng):
+    A = rng.standard_normal((4, 3)).astype(np.float32)
+    np.save(tmp_path / "a.npy", A)
+    np.savez(tmp_path / "a.npz", A=A)
+    np.savetxt(tmp_path / "a.csv", A, delimiter=",")
+    scipy.io.mmwrite(str(tmp_path / "a.mtx"), sp.coo_matrix(A))
+    for name in ("a.npy", "a.npz", "a.csv"):
+        data, info = load_matrix(tmp_path / name)
+        assert isinstance(data, jmf.Dense) and info["shape"] == (4, 3)
+        np.testing.assert_allclose(np.asarray(data.A), A, rtol=1e-6)
+    data, info = load_matrix(tmp_path / "a.mtx")
+    assert isinstance(data, jmf.Sparse) and data.nnz == 12
+    np.testing.assert_allclose(data.to_scipy().toarray(), A, rtol=1e-6)
+
+    # Missing entries in a CSV become weight-0 entries.
+    (tmp_path / "m.csv").write_text("1,2,\n3,nan,4\n")
+    data, info = load_matrix(tmp_path / "m.csv")
+    assert info["missing"] == 2
+    np.testing.assert_array_equal(np.asarray(data.weights), [[1, 1, 0], [1, 0, 1]])
+
+
+def test_load_ratings(tmp_path):
+    (tmp_path / "r.csv").write_text("userId,movieId,rating,timestamp\n10,7,4.0,1\n10,9,3.5,2\n42,7,1.0,3\n")
+    data, info = load_matrix(tmp_path / "r.csv")
+    assert isinstance(data, jmf.Sparse) and data.shape == (2, 2) and data.nnz == 3
+    assert list(info["user_ids"]) == [10, 42] and list(info["item_ids"]) == [7, 9]
+    np.testing.assert_allclose(data.to_scipy().toarray(), [[4.0, 3.5], [1.0, 0.0]])
+    (tmp_path / "u.data").write_text("1\t5\t3\t0\n2\t5\t4\t0\n2\t6\t5\t0\n")
+    data, info = load_matrix(tmp_path / "u.data")
+    assert info["kind"] == "ratings" and data.shape == (2, 2)
+
+
+def test_load_matrix_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_matrix(tmp_path / "nope.npy")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match="unknown file type"):
+        load_matrix(tmp_path / "x.json")
+    np.save(tmp_path / "v.npy", np.ones(3))
+    with pytest.raises(ValueError, match="2-D"):
+        load_matrix(tmp_path / "v.npy")
+    (tmp_path / "h.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="non-numeric"):
+        load_matrix(tmp_path / "h.csv")
