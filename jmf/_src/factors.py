@@ -108,7 +108,7 @@ def predict_entries(f: Factors, rows, cols) -> jax.Array:
 
 def rank_mask(rank, width: int, dtype=jnp.float32) -> jax.Array:
     """0/1 vector of length ``width`` with ones in the first ``rank`` places (rank may be traced)."""
-    return (jnp.arange(width) < rank).astype(dtype)
+    return (jnp.arange(width, dtype=jnp.int32) < jnp.asarray(rank, jnp.int32)).astype(dtype)
 
 
 def apply_rank_mask(f: Factors, mask) -> Factors:

@@ -381,8 +381,9 @@ def fit(
         Iterations between loss evaluations (history entries and tol checks).
     biases : bool, optional
         Add row/column biases and an offset (default: ``solver.biases``).
-    progress : bool, default True
-        Show a tqdm bar (only when stderr is a terminal); ``False`` turns it off.
+    progress : bool or "always", default True
+        Show a tqdm bar when stderr is a terminal; ``"always"`` shows it
+        regardless, ``False`` turns it off.
     callback : callable, optional
         ``callback(ProgressInfo)`` between compiled chunks; return ``True`` to
         stop (status ``STOPPED``).  Chunks reuse one compiled function.

@@ -60,7 +60,7 @@ def _finish(W, H, width, rank):
 def random(key, data, width: int, rank=None) -> Factors:
     """scikit-learn's ``init='random'``: ``|N(0, 1)| * sqrt(mean|A| / rank)`` (nonnegative)."""
     m, n = data.shape
-    k = width if rank is None else rank
+    k = jnp.asarray(width if rank is None else rank).astype(data.dtype)
     scale = jnp.sqrt(_mean_abs(data) / k).astype(data.dtype)
     W, H = _components(key, width, m, n, jax.random.normal, data.dtype)
     W, H = scale * jnp.abs(W), scale * jnp.abs(H)
@@ -77,7 +77,7 @@ def uniform(key, data, width: int, rank=None) -> Factors:
 def normal(key, data, width: int, rank=None, scale=None) -> Factors:
     """Signed Gaussian entries, std ``scale`` (default ``sqrt(mean|A| / rank)``); for signed data and ratings."""
     m, n = data.shape
-    k = width if rank is None else rank
+    k = jnp.asarray(width if rank is None else rank).astype(data.dtype)
     if scale is None:
         scale = jnp.sqrt(_mean_abs(data) / k)
     scale = jnp.asarray(scale).astype(data.dtype)

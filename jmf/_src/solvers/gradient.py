@@ -24,6 +24,14 @@ def nonnegative(f: Factors) -> Factors:
 _PROJECTIONS = {"nonnegative": nonnegative}
 
 
+def _optax_update(optimizer, grads, opt_state, params):
+    # Optax mixes int32 step counts with floats (e.g. Adam's bias correction),
+    # which JAX's strict dtype promotion rejects; run third-party update code
+    # under standard promotion so jmf works whatever the user's setting.
+    with jax.numpy_dtype_promotion("standard"):
+        return optimizer.update(grads, opt_state, params)
+
+
 class GradientState(NamedTuple):
     opt_state: optax.OptState
     key: jax.Array
@@ -56,7 +64,7 @@ def _minibatch_epoch(loss: Loss, optimizer, projection, batch_size: int):
             g = loss.grad(f, sub_data)
             if mask is not None:
                 g = apply_rank_mask(g, mask)
-            updates, opt_state = optimizer.update(g, opt_state, f)
+            updates, opt_state = _optax_update(optimizer, g, opt_state, f)
             f = optax.apply_updates(f, updates)
             if projection is not None:
                 f = projection(f)
@@ -120,7 +128,9 @@ def gradient(
     def init(f: Factors, data, key=None):
         if batch_size is not None and key is None:
             key = jax.random.key(0)
-        return GradientState(optimizer.init(f), key if batch_size is not None else None)
+        with jax.numpy_dtype_promotion("standard"):
+            opt_state = optimizer.init(f)
+        return GradientState(opt_state, key if batch_size is not None else None)
 
     if batch_size is None:
 
@@ -128,7 +138,7 @@ def gradient(
             g = loss.grad(f, data)
             if mask is not None:
                 g = apply_rank_mask(g, mask)
-            updates, opt_state = optimizer.update(g, state.opt_state, f)
+            updates, opt_state = _optax_update(optimizer, g, state.opt_state, f)
             f = optax.apply_updates(f, updates)
             if projection is not None:
                 f = projection(f)
