@@ -11,6 +11,7 @@ from jmf._src.data import Dense, Sparse, as_data, stack
 from jmf._src.factors import Factors
 from jmf._src.fit import FitManyResult, FitResult, ProgressInfo, Status, fit, fit_many
 from jmf import init, losses, solvers
+from jmf import cf, datasets, metrics, model_selection
 
 __version__ = "0.1.0"
 
@@ -29,4 +30,8 @@ __all__ = [
     "init",
     "losses",
     "solvers",
+    "cf",
+    "datasets",
+    "metrics",
+    "model_selection",
 ]
