@@ -12,6 +12,7 @@ from jmf._src.factors import Factors
 from jmf._src.fit import FitManyResult, FitResult, ProgressInfo, Status, fit, fit_many
 from jmf import init, losses, solvers
 from jmf import cf, datasets, metrics, model_selection
+from jmf import experiments, io
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,6 @@ __all__ = [
     "datasets",
     "metrics",
     "model_selection",
+    "experiments",
+    "io",
 ]
