@@ -16,10 +16,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from .data import Dense, Sparse
+from .data import Dense, Sparse, _rebuild
 from .factors import Factors, rank_mask
+from .linalg import _exact, _randomized
 
-__all__ = ["random", "uniform", "normal", "svd", "get_initializer", "INITIALIZERS"]
+__all__ = ["random", "uniform", "normal", "svd", "nndsvd", "nndsvda", "nndsvdar", "get_initializer", "INITIALIZERS"]
 
 
 def _components(key, width: int, m: int, n: int, draw: Callable, dtype):
@@ -98,34 +99,13 @@ def top_singular_triplets(key, data, width: int, n_oversamples: int = 10, n_powe
     Dense data (missing entries filled with the observed mean) uses an exact
     SVD; sparse data a randomized range finder with ``n_power_iter`` power
     iterations built from O(nnz * width) sparse products (Halko, Martinsson
-    & Tropp 2011).  Signs are fixed so each column of ``U`` has a positive
-    largest-magnitude entry.
+    & Tropp 2011; see :func:`jmf.randomized_svd`).  Signs are fixed so each
+    column of ``U`` has a positive largest-magnitude entry.
     """
     if isinstance(data, Dense):
-        U, s, Vt = jnp.linalg.svd(_dense_filled(data), full_matrices=False)
-        U, s, Vt = U[:, :width], s[:width], Vt[:width]
-    else:
-        m, n = data.shape
-        p = min(width + n_oversamples, m, n)
-        vals = data.vals if data.weights is None else data.vals * (data.weights > 0)
-
-        def A_mul(X):  # (n, p) -> (m, p)
-            return jax.ops.segment_sum(vals[:, None] * X[data.cols], data.rows, num_segments=m)
-
-        def At_mul(Y):  # (m, p) -> (n, p)
-            return jax.ops.segment_sum(vals[:, None] * Y[data.rows], data.cols, num_segments=n)
-
-        Q = jnp.linalg.qr(A_mul(jax.random.normal(key, (n, p), data.dtype)))[0]
-        for _ in range(n_power_iter):
-            Q = jnp.linalg.qr(A_mul(jnp.linalg.qr(At_mul(Q))[0]))[0]
-        B = At_mul(Q).T  # (p, n) = Q^T A
-        Ub, s, Vt = jnp.linalg.svd(B, full_matrices=False)
-        U = (Q @ Ub)[:, :width]
-        s, Vt = s[:width], Vt[:width]
-    idx = jnp.argmax(jnp.abs(U), axis=0)
-    signs = jnp.sign(U[idx, jnp.arange(U.shape[1])])
-    signs = jnp.where(signs == 0, 1, signs).astype(U.dtype)
-    return U * signs, s, Vt * signs[:, None]
+        filled = _rebuild(Dense, (_dense_filled(data), None))
+        return tuple(_exact(filled, width))
+    return tuple(_randomized(data, width, key, n_oversamples, n_power_iter))
 
 
 def svd(key, data, width: int, rank=None) -> Factors:
@@ -138,7 +118,99 @@ def svd(key, data, width: int, rank=None) -> Factors:
     return _finish(U * root, root[:, None] * Vt, width, rank)
 
 
-INITIALIZERS: dict[str, Callable] = {"random": random, "uniform": uniform, "normal": normal, "svd": svd}
+def _nndsvd_components(key, data, width: int, eps: float):
+    """Nonnegative factors from the leading singular triplets (Boutsidis & Gallopoulos 2008).
+
+    For component ``j`` with singular triplet ``(u, s, v)``, split ``u`` and
+    ``v`` into positive and negative parts, keep the pair ``(u+, v+)`` or
+    ``(u-, v-)`` whose norm product ``sigma`` is larger, and use
+    ``sqrt(s sigma) u / |u|`` and ``sqrt(s sigma) v / |v|`` as column ``j`` of
+    ``W`` and row ``j`` of ``H``.  The first component (the Perron vector of
+    a nonnegative matrix) uses ``sqrt(s) |u|`` and ``sqrt(s) |v|``.  Entries
+    below ``eps`` are set to 0, as scikit-learn does.
+    """
+    m, n = data.shape
+    if width > min(m, n):
+        raise ValueError(f"nndsvd init needs rank <= min(m, n) = {min(m, n)}, got {width}")
+    U, s, Vt = top_singular_triplets(key, data, width)
+    s = jnp.maximum(s, 0)
+
+    def parts(x, axis):
+        pos, neg = jnp.maximum(x, 0), jnp.maximum(-x, 0)
+        return pos, neg, jnp.linalg.norm(pos, axis=axis), jnp.linalg.norm(neg, axis=axis)
+
+    xp, xn, xpn, xnn = parts(U, 0)
+    yp, yn, ypn, ynn = parts(Vt, 1)
+    mp, mn = xpn * ypn, xnn * ynn
+    use_pos = mp > mn
+
+    def unit(x, nrm):
+        return x / jnp.where(nrm > 0, nrm, 1)
+
+    u = jnp.where(use_pos, unit(xp, xpn), unit(xn, xnn))
+    v = jnp.where(use_pos[:, None], unit(yp, ypn[:, None]), unit(yn, ynn[:, None]))
+    lam = jnp.sqrt(s * jnp.where(use_pos, mp, mn))
+    W, H = lam * u, lam[:, None] * v
+    root = jnp.sqrt(s[0])
+    W = W.at[:, 0].set(root * jnp.abs(U[:, 0]))
+    H = H.at[0].set(root * jnp.abs(Vt[0]))
+    W = jnp.where(W < eps, 0, W)
+    H = jnp.where(H < eps, 0, H)
+    return W, H
+
+
+def _observed_mean(data):
+    return data.mean().astype(data.dtype)
+
+
+def nndsvd(key, data, width: int, rank=None, eps: float = 1e-6) -> Factors:
+    """NNDSVD (Boutsidis & Gallopoulos 2008): nonnegative SVD-based start, zeros kept.
+
+    Deterministic for dense data (the SVD is exact; missing entries are
+    filled with the observed mean), so ``key`` matters only for sparse data
+    (randomized SVD).  Best for sparse factors with coordinate descent
+    (:func:`jmf.solvers.hals`); multiplicative updates can never move the
+    zeros, prefer :func:`nndsvda` for them.  scikit-learn's ``init='nndsvd'``.
+    """
+    W, H = _nndsvd_components(key, data, width, eps)
+    return _finish(W, H, width, rank)
+
+
+def nndsvda(key, data, width: int, rank=None, eps: float = 1e-6) -> Factors:
+    """NNDSVD with its zeros replaced by the observed mean of the data (scikit-learn's ``'nndsvda'``).
+
+    The usual start for multiplicative updates (:func:`jmf.solvers.mu`).
+    """
+    W, H = _nndsvd_components(key, data, width, eps)
+    avg = _observed_mean(data)
+    W, H = jnp.where(W == 0, avg, W), jnp.where(H == 0, avg, H)
+    return _finish(W, H, width, rank)
+
+
+def nndsvdar(key, data, width: int, rank=None, eps: float = 1e-6) -> Factors:
+    """NNDSVD with its zeros replaced by small random values ``|N(0, 1)| mean / 100`` (scikit-learn's ``'nndsvdar'``).
+
+    The random draws come from ``key`` (component-wise, so the first ``r``
+    components do not depend on ``width``).
+    """
+    m, n = data.shape
+    W, H = _nndsvd_components(key, data, width, eps)
+    avg = _observed_mean(data)
+    RW, RH = _components(jax.random.fold_in(key, 7), width, m, n, jax.random.normal, data.dtype)
+    W = jnp.where(W == 0, jnp.abs(avg * RW) / 100, W)
+    H = jnp.where(H == 0, jnp.abs(avg * RH) / 100, H)
+    return _finish(W, H, width, rank)
+
+
+INITIALIZERS: dict[str, Callable] = {
+    "random": random,
+    "uniform": uniform,
+    "normal": normal,
+    "svd": svd,
+    "nndsvd": nndsvd,
+    "nndsvda": nndsvda,
+    "nndsvdar": nndsvdar,
+}
 
 
 def get_initializer(name_or_fn) -> Callable:

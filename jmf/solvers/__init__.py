@@ -1,6 +1,7 @@
 """Solver factories: each returns a :class:`jmf.solvers.Solver` (pure ``init``/``step``)."""
 
+from jmf._src.solvers.als import ALSState, als, row_scaled_frobenius
 from jmf._src.solvers.base import Solver
 from jmf._src.solvers.gradient import GradientState, adam, gradient, nonnegative, sgd
 
-__all__ = ["Solver", "GradientState", "gradient", "sgd", "adam", "nonnegative"]
+__all__ = ["Solver", "GradientState", "gradient", "sgd", "adam", "nonnegative", "als", "ALSState", "row_scaled_frobenius"]
