@@ -102,8 +102,13 @@ def available_solvers() -> list[str]:
     names = [n for n in KNOWN_SOLVERS if callable(getattr(S, n, None))]
     for n in getattr(S, "__all__", []):
         obj = getattr(S, n, None)
-        if (n not in names and n not in _NOT_FACTORIES and n[:1].islower() and inspect.isfunction(obj)
-                and not n.startswith("_")):
+        if n in names or n in _NOT_FACTORIES or n.startswith("_") or not inspect.isfunction(obj):
+            continue
+        try:
+            returns = inspect.signature(obj).return_annotation
+        except (TypeError, ValueError):  # pragma: no cover
+            continue
+        if returns in ("Solver", S.Solver):  # factories are annotated "-> Solver"
             names.append(n)
     return names
 
@@ -868,6 +873,7 @@ def _member_metrics(data: PreparedData, W, H, rb, cb, off, rank: int) -> dict:
     if data.singular_values is not None:
         s2 = data.singular_values.astype(np.float64) ** 2
         out["svd_rel_error"] = float(np.sqrt(np.sum(s2[rank:]) / np.sum(s2)))
+        out["svd_loss"] = float(np.sum(s2[rank:]) / n_obs)  # the best unregularized loss at this rank
     if data.test is not None and len(data.test[0]):
         r, c, v = data.test
         err = v - _predict(W, H, rb, cb, off, r, c)
@@ -1072,7 +1078,7 @@ def run(
 
 # -- tables ---------------------------------------------------------------------------------
 
-_FRONT = ["dataset", "solver", "rank", "restart", "loss", "rel_error", "svd_rel_error", "train_rmse", "test_rmse",
+_FRONT = ["dataset", "solver", "rank", "restart", "loss", "svd_loss", "rel_error", "svd_rel_error", "train_rmse", "test_rmse",
           "test_mae", "n_iter", "status", "seconds", "compile_seconds"]
 
 

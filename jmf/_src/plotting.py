@@ -1,0 +1,282 @@
+"""Figures for experiment results (matplotlib, no pyplot state).
+
+Every function takes the DataFrame of :func:`jmf.experiments.load_results`
+(one row per fit) and returns a :class:`matplotlib.figure.Figure` built
+without :mod:`matplotlib.pyplot`, so nothing depends on the interactive
+backend and figures render with Agg when saved.  :func:`save` writes PNG
+and SVG.  Colours are stable per solver label across figures.
+
+* :func:`loss_curves` -- loss against iteration or against wall time, every
+  restart thin and the median restart bold, with the SVD optimum when known;
+* :func:`error_vs_rank` -- final error against rank, median over restarts
+  with the min-max spread as a band;
+* :func:`accuracy_vs_time` -- final error against time per fit;
+* :func:`timing` -- time per fit and compilation time per solver;
+* :func:`overview` -- the four panels in one figure.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ["loss_curves", "error_vs_rank", "accuracy_vs_time", "timing", "overview", "save", "solver_colors"]
+
+_METRIC_LABELS = {
+    "rel_error": "relative error  ‖A − WH‖$_F$ / ‖A‖$_F$ (training entries)",
+    "test_rmse": "held-out RMSE",
+    "test_mae": "held-out MAE",
+    "train_rmse": "training RMSE",
+    "loss": "final loss (mean over observed entries)",
+}
+_SHORT = {"rel_error": "relative error", "test_rmse": "held-out RMSE", "test_mae": "held-out MAE",
+          "train_rmse": "training RMSE", "loss": "final loss"}
+
+
+def _figure(ax=None, figsize=(6.4, 4.2)):
+    if ax is not None:
+        return ax.figure, ax
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def solver_colors(labels: Sequence[str]) -> dict:
+    """A stable colour per solver label (sorted labels over the tab10 cycle)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {lab: cmap(i % 10) for i, lab in enumerate(sorted(set(labels)))}
+
+
+def _select(df, dataset=None, rank=None):
+    if df is None or len(df) == 0:
+        raise ValueError("no results to plot (the DataFrame is empty)")
+    if dataset is None:
+        names = list(dict.fromkeys(df["dataset"]))
+        if len(names) > 1:
+            raise ValueError(f"results hold several datasets {names}; choose one with dataset=...")
+        dataset = names[0]
+    sub = df[df["dataset"] == dataset]
+    if len(sub) == 0:
+        raise ValueError(f"no results for dataset {dataset!r}; have {sorted(set(df['dataset']))}")
+    if rank is not None:
+        sub = sub[sub["rank"] == rank]
+        if len(sub) == 0:
+            raise ValueError(f"no results at rank {rank} for dataset {dataset!r}")
+    return sub, dataset
+
+
+def _maybe_log(ax, values, axis="y", ratio=20.0):
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x) and x > 0], dtype=float)
+    if v.size and v.max() / v.min() > ratio:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+
+
+def loss_curves(df, *, x: str = "iteration", dataset: Optional[str] = None, rank: Optional[int] = None,
+                ax=None, title: Optional[str] = None, show_restarts: bool = True, logx: bool = False):
+    """Loss against iteration (``x="iteration"``) or wall time (``x="seconds"``), one colour per solver.
+
+    Each restart is a thin line; the restart with the median final loss is
+    bold.  Wall time is the estimated time of a single fit, excluding
+    compilation (``iteration x seconds_per_iter``, see :mod:`jmf.experiments`);
+    ``logx=True`` puts it on a log scale (dropping the t = 0 point).
+    With fully observed dense data, the dashed line is the SVD optimum
+    (the smallest unregularized loss at this rank, Eckart--Young).
+
+    Parameters
+    ----------
+    df : DataFrame from :func:`jmf.experiments.load_results`
+    x : {"iteration", "seconds"}
+    dataset : str, optional
+        Required when ``df`` holds several datasets.
+    rank : int, optional
+        Defaults to the largest rank in ``df``.
+    """
+    if x not in ("iteration", "seconds"):
+        raise ValueError(f"x must be 'iteration' or 'seconds', got {x!r}")
+    sub, dataset = _select(df, dataset)
+    if rank is None:
+        rank = int(sub["rank"].max())
+    sub = sub[sub["rank"] == rank]
+    if len(sub) == 0:
+        raise ValueError(f"no results at rank {rank} for dataset {dataset!r}")
+    fig, ax = _figure(ax)
+    colors = solver_colors(df["solver"])
+    ys = []
+    for label, g in sub.groupby("solver", sort=True):
+        finals = g["loss"].to_numpy(dtype=float)
+        order = np.argsort(np.where(np.isfinite(finals), finals, np.inf))
+        median_pos = order[(len(order) - 1) // 2]
+        for pos, (_, row) in enumerate(g.iterrows()):
+            its = np.asarray(row["history_iterations"], dtype=float)
+            loss = np.asarray(row["history_loss"], dtype=float)
+            xs = its if x == "iteration" else its * float(row["seconds_per_iter"])
+            if logx:  # the first point (iteration 0) cannot sit on a log axis
+                xs, loss = xs[1:], loss[1:]
+            ys.extend(loss.tolist())
+            if pos == median_pos:
+                ax.plot(xs, loss, color=colors[label], lw=2.0, label=f"{label} (median of {len(g)})")
+            elif show_restarts:
+                ax.plot(xs, loss, color=colors[label], lw=0.7, alpha=0.35)
+    opt = sub["svd_loss"].dropna() if "svd_loss" in sub else []
+    if len(opt):
+        ax.axhline(float(opt.iloc[0]), color="black", ls="--", lw=1.0, label="SVD optimum")
+        ys.append(float(opt.iloc[0]))
+    ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
+    if x == "seconds":
+        ax.set_xlabel("wall time per fit (s, excluding compilation)")
+    else:
+        ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (mean squared error over observed entries)")
+    ax.set_title(title or f"{dataset}: loss against {'time' if x == 'seconds' else 'iteration'}, rank {rank}",
+                 fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def error_vs_rank(df, *, metric: str = "rel_error", dataset: Optional[str] = None, ax=None,
+                  title: Optional[str] = None, true_rank: Optional[int] = None):
+    """Final ``metric`` against rank: median over restarts, band from best to worst restart.
+
+    The SVD optimum (dashed) is drawn for ``rel_error`` on fully observed
+    dense data; ``true_rank`` (default: the dataset's known rank, if any)
+    is marked with a vertical dotted line.
+    """
+    sub, dataset = _select(df, dataset)
+    if metric not in sub or sub[metric].isna().all():
+        raise ValueError(f"metric {metric!r} is not in the results (has the dataset a holdout for test metrics?)")
+    fig, ax = _figure(ax)
+    colors = solver_colors(df["solver"])
+    ys = []
+    for label, g in sub.groupby("solver", sort=True):
+        stats = g.groupby("rank")[metric].agg(["median", "min", "max"]).sort_index()
+        r = stats.index.to_numpy()
+        ax.plot(r, stats["median"], "o-", color=colors[label], lw=1.6, ms=4, label=f"{label} (median)")
+        ax.fill_between(r, stats["min"], stats["max"], color=colors[label], alpha=0.2, lw=0)
+        ys.extend(stats["min"].tolist() + stats["max"].tolist())
+    ax.fill_between([], [], color="gray", alpha=0.2, lw=0, label="spread over restarts (min–max)")
+    if metric == "rel_error" and "svd_rel_error" in sub and sub["svd_rel_error"].notna().any():
+        opt = sub.groupby("rank")["svd_rel_error"].first().sort_index()
+        ax.plot(opt.index, opt.to_numpy(), "k--", lw=1.0, label="SVD optimum (Eckart–Young)")
+        ys.extend(opt.tolist())
+    if true_rank is None and "dataset_info" in sub:
+        info = sub["dataset_info"].iloc[0]
+        if isinstance(info, dict):
+            true_rank = info.get("true_rank")
+    if true_rank is not None:
+        ax.axvline(true_rank, color="gray", ls=":", lw=1.2, label=f"true rank {true_rank}")
+    _maybe_log(ax, ys)
+    ax.set_xlabel("rank k")
+    ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
+    ranks = sorted(set(sub["rank"]))
+    if len(ranks) <= 20:
+        ax.set_xticks(ranks)
+    ax.set_title(title or f"{dataset}: {_SHORT.get(metric, metric)} against rank", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def accuracy_vs_time(df, *, metric: str = "rel_error", dataset: Optional[str] = None, rank: Optional[int] = None,
+                     ax=None, title: Optional[str] = None):
+    """Final ``metric`` against time per fit, one point per solver (medians; bars span the restarts)."""
+    sub, dataset = _select(df, dataset)
+    if rank is None:
+        rank = int(sub["rank"].max())
+    sub = sub[sub["rank"] == rank]
+    if metric not in sub or sub[metric].isna().all():
+        raise ValueError(f"metric {metric!r} is not in the results")
+    fig, ax = _figure(ax)
+    colors = solver_colors(df["solver"])
+    ys = []
+    for label, g in sub.groupby("solver", sort=True):
+        t = g["seconds"].to_numpy(dtype=float)
+        e = g[metric].to_numpy(dtype=float)
+        tm, em = np.median(t), np.median(e)
+        ax.errorbar([tm], [em], xerr=[[tm - t.min()], [t.max() - tm]], yerr=[[em - e.min()], [e.max() - em]],
+                    fmt="o", ms=7, color=colors[label], capsize=3, label=label)
+        ys.extend(e.tolist())
+    if metric == "rel_error" and "svd_rel_error" in sub and sub["svd_rel_error"].notna().any():
+        ax.axhline(float(sub["svd_rel_error"].iloc[0]), color="black", ls="--", lw=1.0, label="SVD optimum")
+    ax.set_xscale("log")
+    _maybe_log(ax, ys, ratio=5.0)
+    ax.set_xlabel("wall time per fit (s, excluding compilation)")
+    ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
+    ax.set_title(title or f"{dataset}: {_SHORT.get(metric, metric)} against time, rank {rank}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def timing(df, *, dataset: Optional[str] = None, ax=None, title: Optional[str] = None):
+    """Median time per fit and compilation time per solver (log scale bars)."""
+    sub, dataset = _select(df, dataset)
+    fig, ax = _figure(ax)
+    colors = solver_colors(df["solver"])
+    g = sub.groupby("solver", sort=True)
+    labels = list(g.groups)
+    fit_s = g["seconds"].median().reindex(labels).to_numpy(dtype=float)
+    comp_s = g["compile_seconds"].max().reindex(labels).to_numpy(dtype=float)
+    pos = np.arange(len(labels))
+    ax.bar(pos - 0.2, fit_s, width=0.4, color=[colors[lab] for lab in labels])
+    ax.bar(pos + 0.2, np.maximum(comp_s, 1e-6), width=0.4, color=[colors[lab] for lab in labels], alpha=0.4,
+           hatch="//")
+    ax.bar([0], [np.nan], color="gray", label="fit (median per fit)")
+    ax.bar([0], [np.nan], color="gray", alpha=0.4, hatch="//", label="compilation (once per solver and shape)")
+    ax.set_yscale("log")
+    ax.set_xticks(pos)
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_xlabel("solver")
+    ax.set_ylabel("seconds")
+    ax.set_title(title or f"{dataset}: time per fit and compilation", fontsize=10)
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def overview(df, *, dataset: Optional[str] = None, rank: Optional[int] = None, metric: str = "rel_error",
+             title: Optional[str] = None):
+    """Four panels: loss vs iteration, loss vs time, ``metric`` vs rank, ``metric`` vs time."""
+    from matplotlib.figure import Figure
+
+    sub, dataset = _select(df, dataset)
+    fig = Figure(figsize=(12, 8.4), layout="constrained")
+    axes = fig.subplots(2, 2)
+    loss_curves(sub, x="iteration", rank=rank, ax=axes[0, 0], show_restarts=True)
+    loss_curves(sub, x="seconds", rank=rank, ax=axes[0, 1], show_restarts=False)
+    if sub["rank"].nunique() > 1:
+        error_vs_rank(sub, metric=metric, ax=axes[1, 0])
+    else:
+        timing(sub, ax=axes[1, 0])
+    accuracy_vs_time(sub, metric=metric, rank=rank, ax=axes[1, 1])
+    fig.suptitle(title or dataset, fontsize=12)
+    return fig
+
+
+def save(fig, path, formats: Sequence[str] = ("png", "svg"), dpi: int = 120) -> list[str]:
+    """Save ``fig`` as ``path.png`` and ``path.svg`` (``path`` without extension); returns the paths.
+
+    Each file is written to a temporary name and renamed, so an existing
+    figure is only replaced by a complete one.
+    """
+    from .io import atomic_write
+
+    path = os.fspath(path)
+    stem, ext = os.path.splitext(path)
+    if ext.lower() in (".png", ".svg", ".pdf"):
+        path = stem
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    out = []
+    for fmt in formats:
+        target = f"{path}.{fmt}"
+        with atomic_write(target, "wb") as fh:
+            fig.savefig(fh, format=fmt, dpi=dpi)
+        out.append(target)
+    return out

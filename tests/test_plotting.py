@@ -1,0 +1,86 @@
+"""Figures: files written (PNG and SVG), non-empty, axes labelled, scales and reference lines as documented."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jmf.plotting as P
+
+
+def _fake_results():
+    """A results table shaped like jmf.experiments.load_results (no fitting needed)."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for solver, rate in (("adam", 0.05), ("als", 0.5)):
+        for rank in (1, 2, 3):
+            for restart in range(3):
+                its = list(range(0, 101, 10))
+                floor = 0.5 / rank
+                loss = [floor + np.exp(-rate * i) * (1 + 0.1 * restart) for i in its]
+                rows.append(dict(dataset="toy", solver=solver, rank=rank, restart=restart, loss=loss[-1],
+                                 rel_error=np.sqrt(loss[-1]) + 0.01 * rng.random(), svd_rel_error=np.sqrt(floor),
+                                 svd_loss=floor, test_rmse=1 + 0.1 * abs(rank - 2), n_iter=100, status="CONVERGED",
+                                 seconds=0.01 if solver == "adam" else 0.002, seconds_per_iter=1e-4,
+                                 compile_seconds=1.5, history_iterations=its, history_loss=loss,
+                                 dataset_info={"true_rank": 2}))
+    return pd.DataFrame(rows)
+
+
+def _labels(fig):
+    ax = fig.axes[0]
+    return ax.get_xlabel(), ax.get_ylabel(), ax.get_title()
+
+
+@pytest.mark.parametrize("make, logy", [
+    (lambda df: P.loss_curves(df, rank=2), True),
+    (lambda df: P.loss_curves(df, x="seconds", rank=2), True),
+    (lambda df: P.error_vs_rank(df), False),
+    (lambda df: P.error_vs_rank(df, metric="test_rmse"), False),
+    (lambda df: P.accuracy_vs_time(df), False),
+    (lambda df: P.timing(df), True),
+])
+def test_figures_are_saved_and_labelled(tmp_path, make, logy):
+    fig = make(_fake_results())
+    xl, yl, title = _labels(fig)
+    assert xl and yl and title
+    assert (fig.axes[0].get_yscale() == "log") == logy
+    assert fig.axes[0].get_legend() is not None
+    paths = P.save(fig, tmp_path / "sub" / "fig")
+    assert [os.path.basename(p) for p in paths] == ["fig.png", "fig.svg"]
+    png, svg = (open(p, "rb").read() for p in paths)
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    assert b"<svg" in svg[:2000]
+    assert sorted(os.listdir(tmp_path / "sub")) == ["fig.png", "fig.svg"]  # no temporary files left
+
+
+def test_reference_lines_and_content():
+    df = _fake_results()
+    fig = P.loss_curves(df, rank=2)
+    ax = fig.axes[0]
+    # 2 solvers x 3 restarts, plus the SVD optimum at the floor.
+    assert len(ax.lines) == 7
+    svd = [ln for ln in ax.lines if ln.get_label() == "SVD optimum"]
+    assert len(svd) == 1 and svd[0].get_ydata()[0] == pytest.approx(0.25)
+    assert "wall time" in P.loss_curves(df, x="seconds").axes[0].get_xlabel()
+    ax = P.error_vs_rank(df).axes[0]
+    labels = [ln.get_label() for ln in ax.lines]
+    assert "SVD optimum (Eckart–Young)" in labels and "true rank 2" in labels
+    med = [ln for ln in ax.lines if ln.get_label() == "adam (median)"][0]
+    np.testing.assert_allclose(med.get_xdata(), [1, 2, 3])
+    np.testing.assert_allclose(med.get_ydata(), df[df.solver == "adam"].groupby("rank")["rel_error"].median())
+    assert P.overview(df, rank=2).axes.__len__() == 4
+
+
+def test_plot_errors():
+    df = _fake_results()
+    with pytest.raises(ValueError, match="empty"):
+        P.loss_curves(df.iloc[:0])
+    two = pd.concat([df, df.assign(dataset="other")])
+    with pytest.raises(ValueError, match="several datasets"):
+        P.error_vs_rank(two)
+    with pytest.raises(ValueError, match="metric 'test_mae'"):
+        P.error_vs_rank(df, metric="test_mae")
+    with pytest.raises(ValueError, match="x must be"):
+        P.loss_curves(df, x="epochs")
