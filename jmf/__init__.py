@@ -10,6 +10,7 @@ compiled once and vmapped over restarts, ranks and matrices.
 from jmf._src.data import Dense, Sparse, as_data, stack
 from jmf._src.factors import Factors
 from jmf._src.fit import FitManyResult, FitResult, ProgressInfo, Status, fit, fit_many
+from jmf._src.linalg import SVDResult, randomized_svd, truncated_svd
 from jmf import init, losses, solvers
 from jmf import cf, datasets, metrics, model_selection
 from jmf import experiments, io
@@ -28,6 +29,9 @@ __all__ = [
     "stack",
     "fit",
     "fit_many",
+    "randomized_svd",
+    "truncated_svd",
+    "SVDResult",
     "init",
     "losses",
     "solvers",
