@@ -38,7 +38,8 @@ def _labels(fig):
     (lambda df: P.loss_curves(df, x="seconds", rank=2), True),
     (lambda df: P.error_vs_rank(df), False),
     (lambda df: P.error_vs_rank(df, metric="test_rmse"), False),
-    (lambda df: P.accuracy_vs_time(df), False),
+    (lambda df: P.accuracy_vs_time(df), True),
+    (lambda df: P.accuracy_vs_time(df, metric="test_rmse"), False),
     (lambda df: P.timing(df), True),
 ])
 def test_figures_are_saved_and_labelled(tmp_path, make, logy):

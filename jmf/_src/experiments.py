@@ -73,6 +73,7 @@ __all__ = [
     "read_rows",
     "load_results",
     "summary",
+    "markdown_table",
     "make_solver",
     "available_solvers",
     "make_dataset",
@@ -1137,3 +1138,20 @@ def summary(df, by: Sequence[str] = ("dataset", "solver", "rank")):
     out["median_seconds"] = g["seconds"].median()
     out["compile_seconds"] = g["compile_seconds"].max()
     return out.reset_index()
+
+
+def markdown_table(df, digits: int = 4) -> str:
+    """A DataFrame as a GitHub Markdown table (floats to ``digits`` significant digits; no extra dependency)."""
+
+    def fmt(v):
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return ""
+        if isinstance(v, (float, np.floating)):
+            return f"{float(v):.{digits}g}"
+        return str(v)
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
+    return "\n".join(lines)
