@@ -112,80 +112,27 @@ class _Config(NamedTuple):
 
 
 class _Carry(NamedTuple):
-    factors: Factors
+    """Loop state of a group of members; member leaves have the member axes in front.
+
+    All running members advance in lockstep, so the iteration counter ``it``
+    and the history index ``check`` are shared scalars; a member that stops
+    is frozen (its leaves are no longer updated) and keeps its own
+    ``n_iter`` and ``status``.
+    """
+
+    factors: Factors  # last accepted factors (the last finite ones for a diverged member)
     state: Any
-    good: Factors  # factors at the last finite check
-    it: jax.Array
-    check: jax.Array  # index of the last written history entry
     loss_init: jax.Array
-    loss_prev: jax.Array
-    history: jax.Array
+    loss_prev: jax.Array  # loss of `factors`
+    history: jax.Array  # (..., n_checks + 1)
+    n_iter: jax.Array
     status: jax.Array
+    it: jax.Array  # shared iteration counter
+    check: jax.Array  # shared index of the last written history entry
 
 
 def _n_checks(cfg: _Config) -> int:
     return -(-cfg.max_iter // cfg.check_every)
-
-
-# -- one member ---------------------------------------------------------------------
-
-
-def _start(solver: Solver, cfg: _Config, init_fn, key, rank, factors0, data) -> _Carry:
-    if factors0 is None:
-        factors0 = init_fn(key, data, cfg.width, rank)
-    k_solver = jax.random.fold_in(key, 1)
-    if cfg.biases and factors0.row_bias is None:
-        factors0 = add_biases(factors0, data)
-    state = solver.init(factors0, data, k_solver)
-    loss0 = solver.loss.value(factors0, data)
-    history = jnp.full((_n_checks(cfg) + 1,), jnp.nan, dtype=loss0.dtype).at[0].set(loss0)
-    status = jnp.where(jnp.isfinite(loss0), _RUNNING, Status.DIVERGED.value).astype(jnp.int32)
-    return _Carry(factors0, state, factors0, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-                  loss0, loss0, history, status)
-
-
-def _advance(solver: Solver, cfg: _Config, carry: _Carry, data, mask, stop_at) -> _Carry:
-    """Run checks until ``stop_at`` iterations, a stop condition, or ``max_iter``."""
-
-    def one(_, fs):
-        f, s = solver.step(fs[0], fs[1], data, mask)
-        if mask is not None:
-            f = apply_rank_mask(f, mask)
-        return f, s
-
-    def body(c: _Carry) -> _Carry:
-        n = jnp.minimum(cfg.check_every, cfg.max_iter - c.it)
-        f, s = jax.lax.fori_loop(0, n, one, (c.factors, c.state))
-        it = c.it + n
-        loss = solver.loss.value(f, data)
-        check = c.check + 1
-        history = c.history.at[check].set(loss)
-        finite = jnp.isfinite(loss)
-        if cfg.tol is None:
-            converged = jnp.zeros((), bool)
-        else:
-            converged = ((c.loss_prev - loss) < cfg.tol * c.loss_init) | (loss == 0)
-        status = jnp.where(
-            ~finite,
-            Status.DIVERGED.value,
-            jnp.where(converged, Status.CONVERGED.value, jnp.where(it >= cfg.max_iter, Status.MAX_ITER.value, _RUNNING)),
-        ).astype(jnp.int32)
-        f = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), f, c.good)
-        loss_prev = jnp.where(finite, loss, c.loss_prev)
-        return _Carry(f, s, f, it, check, c.loss_init, loss_prev, history, status)
-
-    def cond(c: _Carry):
-        return (c.status == _RUNNING) & (c.it < stop_at)
-
-    return jax.lax.while_loop(cond, body, carry)
-
-
-def _to_result(cfg: _Config, c: _Carry) -> FitResult:
-    iterations = np.minimum(np.arange(_n_checks(cfg) + 1, dtype=np.int32) * cfg.check_every, cfg.max_iter)
-    return FitResult(c.factors, c.loss_prev, c.history, iterations, c.it, c.status, c.state)
-
-
-# -- batching over members ----------------------------------------------------------
 
 
 def _nest_vmap(fn, axes: Sequence[str], arg_axes: Sequence[frozenset]):
@@ -196,24 +143,109 @@ def _nest_vmap(fn, axes: Sequence[str], arg_axes: Sequence[frozenset]):
     return fn
 
 
-@partial(jax.jit, static_argnames=("solver", "cfg", "init_fn", "axes", "arg_axes"))
-def _start_many(solver, cfg, init_fn, axes, arg_axes, key, rank, factors0, data):
-    member = lambda k, r, f0, d: _start(solver, cfg, init_fn, k, r, f0, d)
-    return _nest_vmap(member, axes, arg_axes)(key, rank, factors0, data)
+def _select(pred, new, old):
+    """Leafwise ``where(pred, new, old)`` with ``pred`` of the member shape broadcast over trailing axes."""
+
+    def sel(a, b):
+        p = jnp.reshape(pred, pred.shape + (1,) * (jnp.ndim(a) - pred.ndim))
+        return jnp.where(p, a, b)
+
+    return jax.tree_util.tree_map(sel, new, old)
 
 
-@partial(jax.jit, static_argnames=("solver", "cfg", "axes", "arg_axes"))
-def _advance_many(solver, cfg, axes, arg_axes, stop_at, carry, data, mask):
-    member = lambda c, d, mk: _advance(solver, cfg, c, d, mk, stop_at)
-    return _nest_vmap(member, axes, arg_axes)(carry, data, mask)
+def _start_member(solver: Solver, cfg: _Config, init_fn, key, rank, factors0, data):
+    if factors0 is None:
+        factors0 = init_fn(key, data, cfg.width, rank)
+    if cfg.biases and factors0.row_bias is None:
+        factors0 = add_biases(factors0, data)
+    state = solver.init(factors0, data, jax.random.fold_in(key, 1))
+    loss0 = solver.loss.value(factors0, data)
+    return factors0, state, loss0
 
 
-@partial(jax.jit, static_argnames=("solver", "cfg", "init_fn", "axes", "start_axes", "advance_axes"))
+def _start(solver, cfg, init_fn, axes, start_axes, key, rank, factors0, data) -> _Carry:
+    member = lambda k, r, f0, d: _start_member(solver, cfg, init_fn, k, r, f0, d)
+    factors, state, loss0 = _nest_vmap(member, axes, start_axes)(key, rank, factors0, data)
+    history = jnp.full(loss0.shape + (_n_checks(cfg) + 1,), jnp.nan, dtype=loss0.dtype).at[..., 0].set(loss0)
+    status = jnp.where(jnp.isfinite(loss0), _RUNNING, Status.DIVERGED.value).astype(jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    return _Carry(factors, state, loss0, loss0, history, jnp.zeros(loss0.shape, jnp.int32), status, zero, zero)
+
+
+def _advance(solver: Solver, cfg: _Config, axes, advance_axes, carry: _Carry, data, mask, stop_at) -> _Carry:
+    """Run all members, one check block at a time, until ``stop_at``, ``max_iter`` or every member stopped."""
+
+    def member_step(f, s, d, mk):
+        f, s = solver.step(f, s, d, mk)
+        if mk is not None:
+            f = apply_rank_mask(f, mk)
+        return f, s
+
+    every, per_matrix, per_rank = advance_axes
+    step = _nest_vmap(member_step, axes, (every, every, per_matrix, per_rank))
+    loss_fn = _nest_vmap(solver.loss.value, axes, (every, per_matrix))
+
+    def body(c: _Carry) -> _Carry:
+        n = jnp.minimum(cfg.check_every, cfg.max_iter - c.it)
+        # Frozen members are stepped too (SIMD lanes cannot idle) and their
+        # results discarded below, once per check rather than once per step.
+        f, s = jax.lax.fori_loop(0, n, lambda _, fs: step(fs[0], fs[1], data, mask), (c.factors, c.state))
+        it = c.it + n
+        check = c.check + 1
+        loss = loss_fn(f, data)
+        running = c.status == _RUNNING
+        finite = jnp.isfinite(loss)
+        if cfg.tol is None:
+            converged = jnp.zeros(loss.shape, bool)
+        else:
+            converged = ((c.loss_prev - loss) < cfg.tol * c.loss_init) | (loss == 0)
+        status = jnp.where(
+            ~finite,
+            Status.DIVERGED.value,
+            jnp.where(converged, Status.CONVERGED.value, jnp.where(it >= cfg.max_iter, Status.MAX_ITER.value, _RUNNING)),
+        ).astype(jnp.int32)
+        accept = running & finite
+        history = jnp.where(running[..., None], c.history.at[..., check].set(loss), c.history)
+        return _Carry(
+            factors=_select(accept, f, c.factors),
+            state=_select(running, s, c.state),
+            loss_init=c.loss_init,
+            loss_prev=jnp.where(accept, loss, c.loss_prev),
+            history=history,
+            n_iter=jnp.where(running, it, c.n_iter),
+            status=jnp.where(running, status, c.status),
+            it=it,
+            check=check,
+        )
+
+    def cond(c: _Carry):
+        return jnp.any(c.status == _RUNNING) & (c.it < stop_at)
+
+    return jax.lax.while_loop(cond, body, carry)
+
+
+def _to_result(cfg: _Config, c: _Carry) -> FitResult:
+    iterations = np.minimum(np.arange(_n_checks(cfg) + 1, dtype=np.int32) * cfg.check_every, cfg.max_iter)
+    return FitResult(c.factors, c.loss_prev, c.history, iterations, c.n_iter, c.status, c.state)
+
+
+_STATIC = ("solver", "cfg", "init_fn", "axes", "start_axes", "advance_axes")
+
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _start_many(solver, cfg, init_fn, axes, start_axes, advance_axes, key, rank, factors0, data):
+    return _start(solver, cfg, init_fn, axes, start_axes, key, rank, factors0, data)
+
+
+@partial(jax.jit, static_argnames=_STATIC, donate_argnames=("carry",))
+def _advance_many(solver, cfg, init_fn, axes, start_axes, advance_axes, stop_at, carry, data, mask):
+    return _advance(solver, cfg, axes, advance_axes, carry, data, mask, stop_at)
+
+
+@partial(jax.jit, static_argnames=_STATIC)
 def _fit_many_once(solver, cfg, init_fn, axes, start_axes, advance_axes, key, rank, factors0, data, mask):
-    start = lambda k, r, f0, d: _start(solver, cfg, init_fn, k, r, f0, d)
-    carry = _nest_vmap(start, axes, start_axes)(key, rank, factors0, data)
-    adv = lambda c, d, mk: _advance(solver, cfg, c, d, mk, cfg.max_iter)
-    return _nest_vmap(adv, axes, advance_axes)(carry, data, mask)
+    carry = _start(solver, cfg, init_fn, axes, start_axes, key, rank, factors0, data)
+    return _advance(solver, cfg, axes, advance_axes, carry, data, mask, cfg.max_iter)
 
 
 # -- validation ---------------------------------------------------------------------
@@ -308,15 +340,15 @@ def _run(solver, cfg, init_fn, axes, start_axes, advance_axes, key, rank, factor
             bar.close()
         return _fit_many_once(solver, cfg, init_fn, tuple(axes), start_axes, advance_axes,
                               key, rank, factors0, data, mask), Status.MAX_ITER
-    carry = _start_many(solver, cfg, init_fn, tuple(axes), start_axes, key, rank, factors0, data)
+    carry = _start_many(solver, cfg, init_fn, tuple(axes), start_axes, advance_axes, key, rank, factors0, data)
     done_at = 0
     user_stop = False
     try:
         for stop_at in _chunk_plan(cfg, chunk_size):
-            carry = _advance_many(solver, cfg, tuple(axes), advance_axes, jnp.asarray(stop_at, jnp.int32),
-                                  carry, data, mask)
+            carry = _advance_many(solver, cfg, init_fn, tuple(axes), start_axes, advance_axes,
+                                  jnp.asarray(stop_at, jnp.int32), carry, data, mask)
             status = np.asarray(carry.status)
-            it_max = int(np.max(np.asarray(carry.it)))
+            it_max = int(carry.it)
             running = status == _RUNNING
             if bar is not None:
                 bar.update(max(it_max - done_at, 0))
@@ -324,7 +356,7 @@ def _run(solver, cfg, init_fn, axes, start_axes, advance_axes, key, rank, factor
                 bar.set_postfix(loss=f"{float(np.nanmin(loss_now)) if loss_now.size else float('nan'):.4g}")
             done_at = it_max
             if callback is not None:
-                info = ProgressInfo(it_max, np.asarray(carry.loss_prev), np.asarray(carry.it), status, carry.factors)
+                info = ProgressInfo(it_max, np.asarray(carry.loss_prev), np.asarray(carry.n_iter), status, carry.factors)
                 if callback(info):
                     user_stop = True
             if not running.any() or user_stop:
