@@ -11,9 +11,7 @@ iterations.
 
 from __future__ import annotations
 
-import enum
 import math
-import sys
 from functools import partial
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
@@ -22,23 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .data import Dense, Sparse, as_data
-from .factors import Factors, apply_rank_mask, rank_mask
-from .init import add_biases, get_initializer
+from .driver import Args, Job, Status, _Config, _n_checks
+from .factors import Factors, rank_mask
+from .init import get_initializer
 from .solvers.base import Solver, data_kind
+from .batch import execute, fit_list
+from .sharding import is_global
 
 __all__ = ["Status", "FitResult", "FitManyResult", "ProgressInfo", "fit", "fit_many"]
-
-
-class Status(enum.IntEnum):
-    """Why a fit stopped (``FitResult.status``)."""
-
-    CONVERGED = 0
-    MAX_ITER = 1
-    DIVERGED = 2
-    STOPPED = 3  # a callback asked to stop
-
-
-_RUNNING = -1
 
 
 class FitResult(NamedTuple):
@@ -103,149 +92,9 @@ class ProgressInfo(NamedTuple):
     factors: Factors
 
 
-class _Config(NamedTuple):
-    max_iter: int
-    tol: Optional[float]
-    check_every: int
-    width: int
-    biases: bool
-
-
-class _Carry(NamedTuple):
-    """Loop state of a group of members; member leaves have the member axes in front.
-
-    All running members advance in lockstep, so the iteration counter ``it``
-    and the history index ``check`` are shared scalars; a member that stops
-    is frozen (its leaves are no longer updated) and keeps its own
-    ``n_iter`` and ``status``.
-    """
-
-    factors: Factors  # last accepted factors (the last finite ones for a diverged member)
-    state: Any
-    loss_init: jax.Array
-    loss_prev: jax.Array  # loss of `factors`
-    history: jax.Array  # (..., n_checks + 1)
-    n_iter: jax.Array
-    status: jax.Array
-    it: jax.Array  # shared iteration counter
-    check: jax.Array  # shared index of the last written history entry
-
-
-def _n_checks(cfg: _Config) -> int:
-    return -(-cfg.max_iter // cfg.check_every)
-
-
-def _nest_vmap(fn, axes: Sequence[str], arg_axes: Sequence[frozenset]):
-    """vmap ``fn`` once per member axis (outermost first); ``arg_axes[i]`` lists the axes argument i varies along."""
-    for axis in reversed(axes):
-        in_axes = tuple(0 if axis in a else None for a in arg_axes)
-        fn = jax.vmap(fn, in_axes=in_axes)
-    return fn
-
-
-def _select(pred, new, old):
-    """Leafwise ``where(pred, new, old)`` with ``pred`` of the member shape broadcast over trailing axes."""
-
-    def sel(a, b):
-        p = jnp.reshape(pred, pred.shape + (1,) * (jnp.ndim(a) - pred.ndim))
-        return jnp.where(p, a, b)
-
-    return jax.tree_util.tree_map(sel, new, old)
-
-
-def _start_member(solver: Solver, cfg: _Config, init_fn, key, rank, factors0, data):
-    if factors0 is None:
-        factors0 = init_fn(key, data, cfg.width, rank)
-    if cfg.biases and factors0.row_bias is None:
-        factors0 = add_biases(factors0, data)
-    state = solver.init(factors0, data, jax.random.fold_in(key, 1))
-    loss0 = solver.loss.value(factors0, data)
-    return factors0, state, loss0
-
-
-def _start(solver, cfg, init_fn, axes, start_axes, key, rank, factors0, data) -> _Carry:
-    member = lambda k, r, f0, d: _start_member(solver, cfg, init_fn, k, r, f0, d)
-    factors, state, loss0 = _nest_vmap(member, axes, start_axes)(key, rank, factors0, data)
-    history = jnp.full(loss0.shape + (_n_checks(cfg) + 1,), jnp.nan, dtype=loss0.dtype).at[..., 0].set(loss0)
-    status = jnp.where(jnp.isfinite(loss0), _RUNNING, Status.DIVERGED.value).astype(jnp.int32)
-    zero = jnp.zeros((), jnp.int32)
-    return _Carry(factors, state, loss0, loss0, history, jnp.zeros(loss0.shape, jnp.int32), status, zero, zero)
-
-
-def _advance(solver: Solver, cfg: _Config, axes, advance_axes, carry: _Carry, data, mask, stop_at) -> _Carry:
-    """Run all members, one check block at a time, until ``stop_at``, ``max_iter`` or every member stopped."""
-
-    def member_step(f, s, d, mk):
-        f, s = solver.step(f, s, d, mk)
-        if mk is not None:
-            f = apply_rank_mask(f, mk)
-        return f, s
-
-    every, per_matrix, per_rank = advance_axes
-    step = _nest_vmap(member_step, axes, (every, every, per_matrix, per_rank))
-    loss_fn = _nest_vmap(solver.loss.value, axes, (every, per_matrix))
-
-    def body(c: _Carry) -> _Carry:
-        n = jnp.minimum(cfg.check_every, cfg.max_iter - c.it)
-        # Frozen members are stepped too (SIMD lanes cannot idle) and their
-        # results discarded below, once per check rather than once per step.
-        f, s = jax.lax.fori_loop(0, n, lambda _, fs: step(fs[0], fs[1], data, mask), (c.factors, c.state))
-        it = c.it + n
-        check = c.check + 1
-        loss = loss_fn(f, data)
-        running = c.status == _RUNNING
-        finite = jnp.isfinite(loss)
-        if cfg.tol is None:
-            converged = jnp.zeros(loss.shape, bool)
-        else:
-            converged = ((c.loss_prev - loss) < cfg.tol * c.loss_init) | (loss == 0)
-        status = jnp.where(
-            ~finite,
-            Status.DIVERGED.value,
-            jnp.where(converged, Status.CONVERGED.value, jnp.where(it >= cfg.max_iter, Status.MAX_ITER.value, _RUNNING)),
-        ).astype(jnp.int32)
-        accept = running & finite
-        history = jnp.where(running[..., None], c.history.at[..., check].set(loss), c.history)
-        return _Carry(
-            factors=_select(accept, f, c.factors),
-            state=_select(running, s, c.state),
-            loss_init=c.loss_init,
-            loss_prev=jnp.where(accept, loss, c.loss_prev),
-            history=history,
-            n_iter=jnp.where(running, it, c.n_iter),
-            status=jnp.where(running, status, c.status),
-            it=it,
-            check=check,
-        )
-
-    def cond(c: _Carry):
-        return jnp.any(c.status == _RUNNING) & (c.it < stop_at)
-
-    return jax.lax.while_loop(cond, body, carry)
-
-
-def _to_result(cfg: _Config, c: _Carry) -> FitResult:
+def _to_result(cfg: _Config, c) -> FitResult:
     iterations = np.minimum(np.arange(_n_checks(cfg) + 1, dtype=np.int32) * cfg.check_every, cfg.max_iter)
     return FitResult(c.factors, c.loss_prev, c.history, iterations, c.n_iter, c.status, c.state)
-
-
-_STATIC = ("solver", "cfg", "init_fn", "axes", "start_axes", "advance_axes")
-
-
-@partial(jax.jit, static_argnames=_STATIC)
-def _start_many(solver, cfg, init_fn, axes, start_axes, advance_axes, key, rank, factors0, data):
-    return _start(solver, cfg, init_fn, axes, start_axes, key, rank, factors0, data)
-
-
-@partial(jax.jit, static_argnames=_STATIC, donate_argnames=("carry",))
-def _advance_many(solver, cfg, init_fn, axes, start_axes, advance_axes, stop_at, carry, data, mask):
-    return _advance(solver, cfg, axes, advance_axes, carry, data, mask, stop_at)
-
-
-@partial(jax.jit, static_argnames=_STATIC)
-def _fit_many_once(solver, cfg, init_fn, axes, start_axes, advance_axes, key, rank, factors0, data, mask):
-    carry = _start(solver, cfg, init_fn, axes, start_axes, key, rank, factors0, data)
-    return _advance(solver, cfg, axes, advance_axes, carry, data, mask, cfg.max_iter)
 
 
 # -- validation ---------------------------------------------------------------------
@@ -257,7 +106,7 @@ def _check_solver(solver, data):
     kind = data_kind(data)
     if kind not in solver.data_kinds:
         raise ValueError(f"solver {solver.name!r} does not support {kind} data (supports: {', '.join(solver.data_kinds)})")
-    if solver.nonnegative:
+    if solver.nonnegative and not is_global(data):
         lo = data.min()
         if lo < 0:
             raise ValueError(f"data has negative observed entries (min {lo:.4g}); solver {solver.name!r} "
@@ -308,65 +157,6 @@ def _check_factors(f, data, biases):
             raise ValueError(f"init factors: {leaf_name} contains NaN or inf")
     f = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=data.dtype), f)
     return f
-
-
-def _progress_bar(progress, total, desc):
-    if progress is False or progress is None:
-        return None
-    from tqdm.auto import tqdm
-
-    # disable=None: tqdm switches itself off when stderr is not a terminal.
-    return tqdm(total=total, desc=desc, unit="it", disable=None if progress is True else False, leave=False)
-
-
-def _chunk_plan(cfg: _Config, chunk_size, n_chunks_hint=20) -> list[int]:
-    ce = cfg.check_every
-    if chunk_size is None:
-        chunk_size = max(ce, -(-cfg.max_iter // n_chunks_hint // ce) * ce)
-    else:
-        chunk_size = _check_int(chunk_size, "chunk_size")
-        chunk_size = max(ce, -(-chunk_size // ce) * ce)
-    stops = list(range(chunk_size, cfg.max_iter, chunk_size)) + [cfg.max_iter]
-    return stops
-
-
-def _run(solver, cfg, init_fn, axes, start_axes, advance_axes, key, rank, factors0, data, mask,
-         progress, callback, chunk_size, desc):
-    """Run members to completion, in one call or in chunks with progress/callback."""
-    bar = _progress_bar(progress, cfg.max_iter, desc)
-    chunked = callback is not None or (bar is not None and not bar.disable)
-    if not chunked:
-        if bar is not None:
-            bar.close()
-        return _fit_many_once(solver, cfg, init_fn, tuple(axes), start_axes, advance_axes,
-                              key, rank, factors0, data, mask), Status.MAX_ITER
-    carry = _start_many(solver, cfg, init_fn, tuple(axes), start_axes, advance_axes, key, rank, factors0, data)
-    done_at = 0
-    user_stop = False
-    try:
-        for stop_at in _chunk_plan(cfg, chunk_size):
-            carry = _advance_many(solver, cfg, init_fn, tuple(axes), start_axes, advance_axes,
-                                  jnp.asarray(stop_at, jnp.int32), carry, data, mask)
-            status = np.asarray(carry.status)
-            it_max = int(carry.it)
-            running = status == _RUNNING
-            if bar is not None:
-                bar.update(max(it_max - done_at, 0))
-                loss_now = np.asarray(carry.loss_prev)
-                bar.set_postfix(loss=f"{float(np.nanmin(loss_now)) if loss_now.size else float('nan'):.4g}")
-            done_at = it_max
-            if callback is not None:
-                info = ProgressInfo(it_max, np.asarray(carry.loss_prev), np.asarray(carry.n_iter), status, carry.factors)
-                if callback(info):
-                    user_stop = True
-            if not running.any() or user_stop:
-                break
-    finally:
-        if bar is not None:
-            bar.close()
-    if user_stop:
-        carry = carry._replace(status=jnp.where(carry.status == _RUNNING, Status.STOPPED.value, carry.status))
-    return carry, Status.MAX_ITER
 
 
 # -- public API ---------------------------------------------------------------------
@@ -536,7 +326,10 @@ def fit_many(
     progress: bool = True,
     callback: Optional[Callable[[ProgressInfo], Any]] = None,
     chunk_size: Optional[int] = None,
-) -> FitManyResult:
+    mesh=None,
+    memory_budget: Optional[int] = None,
+    max_buckets: int = 8,
+) -> "FitManyResult | list[FitManyResult]":
     """Fit many members in one compiled call: restarts x ranks x matrices.
 
     The driver of :func:`fit` is vmapped over
@@ -558,6 +351,13 @@ def fit_many(
         Leaves with leading member axes ``axes`` (see :class:`FitManyResult`);
         ``best()`` picks the lowest final loss over restarts.
     """
+    if isinstance(data, (list, tuple)):
+        if isinstance(init, Factors):
+            raise ValueError("init=Factors starts a single fit; it cannot be combined with a list of matrices")
+        return fit_list(data, partial(fit_many, solver=solver), max_buckets=max_buckets, rank=rank, ranks=ranks,
+                        key=key, keys=keys, n_restarts=n_restarts, init=init, max_iter=max_iter, tol=tol,
+                        check_every=check_every, biases=biases, progress=progress, callback=callback,
+                        chunk_size=chunk_size, mesh=mesh, memory_budget=memory_budget)
     data = as_data(data)
     _check_solver(solver, data)
     max_iter = _check_int(max_iter, "max_iter")
@@ -622,10 +422,10 @@ def fit_many(
 
     cfg = _Config(max_iter, tol, check_every, width, bool(biases))
     mask = None if rank_arr is None else jax.vmap(lambda r: rank_mask(r, width, data.dtype))(rank_arr)
-    start_axes = (frozenset({"restart"}), frozenset({"rank"}), frozenset(), frozenset({"matrix"}))
-    advance_axes = (frozenset(axes), frozenset({"matrix"}), frozenset({"rank"}))
-    desc = solver.name
-    carry, _ = _run(solver, cfg, init_fn, tuple(axes), start_axes, advance_axes, key_arg, rank_arr, factors0, data,
-                    mask, progress, callback, chunk_size, desc)
-    result = _to_result(cfg, carry)
-    return FitManyResult(result, tuple(axes), ranks_np)
+    job = Job(solver, cfg, init_fn, tuple(axes))
+    args = Args(key_arg, rank_arr, factors0, data, mask)
+    if memory_budget is not None:
+        memory_budget = _check_int(memory_budget, "memory_budget")
+    carry = execute(job, args, progress=progress, callback=callback, chunk_size=chunk_size, mesh=mesh,
+                    memory_budget=memory_budget, desc=solver.name, progress_info=ProgressInfo)
+    return FitManyResult(_to_result(cfg, carry), tuple(axes), ranks_np)

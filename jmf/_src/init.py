@@ -24,19 +24,21 @@ __all__ = ["random", "uniform", "normal", "svd", "nndsvd", "nndsvda", "nndsvdar"
 
 
 def _components(key, width: int, m: int, n: int, draw: Callable, dtype):
-    """``(W, H)`` of shapes ``(m, width)`` and ``(width, n)`` from one draw of shape ``(width, m + n)``.
+    """``(W, H)`` of shapes ``(m, width)`` and ``(width, n)``; component ``j`` drawn from ``fold_in``.
 
-    Row ``j`` of the draw is component ``j`` (column ``j`` of ``W`` and row
-    ``j`` of ``H``).  With JAX's partitionable threefry (the default) element
-    ``(j, i)`` of a draw depends only on its flat index, so the first ``r``
-    rows are the same for every ``width >= r``; otherwise each component gets
-    its own ``fold_in(key, j)``.
+    Column ``j`` of ``W`` is ``draw(fold_in(kW, j), (m,))`` and row ``j`` of
+    ``H`` is ``draw(fold_in(kH, j), (n,))``.  Neither depends on ``width``
+    (so rank-padded members start like separate fits) and, with JAX's
+    partitionable threefry (the default), the first ``m`` values of a longer
+    draw equal a length-``m`` draw, so a matrix padded with unobserved rows
+    or columns (mixed-shape buckets of :func:`jmf.fit_many`) starts from the
+    same factors as the unpadded matrix.
     """
-    if jax.config.jax_threefry_partitionable:
-        draws = draw(key, (width, m + n), dtype)
-    else:  # pragma: no cover - legacy PRNG configuration
-        draws = jax.vmap(lambda j: draw(jax.random.fold_in(key, j), (m + n,), dtype))(jnp.arange(width))
-    return draws[:, :m].T, draws[:, m:]
+    kW, kH = jax.random.split(key)
+    j = jnp.arange(width, dtype=jnp.uint32)
+    W = jax.vmap(lambda i: draw(jax.random.fold_in(kW, i), (m,), dtype))(j).T
+    H = jax.vmap(lambda i: draw(jax.random.fold_in(kH, i), (n,), dtype))(j)
+    return W, H
 
 
 def _mean_abs(data):

@@ -1,0 +1,102 @@
+"""Placement at the edge: device meshes for the member (batch) axis of :func:`jmf.fit_many`.
+
+jmf never branches on the device kind inside a solver.  Placement is a
+property of the call: ``fit_many(..., mesh=jmf.sharding.batch_mesh())``
+splits the outermost member axis (matrices, else ranks, else restarts) over
+a 1-D mesh with :func:`jax.shard_map`.  Each device then runs its own
+compiled loop over its members -- members never communicate, so a device
+whose members have all converged simply finishes early and results are
+identical to a single-device run.
+
+Multi-host (several processes, e.g. one per GPU node) uses the same
+program: every process calls ``jax.distributed.initialize(...)``, builds the
+global mesh from ``jax.devices()``, wraps its *own* shard of the batch with
+:func:`distribute`, calls ``fit_many(..., mesh=mesh)``, and gathers the
+result with :func:`gather`.  See ``docs/multihost.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["BATCH_AXIS", "batch_mesh", "distribute", "gather", "default_memory_budget", "is_global"]
+
+BATCH_AXIS = "batch"
+
+
+def batch_mesh(devices: Optional[Sequence] = None, axis_name: str = BATCH_AXIS) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("devices is empty")
+    return Mesh(np.asarray(devices), (axis_name,))
+
+
+def _axis_name(mesh: Mesh) -> str:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh (see jmf.sharding.batch_mesh), got {type(mesh).__name__}")
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh must be 1-D, got axes {mesh.axis_names}")
+    return mesh.axis_names[0]
+
+
+def distribute(local_data, mesh: Mesh):
+    """Build a global batch from this process's shard (multi-host).
+
+    ``local_data`` is a batched :class:`jmf.Dense`/:class:`jmf.Sparse` (or
+    any pytree of arrays) holding this process's members along the leading
+    axis; every process must hold the same number.  The result is one
+    pytree of global arrays sharded over ``mesh``'s axis, for
+    ``fit_many(..., mesh=mesh)``.  Validate the local data *before*
+    (constructing ``jmf.Dense``/``jmf.Sparse`` does); global arrays are not
+    re-checked on the host.
+    """
+    name = _axis_name(mesh)
+    sharding = NamedSharding(mesh, PartitionSpec(name))
+    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_data)
+
+
+def gather(tree):
+    """Bring every leaf of ``tree`` (e.g. a :class:`jmf.FitManyResult`) to host NumPy on every process."""
+    from jax.experimental import multihost_utils
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x) if isinstance(x, jax.Array) else x
+
+    return jax.tree_util.tree_map(get, tree)
+
+
+def is_global(tree) -> bool:
+    """True if some leaf is a jax.Array spanning devices of other processes."""
+    return any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree_util.tree_leaves(tree))
+
+
+def default_memory_budget(fraction: float = 0.5) -> int:
+    """Bytes a batched fit may use: ``fraction`` of the device memory limit (GPU/TPU) or of available RAM (CPU)."""
+    dev = jax.local_devices()[0]
+    stats = None
+    try:
+        stats = dev.memory_stats()
+    except Exception:  # pragma: no cover - backends without memory stats
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(fraction * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+    available = None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:  # pragma: no cover - non-Linux
+        pass
+    if available is None:  # pragma: no cover
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(fraction * available)
