@@ -26,6 +26,11 @@ def test_factors_roundtrip(tmp_path, rng, biases):
     assert path.endswith("model.npz") and os.path.exists(path)
     g, meta = load_factors(path, with_metadata=True)
     assert meta == {"solver": "als", "rank": 2}
+    path = save_factors(tmp_path / "ids", f, arrays={"user_ids": np.array(["ann", "bob", "cy", "di", "ed"]),
+                                                     "item_ids": np.arange(4) * 10})
+    _, meta = load_factors(path, with_metadata=True)
+    assert list(meta["arrays"]["user_ids"]) == ["ann", "bob", "cy", "di", "ed"]
+    assert list(meta["arrays"]["item_ids"]) == [0, 10, 20, 30]
     for name in ("W", "H", "row_bias", "col_bias", "offset"):
         a, b = getattr(f, name), getattr(g, name)
         assert (a is None) == (b is None)

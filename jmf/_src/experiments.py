@@ -415,7 +415,7 @@ def make_dataset(spec: Mapping) -> PreparedData:
         w = None if weights is None or np.all(weights[sel] == 1) else weights[sel].astype(dtype)
         train = Sparse(rows[sel], cols[sel], vals[sel].astype(dtype), shape, weights=w)
     sv = None
-    if dense is not None and full and min(shape) <= 4000:
+    if dense is not None and full and shape[0] * shape[1] * min(shape) <= 4e9:  # a few seconds at most
         sv = np.linalg.svd(dense, compute_uv=False)
     info.update(shape=list(shape), n_observed=int(keep.sum()), n_test=0 if test is None else int(len(test[0])))
     return PreparedData(config["name"], config, train, test, _jsonable(info), sv)

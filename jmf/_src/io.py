@@ -149,8 +149,8 @@ def _read_npz(path) -> tuple[dict, dict]:
 # -- factors and results ----------------------------------------------------------------
 
 
-def save_factors(path, factors: Factors, metadata: Optional[dict] = None, *, overwrite: bool = True,
-                 compress: bool = False) -> str:
+def save_factors(path, factors: Factors, metadata: Optional[dict] = None, *, arrays: Optional[dict] = None,
+                 overwrite: bool = True, compress: bool = False) -> str:
     """Save :class:`~jmf.Factors` to ``path`` (``.npz`` is appended if missing).
 
     Parameters
@@ -161,6 +161,10 @@ def save_factors(path, factors: Factors, metadata: Optional[dict] = None, *, ove
         factors (from :func:`jmf.fit_many`) are saved with their leading axes.
     metadata : dict, optional
         JSON-serializable information stored alongside (solver, rank, ...).
+    arrays : dict of str to array, optional
+        Extra numeric or string arrays (e.g. the raw user and item ids of
+        the rows and columns); returned by ``load_factors(...,
+        with_metadata=True)`` as ``metadata["arrays"]``.
     overwrite : bool, default True
         If False, refuse to replace an existing file (:class:`FileExistsError`).
     compress : bool, default False
@@ -173,9 +177,14 @@ def save_factors(path, factors: Factors, metadata: Optional[dict] = None, *, ove
     """
     if not isinstance(factors, Factors):
         raise TypeError(f"factors must be a jmf.Factors, got {type(factors).__name__}")
-    arrays = {name: getattr(factors, name) for name in _FACTOR_LEAVES if getattr(factors, name) is not None}
+    payload = {name: getattr(factors, name) for name in _FACTOR_LEAVES if getattr(factors, name) is not None}
+    extra = {}
+    for name, value in (arrays or {}).items():
+        if name in _FACTOR_LEAVES or name == _META or name.startswith("extra."):
+            raise ValueError(f"arrays: name {name!r} is reserved")
+        extra["extra." + name] = value
     meta = {"format": _FORMAT, "kind": "factors", "metadata": metadata or {}}
-    return _write_npz(path, arrays, meta, overwrite, compress)
+    return _write_npz(path, {**payload, **extra}, meta, overwrite, compress)
 
 
 def load_factors(path, *, with_metadata: bool = False):
@@ -191,7 +200,11 @@ def load_factors(path, *, with_metadata: bool = False):
         raise ValueError(f"{os.fspath(path)!r} holds no factors (arrays: {sorted(arrays)}); expected W and H")
     factors = Factors(*(arrays.get(name) for name in _FACTOR_LEAVES))
     if with_metadata:
-        return factors, meta.get("metadata", {})
+        md = dict(meta.get("metadata", {}))
+        extra = {k[len("extra."):]: v for k, v in arrays.items() if k.startswith("extra.")}
+        if extra:
+            md["arrays"] = extra
+        return factors, md
     return factors
 
 
@@ -391,6 +404,21 @@ def _load_npz_matrix(path: str, dtype, info: dict):
 
 
 def _load_ratings(path: str, delim, has_header: bool, dtype, info: dict):
+    try:
+        from .datasets import index_ratings, read_ratings
+    except ImportError:  # pragma: no cover - datasets not installed
+        read_ratings = None
+    if read_ratings is not None:
+        try:
+            df = read_ratings(path)
+            table = index_ratings(df, duplicates="last", dtype=dtype)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path!r} is not a readable ratings table: {exc}") from None
+        users, items = np.asarray(table.users), np.asarray(table.items)
+        info.update(kind="ratings", shape=tuple(table.data.shape), nnz=int(table.data.nnz),
+                    user_ids=users.astype(str) if users.dtype == object else users,
+                    item_ids=items.astype(str) if items.dtype == object else items)
+        return table.data, info
     import pandas as pd
 
     sep = delim if delim is not None else r"\s+"
@@ -416,6 +444,8 @@ def _load_ratings(path: str, delim, has_header: bool, dtype, info: dict):
         raise ValueError(f"{path!r}: {bad} ratings in column {rcol!r} are not numbers")
     user_ids, rows = np.unique(df[ucol].to_numpy(), return_inverse=True)
     item_ids, cols_ = np.unique(df[icol].to_numpy(), return_inverse=True)
+    user_ids = user_ids.astype(str) if user_ids.dtype == object else user_ids
+    item_ids = item_ids.astype(str) if item_ids.dtype == object else item_ids
     shape = (len(user_ids), len(item_ids))
     data = Sparse(rows.ravel(), cols_.ravel(), vals.astype(dtype), shape, duplicates="last")
     info.update(kind="ratings", shape=shape, nnz=int(data.nnz), user_ids=user_ids, item_ids=item_ids)

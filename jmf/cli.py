@@ -1,0 +1,409 @@
+"""The ``jmf`` command: factorize a matrix file, or run an experiment grid.
+
+    jmf fit data.npy --rank 10                      # A ~ W H with the default solver, summary printed
+    jmf fit ratings.csv --rank 20 --solver als --param l2=0.1 --biases --out model.npz
+    jmf experiment grid.toml --out results/grid     # resumable grid of fits, table and figures
+    jmf solvers                                     # what --solver accepts
+
+Exit status: 0 on success, 2 for a usage problem (missing file, unknown
+solver, bad option), 1 if a fit diverged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+DESCRIPTION = """\
+jmf: matrix factorization with JAX.  Approximates a matrix A (m x n) by the
+product of two thin matrices, A ~ W H with W (m x k) and H (k x n), for
+compression, denoising, parts-based representations (nonnegative
+factorization) and predicting missing entries (recommendation).
+"""
+
+EPILOG = """\
+examples:
+  jmf fit data.npy --rank 10
+  jmf fit data.csv --rank 5 --solver hals --max-iter 500 --out model.npz
+  jmf fit ratings.csv --rank 20 --solver als --param l2=0.1 --biases --holdout 0.1
+  jmf experiment grid.toml --out results/grid
+  jmf fit --help        (options of one command)
+
+Python: import jmf; jmf.fit(A, jmf.solvers.als(), rank=10, key=0).  See README.md.
+"""
+
+FIT_HELP = """\
+Factorize the matrix in FILE as A ~ W H with rank k and print a summary.
+
+FILE formats:
+  .npy            one 2-D numeric array
+  .npz            one 2-D array (or named 'A'), or a scipy.sparse.save_npz file
+  .mtx            Matrix Market (sparse: stored entries are the observed ones)
+  .csv .tsv .txt  a dense numeric table (NaN or an empty field = missing entry),
+                  or a ratings table: one 'user,item,rating' row per observed entry
+                  (recognized by its header, or force with --format ratings)
+  .data .dat      ratings files such as MovieLens u.data / ratings.dat
+
+The loss is the mean squared error over the observed entries (plus any
+penalty); missing entries are ignored, never treated as zeros.
+"""
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        low = text.lower()
+        if low in ("none", "null"):
+            return None
+        return text
+
+
+def _param(text: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    if not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"{key!r} is not a valid hyperparameter name")
+    return key, _parse_value(value)
+
+
+def _tol(text: str):
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tol must be a number or 'none', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"tol must be >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _fraction(text: str):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jmf", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="store_true", help="print the versions of jmf and JAX, and the devices")
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+
+    fit = sub.add_parser("fit", help="factorize one matrix file and print a summary (loss, status, errors)",
+                         description=FIT_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    fit.add_argument("file", metavar="FILE", help="the matrix (.npy .npz .mtx .csv .tsv .txt, or a ratings table)")
+    fit.add_argument("--rank", "-k", type=_positive_int, required=True, metavar="K",
+                     help="number of components k (1 <= k <= min(m, n))")
+    fit.add_argument("--solver", "-s", default=None, metavar="NAME",
+                     help="solver name: als (default), adam, sgd, hals, mu, svd, ... (see 'jmf solvers')")
+    fit.add_argument("--param", "-p", type=_param, action="append", default=[], metavar="KEY=VALUE",
+                     help="solver hyperparameter, repeatable, e.g. -p l2=0.1 -p learning_rate=0.01")
+    fit.add_argument("--max-iter", type=_positive_int, default=200, metavar="N",
+                     help="maximum number of iterations (default 200)")
+    fit.add_argument("--tol", type=_tol, default=1e-4,
+                     help="stop when the loss improves by less than tol x the initial loss between checks "
+                          "(default 1e-4; 'none' runs all iterations)")
+    fit.add_argument("--check-every", type=_positive_int, default=10, metavar="N",
+                     help="iterations between loss checks (default 10)")
+    fit.add_argument("--init", default="random",
+                     help="initializer: random (default), normal, uniform, svd, nndsvd, ...")
+    fit.add_argument("--seed", type=int, default=0, help="random seed of the initialization (default 0)")
+    fit.add_argument("--biases", action="store_true",
+                     help="also fit row and column biases and a global offset (ratings)")
+    fit.add_argument("--holdout", type=_fraction, default=0.0, metavar="F",
+                     help="hold out a fraction F of the observed entries and report the RMSE on them")
+    fit.add_argument("--format", choices=["auto", "dense", "ratings"], default="auto",
+                     help="how to read a text file (default: auto-detect)")
+    fit.add_argument("--out", "-o", default=None, metavar="MODEL.npz",
+                     help="save the factors (W, H, biases; ratings ids) as a pickle-free .npz")
+    fit.add_argument("--json", action="store_true", help="print the summary as JSON")
+    fit.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    exp = sub.add_parser("experiment", help="run a grid of fits from a TOML file (resumable; table, figures)",
+                         description="Run every fit of the grid in CONFIG.toml that is not already in the results "
+                                     "file, then print a summary table and save figures.  A killed run resumes "
+                                     "where it stopped.  See jmf.experiments for the file format.",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EXAMPLE_TOML)
+    exp.add_argument("config", metavar="CONFIG.toml", help="the experiment description")
+    exp.add_argument("--out", "-o", default=None, metavar="DIR",
+                     help="output directory (default: 'out' in the file, else results/<name>)")
+    exp.add_argument("--factors", action="store_true", help="save every fit's factors under DIR/factors/")
+    exp.add_argument("--dry-run", action="store_true", help="list the grid and exit without fitting")
+    exp.add_argument("--no-figures", action="store_true", help="skip the figures")
+    exp.add_argument("--compile-cache", default=None, metavar="DIR",
+                     help="persistent JAX compilation cache, so a resumed run does not recompile")
+    exp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    sub.add_parser("solvers", help="list the available solvers and their hyperparameters",
+                   description="List the solver names --solver and experiment files accept.")
+    return parser
+
+
+_EXAMPLE_TOML = """\
+example CONFIG.toml:
+  name = "demo"
+  ranks = [2, 5, 10]
+  restarts = 3
+  max_iter = 500
+  tol = 1e-6
+
+  [[datasets]]
+  kind = "low_rank"          # also: nonnegative, digits, image, file (path = "..."), ratings
+  m = 300
+  n = 200
+  rank = 5
+  noise = 0.1
+  holdout = 0.1              # optional: held-out entries for test RMSE
+
+  [[solvers]]
+  solver = "adam"
+  learning_rate = [0.01, 0.03]   # a list is a grid axis
+
+  [[solvers]]
+  solver = "als"
+  max_iter = 50                  # per-solver fit options
+"""
+
+
+class UsageError(Exception):
+    """A problem with the user's input: reported in one line, exit status 2."""
+
+
+def _fail(parser: argparse.ArgumentParser, message: str) -> int:
+    print(f"{parser.prog}: error: {message}\n(see '{parser.prog} --help')", file=sys.stderr)
+    return 2
+
+
+def _default_solver() -> str:
+    import jmf.experiments as E
+
+    return "als" if "als" in E.available_solvers() else "adam"
+
+
+def _cmd_fit(args, parser) -> int:
+    import jax
+    import numpy as np
+
+    import jmf
+    import jmf.experiments as E
+    from jmf._src.experiments import _member_metrics
+
+    name = args.solver or _default_solver()
+    params = dict(args.param)
+    try:
+        solver = E.make_solver(name, **params)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        data, info = jmf.io.load_matrix(args.file, format=args.format)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"cannot read {args.file!r}: {exc}") from None
+    shape = data.shape
+    if args.rank > min(shape):
+        raise UsageError(f"--rank {args.rank} is too large for a {shape[0]} x {shape[1]} matrix "
+                         f"(at most {min(shape)})")
+    if args.out is not None:
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        if not os.path.isdir(out_dir):
+            raise UsageError(f"--out: directory {out_dir!r} does not exist")
+    try:
+        jmf.init.get_initializer(args.init)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--init: {exc}") from None
+    prepared = E.make_dataset({"name": os.path.basename(args.file), "data": data, "holdout": args.holdout})
+    from jmf._src.experiments import _compatibility
+
+    problem = _compatibility(solver, prepared.train)
+    if problem is not None:
+        raise UsageError(f"solver {name!r} cannot fit this data: {problem}")
+
+    label = name + ("(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
+    if not args.json:
+        kind = info.get("kind", "dense")
+        observed = prepared.info["n_observed"]
+        print(f"data    {args.file}: {kind} {shape[0]} x {shape[1]}, {observed} observed entries"
+              + (f" ({prepared.info['n_test']} held out)" if args.holdout else ""))
+        print(f"solver  {label}, rank {args.rank}, init {args.init}, seed {args.seed}, max_iter {args.max_iter}, "
+              f"tol {args.tol}")
+    t0 = time.perf_counter()
+    try:
+        res = jmf.fit(prepared.train, solver, rank=args.rank, key=jax.random.key(args.seed), init=args.init,
+                      max_iter=args.max_iter, tol=args.tol, check_every=args.check_every,
+                      biases=True if args.biases else None, progress=not args.quiet and not args.json)
+        res = jax.block_until_ready(res)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    seconds = time.perf_counter() - t0
+    f = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), res.factors)
+    metrics = _member_metrics(prepared, f.W, f.H, f.row_bias, f.col_bias, f.offset, args.rank)
+    summary = {"file": args.file, "shape": list(shape), "n_observed": prepared.info["n_observed"],
+               "solver": name, "params": params, "rank": args.rank, "status": res.status_name,
+               "n_iter": int(res.n_iter), "loss": float(res.loss), **metrics, "seconds": seconds}
+    if args.out is not None:
+        arrays = {}
+        for k in ("user_ids", "item_ids"):
+            if k in info:
+                arrays[k] = np.asarray(info[k])
+        path = jmf.io.save_factors(args.out, res.factors, metadata={k: v for k, v in summary.items()},
+                                   arrays=arrays)
+        summary["saved"] = path
+    if args.json:
+        print(json.dumps(summary, indent=1, default=float))
+    else:
+        print(f"result  {res.status_name} after {int(res.n_iter)} iterations; final loss {float(res.loss):.6g} "
+              f"(mean squared error over observed entries{' plus penalty' if params else ''})")
+        line = f"        relative error {metrics['rel_error']:.4g}, training RMSE {metrics['train_rmse']:.4g}"
+        if "svd_rel_error" in metrics:
+            line += f" (best possible at rank {args.rank}, SVD: {metrics['svd_rel_error']:.4g})"
+        print(line)
+        if "test_rmse" in metrics:
+            print(f"        held-out RMSE {metrics['test_rmse']:.4g}, MAE {metrics['test_mae']:.4g}")
+        print(f"time    {seconds:.2f} s including compilation")
+        if args.out is not None:
+            W, H = res.factors.W, res.factors.H
+            print(f"saved   {summary['saved']} (W {W.shape[0]}x{W.shape[1]}, H {H.shape[0]}x{H.shape[1]}"
+                  f"{', biases' if res.factors.has_biases else ''}); load with jmf.io.load_factors")
+    return 1 if res.status_name == "DIVERGED" else 0
+
+
+def _cmd_experiment(args, parser) -> int:
+    import jmf.experiments as E
+
+    try:
+        exp, options = E.load_config(args.config)
+        cells = exp.cells()
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{args.config}: {exc}") from None
+    out = args.out or options.get("out") or os.path.join("results", exp.name)
+    n_fits = sum(len(c.ranks) * c.restarts for c in cells)
+    print(f"experiment {exp.name!r}: {len(cells)} cells (dataset x solver x hyperparameters), {n_fits} fits "
+          f"-> {os.path.join(out, 'results.jsonl')}")
+    if args.dry_run:
+        for c in cells:
+            print(f"  {c.dataset_config['name']:<40} {c.label:<36} ranks {list(c.ranks)} x {c.restarts} restarts")
+        return 0
+    if args.compile_cache:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    results = os.path.join(out, "results.jsonl")
+    factors_dir = os.path.join(out, "factors") if (args.factors or options.get("factors")) else None
+    try:
+        df = E.run(exp, results, factors_dir=factors_dir, progress=not args.quiet,
+                   log=lambda msg: print("note:", msg, file=sys.stderr))
+    except RuntimeError as exc:  # another run holds the results file
+        raise UsageError(str(exc)) from None
+    import pandas as pd
+
+    summ = E.summary(df)
+    from jmf.io import atomic_write
+
+    with atomic_write(os.path.join(out, "summary.csv"), "w") as fh:
+        summ.to_csv(fh, index=False)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+        print(summ.to_string(index=False) if len(summ) else "(no results)")
+    figures = []
+    if not args.no_figures and len(df):
+        import jmf.plotting as P
+
+        for dataset, sub in df.groupby("dataset", sort=False):
+            metric = "test_rmse" if "test_rmse" in sub and sub["test_rmse"].notna().any() else "rel_error"
+            stem = os.path.join(out, "figures", _slug(dataset))
+            figures += P.save(P.overview(sub, metric=metric), stem + "_overview")
+    print(f"results: {os.path.abspath(results)} ({len(df)} fits)")
+    print(f"table:   {os.path.abspath(os.path.join(out, 'summary.csv'))}")
+    if figures:
+        print(f"figures: {os.path.abspath(os.path.join(out, 'figures'))}/")
+    return 0
+
+
+def _slug(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return keep.strip("_")[:80] or "dataset"
+
+
+def _cmd_solvers(args, parser) -> int:
+    import inspect
+
+    import jmf.experiments as E
+    import jmf.solvers as S
+
+    print("solvers (use with --solver NAME and -p KEY=VALUE, or solver = \"NAME\" in an experiment file):")
+    for name in E.available_solvers():
+        fn = getattr(S, name)
+        sig = inspect.signature(fn)
+        params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        args_txt = ", ".join(f"{p.name}={E.DEFAULT_PARAMS.get(name, {}).get(p.name, p.default)!r}"
+                             if p.default is not p.empty or p.name in E.DEFAULT_PARAMS.get(name, {})
+                             else p.name for p in params)
+        doc = (inspect.getdoc(fn) or "").splitlines()
+        print(f"  {name}({args_txt})")
+        if doc:
+            print(f"      {doc[0]}")
+    return 0
+
+
+def _cmd_version() -> int:
+    import jax
+
+    import jmf
+
+    print(f"jmf {jmf.__version__}, jax {jax.__version__}, devices: {', '.join(str(d) for d in jax.devices())}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``jmf`` console script; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+        return int(exc.code or 0)
+    if args.version:
+        return _cmd_version()
+    if args.command is None:
+        parser.print_help()
+        return 2
+    sub = parser._subparsers._group_actions[0].choices[args.command]
+    try:
+        if args.command == "fit":
+            return _cmd_fit(args, sub)
+        if args.command == "experiment":
+            return _cmd_experiment(args, sub)
+        return _cmd_solvers(args, sub)
+    except UsageError as exc:
+        return _fail(sub, str(exc))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
