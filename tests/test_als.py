@@ -1,0 +1,271 @@
+"""Alternating least squares: SVD optimum, NumPy references, sparse = dense masked, batching, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import jmf
+from jmf._src.solvers import _normal
+from tests.conftest import low_rank
+from tests.solver_helpers import run
+
+M_, N_, K_ = 30, 24, 3
+
+
+def _masked(seed, density=0.5, nonneg=False):
+    rng = np.random.default_rng(seed)
+    A = low_rank(rng, M_, N_, K_, noise=0.1, nonnegative=nonneg) + 3.0
+    M = (rng.random(A.shape) < density).astype(np.float64)
+    M[np.arange(M_), rng.integers(0, N_, M_)] = 1
+    M[rng.integers(0, M_, N_), np.arange(N_)] = 1
+    return A, M
+
+
+def _sparse(A, M, weights=None):
+    r, c = np.nonzero(M)
+    return jmf.Sparse(r, c, A[r, c], A.shape, weights=None if weights is None else weights[r, c])
+
+
+def _start(seed, k=K_, biases=False, m=M_, n=N_):
+    rng = np.random.default_rng(seed + 50)
+    f = jmf.Factors(jnp.asarray(rng.standard_normal((m, k))), jnp.asarray(rng.standard_normal((k, n))))
+    if biases:
+        f = f._replace(row_bias=jnp.asarray(0.1 * rng.standard_normal(m)),
+                       col_bias=jnp.asarray(0.1 * rng.standard_normal(n)), offset=jnp.asarray(3.0))
+    return f
+
+
+# -- the Eckart-Young optimum ---------------------------------------------------------------
+
+
+def test_dense_als_reaches_svd_optimum():
+    rng = np.random.default_rng(0)
+    A = low_rank(rng, 50, 40, 4, noise=0.3)
+    s = np.linalg.svd(A, compute_uv=False)
+    for k in (1, 4):
+        opt = np.sum(s[k:] ** 2) / A.size
+        res = jmf.fit(A, jmf.solvers.als(), rank=k, key=0, max_iter=300, tol=1e-12, progress=False)
+        assert res.status_name == "CONVERGED"
+        np.testing.assert_allclose(float(res.loss), opt, rtol=1e-7)
+        h = np.asarray(res.loss_history)
+        h = h[np.isfinite(h)]
+        assert np.all(np.diff(h) <= 1e-12 * h[:-1])
+
+
+def test_dense_ridge_fixed_point_matches_closed_form():
+    """At convergence W = A H^T (H H^T + l2 I)^-1 and H = (W^T W + l2 I)^-1 W^T A, the gradient vanishes."""
+    rng = np.random.default_rng(1)
+    A = low_rank(rng, 30, 20, 3, noise=0.2)
+    l2 = (0.7, 2.0)
+    f, h = run(jmf.solvers.als(l2=l2), jmf.Dense(A), _start(0, 3, m=30, n=20), 150)
+    W, H = np.asarray(f.W), np.asarray(f.H)
+    np.testing.assert_allclose(W, A @ H.T @ np.linalg.inv(H @ H.T + l2[0] * np.eye(3)), atol=1e-8)
+    np.testing.assert_allclose(H, np.linalg.inv(W.T @ W + l2[1] * np.eye(3)) @ W.T @ A, atol=1e-10)
+    g = jmf.losses.frobenius(l2=l2).grad(f, jmf.Dense(A))
+    assert float(jnp.max(jnp.abs(g.W))) < 1e-8 and float(jnp.max(jnp.abs(g.H))) < 1e-8
+
+
+# -- one step against a float64 NumPy reference ---------------------------------------------
+
+
+def _ref_step(A, M, f, l2, bias_l2, row_scaled):
+    """Per-row augmented ridge solves in NumPy: the definition of (biased, weighted) ALS."""
+    W, H = np.asarray(f.W).copy(), np.asarray(f.H).copy()
+    biased = f.row_bias is not None
+    rb = np.asarray(f.row_bias).copy() if biased else None
+    cb = np.asarray(f.col_bias).copy() if biased else None
+    off = float(f.offset) if biased else 0.0
+    k = W.shape[1]
+    for i in range(A.shape[0]):
+        F = H.T if not biased else np.c_[H.T, np.ones(A.shape[1])]
+        t = A[i] - (off + cb if biased else 0)
+        pen = np.r_[np.full(k, l2), [bias_l2]] if biased else np.full(k, l2)
+        if row_scaled:
+            pen = pen * M[i].sum()
+        x = np.linalg.solve(F.T @ (M[i][:, None] * F) + np.diag(pen), F.T @ (M[i] * t))
+        W[i] = x[:k]
+        if biased:
+            rb[i] = x[k]
+    for j in range(A.shape[1]):
+        F = W if not biased else np.c_[W, np.ones(A.shape[0])]
+        t = A[:, j] - (off + rb if biased else 0)
+        pen = np.r_[np.full(k, l2), [bias_l2]] if biased else np.full(k, l2)
+        if row_scaled:
+            pen = pen * M[:, j].sum()
+        x = np.linalg.solve(F.T @ (M[:, j][:, None] * F) + np.diag(pen), F.T @ (M[:, j] * t))
+        H[:, j] = x[:k]
+        if biased:
+            cb[j] = x[k]
+    return W, H, rb, cb
+
+
+@pytest.mark.parametrize("biases,row_scaled", [(False, False), (True, False), (True, True)])
+def test_one_step_matches_numpy(biases, row_scaled):
+    A, M = _masked(2)
+    Wt = M * np.random.default_rng(3).uniform(0.5, 2.0, M.shape)  # real weights, not just a mask
+    f0 = _start(1, biases=biases)
+    solver = jmf.solvers.als(l2=0.3, bias_l2=0.05, biases=biases, row_scaled_l2=row_scaled)
+    W, H, rb, cb = _ref_step(A, Wt, f0, 0.3, 0.05, row_scaled)
+    for data in (jmf.Dense(A, Wt), _sparse(A, M, Wt)):
+        f, _ = run(solver, data, f0, 1)
+        np.testing.assert_allclose(np.asarray(f.W), W, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(np.asarray(f.H), H, rtol=1e-9, atol=1e-10)
+        if biases:
+            np.testing.assert_allclose(np.asarray(f.row_bias), rb, rtol=1e-9, atol=1e-10)
+            np.testing.assert_allclose(np.asarray(f.col_bias), cb, rtol=1e-9, atol=1e-10)
+            assert float(f.offset) == 3.0
+
+
+def test_unweighted_dense_biases_match_numpy():
+    A, _ = _masked(4)
+    f0 = _start(2, biases=True)
+    W, H, rb, cb = _ref_step(A, np.ones_like(A), f0, 0.2, 0.1, False)
+    f, _ = run(jmf.solvers.als(l2=0.2, bias_l2=0.1, biases=True), jmf.Dense(A), f0, 1)
+    np.testing.assert_allclose(np.asarray(f.W), W, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(f.col_bias), cb, rtol=1e-9, atol=1e-10)
+
+
+# -- sparse = dense masked --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("biases,row_scaled", [(False, False), (True, True)])
+def test_sparse_equals_dense_masked(biases, row_scaled):
+    A, M = _masked(5)
+    solver = jmf.solvers.als(l2=0.1, biases=biases, row_scaled_l2=row_scaled)
+    f0 = _start(3, biases=biases)
+    fd, hd = run(solver, jmf.Dense(A, M), f0, 20)
+    fs, hs = run(solver, _sparse(A, M), f0, 20)
+    np.testing.assert_allclose(hs, hd, rtol=1e-10)
+    for leaf_d, leaf_s in zip(fd, fs):
+        if leaf_d is not None:
+            np.testing.assert_allclose(np.asarray(leaf_s), np.asarray(leaf_d), rtol=1e-8, atol=1e-10)
+
+
+def test_sparse_chunked_and_batched_solve_paths(monkeypatch):
+    """The lax.scan over tile chunks and the lax.map over solve batches give the one-shot result."""
+    A, M = _masked(6)
+    data = _sparse(A, M)
+    f0 = _start(4, biases=True)
+    layouts = _normal.sparse_layouts(data, K_ + 1)
+    F = jnp.c_[f0.H.T, jnp.ones((N_, 1))]
+    G1, b1 = _normal.sparse_normal_equations(layouts[0], F, f0.col_bias + 3.0, M_)
+    monkeypatch.setattr(_normal, "CHUNK_ELEMENTS", 40)
+    monkeypatch.setattr(_normal, "SOLVE_BATCH", 7)
+    G2, b2 = _normal.sparse_normal_equations(layouts[0], F, f0.col_bias + 3.0, M_)
+    np.testing.assert_allclose(np.asarray(G2), np.asarray(G1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(b2), np.asarray(b1), rtol=1e-12, atol=1e-12)
+    # And against the definition: G_i = sum_j M_ij f_j f_j^T.
+    Fn = np.asarray(F)
+    G_ref = np.einsum("ij,ja,jb->iab", M, Fn, Fn)
+    np.testing.assert_allclose(np.asarray(G1), G_ref, rtol=1e-12, atol=1e-12)
+    ridge = jnp.full((M_, K_ + 1), 0.5)
+    x = _normal.solve_spd(G2, b2, ridge)
+    x_ref = np.linalg.solve(G_ref + 0.5 * np.eye(K_ + 1), np.asarray(b1)[..., None])[..., 0]
+    np.testing.assert_allclose(np.asarray(x), x_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_tile_layout_handles_unsorted_and_empty_groups():
+    rows = jnp.asarray([3, 0, 3, 3, 0, 3, 3], jnp.int32)  # group 1, 2 empty; unsorted
+    cols = jnp.arange(7, dtype=jnp.int32)
+    vals = jnp.arange(7, dtype=jnp.float64) + 1
+    lay = _normal.tile_layout(rows, cols, vals, None, 4, 4)
+    assert lay.other.shape[1] == 4
+    assert np.all(np.diff(np.asarray(lay.group)) >= 0)
+    got = {}
+    for t in range(lay.other.shape[0]):
+        for s in range(4):
+            if float(lay.sqrt_w[t, s]) > 0:
+                got.setdefault(int(lay.group[t]), []).append(int(lay.other[t, s]))
+    assert {g: sorted(v) for g, v in got.items()} == {0: [1, 4], 3: [0, 2, 3, 5, 6]}
+    np.testing.assert_array_equal(np.asarray(lay.count), [2, 0, 0, 5])
+
+
+# -- monotonicity -------------------------------------------------------------------------------
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_loss_never_increases(seed):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((M_, N_))  # full rank: ALS stays away from an exact fit
+    M = np.zeros(M_ * N_)
+    M[rng.permutation(M.size)[: M.size * 6 // 10]] = 1  # same nnz for every example: one compilation
+    M = M.reshape(M_, N_)
+    f0 = _start(seed)
+    fb = _start(seed, biases=True)
+    cases = [
+        (jmf.solvers.als(), jmf.Dense(A), f0),
+        (jmf.solvers.als(l2=(0.5, 0.1)), jmf.Dense(A, M), f0),
+        (jmf.solvers.als(l2=0.2, biases=True), _sparse(A, M), fb),
+        (jmf.solvers.als(l2=0.05, biases=True, row_scaled_l2=True), _sparse(A, M), fb),
+    ]
+    for solver, data, f in cases:
+        _, h = run(solver, data, f, 15)
+        assert np.all(np.isfinite(h))
+        assert np.all(np.diff(h) <= 1e-12 * h[:-1]), (solver.name, np.diff(h).max())
+        assert h[-1] < h[0]
+
+
+# -- batching -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_fit_many_ranks_and_restarts(kind):
+    A, M = _masked(7)
+    data = jmf.Dense(A) if kind == "dense" else _sparse(A, M)
+    solver = jmf.solvers.als(l2=0.0 if kind == "dense" else 0.1)
+    keys = jax.random.split(jax.random.key(1), 2)
+    many = jmf.fit_many(data, solver, ranks=[1, 3], keys=keys, init="normal", max_iter=20, tol=None, progress=False)
+    assert many.loss.shape == (2, 2)
+    assert np.all(np.isfinite(np.asarray(many.loss)))
+    assert np.all(np.asarray(many.factors.W)[0, :, :, 1:] == 0)  # rank-1 members: padded columns exactly 0
+    f0 = jmf.init.normal(keys[0], data, 1)
+    f, h = run(solver, data, f0, 20)
+    member = many.member(0, 0)
+    np.testing.assert_allclose(np.asarray(member.factors.W), np.asarray(f.W), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(float(member.loss), h[-1], rtol=1e-9)
+    if kind == "dense":
+        s = np.linalg.svd(A, compute_uv=False)
+        np.testing.assert_allclose(np.asarray(many.best().loss), [np.sum(s[r:] ** 2) / A.size for r in (1, 3)],
+                                   rtol=1e-6)
+
+
+def test_rank_masked_members_stay_finite_without_ridge():
+    """l2 = 0 with padded ranks: the masked columns get 1 on the Gram diagonal, no NaN."""
+    A, M = _masked(8)
+    many = jmf.fit_many(jmf.Dense(A, M), jmf.solvers.als(), ranks=[1, 2], key=0, max_iter=10, tol=None,
+                        progress=False)
+    assert np.all(np.isfinite(np.asarray(many.factors.W))) and np.all(np.isfinite(np.asarray(many.loss)))
+
+
+def test_biases_fit_through_fit():
+    """fit adds biases and the offset for als(biases=True); the mean rating becomes the offset."""
+    A, M = _masked(9)
+    data = _sparse(A, M)
+    res = jmf.fit(data, jmf.solvers.als(l2=0.1, biases=True), rank=2, key=0, max_iter=30, tol=1e-8,
+                  progress=False)
+    assert res.factors.row_bias.shape == (M_,) and res.factors.col_bias.shape == (N_,)
+    np.testing.assert_allclose(float(res.factors.offset), A[M > 0].mean(), rtol=1e-12)
+    assert res.status_name in ("CONVERGED", "MAX_ITER")
+    pred = np.asarray(res.factors.predict())
+    rmse = np.sqrt(np.mean((pred - A)[M > 0] ** 2))
+    assert rmse < 0.5 * A[M > 0].std()
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+def test_bad_hyperparameters():
+    with pytest.raises(ValueError, match="l2"):
+        jmf.solvers.als(l2=-0.1)
+    with pytest.raises(ValueError, match="l2"):
+        jmf.solvers.als(l2=(0.1, 0.2, 0.3))
+    with pytest.raises(ValueError, match="bias_l2"):
+        jmf.solvers.als(bias_l2=float("nan"))
+    with pytest.raises(TypeError, match="biases"):
+        jmf.solvers.als(biases="yes")
+    with pytest.raises(TypeError, match="row_scaled_l2"):
+        jmf.solvers.als(row_scaled_l2=1)
+    assert jmf.solvers.als(l2=0.1) is jmf.solvers.als(l2=0.1)
