@@ -11,6 +11,8 @@ from jmf._src.data import Dense, Sparse, as_data, stack
 from jmf._src.factors import Factors
 from jmf._src.fit import FitManyResult, FitResult, ProgressInfo, Status, fit, fit_many
 from jmf._src.linalg import SVDResult, randomized_svd, truncated_svd
+from jmf._src.consensus import Alignment, align_restarts, match_components
+from jmf import sharding
 from jmf import init, losses, solvers
 from jmf import cf, datasets, metrics, model_selection
 from jmf import experiments, io
@@ -29,6 +31,10 @@ __all__ = [
     "stack",
     "fit",
     "fit_many",
+    "Alignment",
+    "align_restarts",
+    "match_components",
+    "sharding",
     "randomized_svd",
     "truncated_svd",
     "SVDResult",

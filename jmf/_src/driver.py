@@ -254,4 +254,6 @@ def run_sharded_jit(job: Job, mesh, args: Args) -> _Carry:
         c = advance(job, a, start(job, a), job.cfg.max_iter)
         return c._replace(it=c.it[None], check=c.check[None])
 
-    return jax.shard_map(local, mesh=mesh, in_specs=(_outer_specs(job, args, name),), out_specs=P(name))(args)
+    # check_vma=False: members are independent, no value is replicated across devices.
+    return jax.shard_map(local, mesh=mesh, in_specs=(_outer_specs(job, args, name),), out_specs=P(name),
+                         check_vma=False)(args)
