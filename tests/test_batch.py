@@ -216,3 +216,33 @@ def test_align_real_fit_with_ranks(rng):
     # padded component (rank 2 member) is not matched
     assert np.isnan(al.similarity[0, :, 2]).all()
     np.testing.assert_array_equal(al.permutation[0, :, 2], 2)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lanes_layout_equals_vmapped_layout(rng, monkeypatch, weighted):
+    from jmf._src import lanes
+
+    As = np.stack([low_rank(rng, 4, 3, 2, noise=0.1) for _ in range(3)])
+    data = jmf.Dense(As, weights=(rng.random(As.shape) < 0.8).astype(float) if weighted else None)
+    solver = jmf.solvers.adam(1e-2, loss=jmf.losses.frobenius(l2=(0.01, 0.02), l1=0.001))
+    kw = dict(ranks=[1, 2], n_restarts=3, key=0, max_iter=300, tol=1e-5, progress=False)
+    assert lanes.eligible(jmf._src.driver.Job(solver, jmf._src.driver._Config(300, 1e-5, 10, 2, False), None,
+                                              ("matrix", "rank", "restart")),
+                          jmf._src.driver.Args(None, None, None, data, None))
+    fast = jmf.fit_many(data, solver, **kw)
+    monkeypatch.setattr(lanes, "MAX_WORK", 0)
+    slow = jmf.fit_many(data, solver, **kw)
+    _assert_same(fast.result, slow.result, rtol=1e-9)
+    assert len(np.unique(np.asarray(fast.n_iter))) > 1  # members froze at different times
+
+
+def test_lanes_chunks_large_batches(rng, monkeypatch):
+    from jmf._src import lanes
+
+    monkeypatch.setattr(lanes, "lane_chunk", lambda job, args: 4)  # force several cache chunks + padding
+    A = low_rank(rng, 4, 2, 2)
+    solver = jmf.solvers.adam(1e-2, projection="nonnegative")
+    fast = jmf.fit_many(np.abs(A), solver, rank=2, n_restarts=10, key=1, max_iter=200, progress=False)
+    monkeypatch.setattr(lanes, "MAX_WORK", 0)
+    slow = jmf.fit_many(np.abs(A), solver, rank=2, n_restarts=10, key=1, max_iter=200, progress=False)
+    _assert_same(fast.result, slow.result, rtol=1e-9)

@@ -136,15 +136,26 @@ def _advance(solver: Solver, cfg: _Config, axes, advance_axes, carry: _Carry, da
     every, per_matrix, per_rank = advance_axes
     step = _nest_vmap(member_step, axes, (every, every, per_matrix, per_rank))
     loss_fn = _nest_vmap(solver.loss.value, axes, (every, per_matrix))
+    return loop(cfg, carry, lambda f, s: step(f, s, data, mask), lambda f: loss_fn(f, data), _select, stop_at)
+
+
+def loop(cfg: _Config, carry: _Carry, step, loss_fn, select, stop_at) -> _Carry:
+    """The check loop shared by all layouts.
+
+    ``step(factors, state)`` advances every member by one iteration,
+    ``loss_fn(factors)`` returns the member-shaped losses, and
+    ``select(pred, new, old)`` keeps the ``old`` leaves of members where
+    ``pred`` (member-shaped) is false.
+    """
 
     def body(c: _Carry) -> _Carry:
         n = jnp.minimum(cfg.check_every, cfg.max_iter - c.it)
         # Frozen members are stepped too (SIMD lanes cannot idle) and their
         # results discarded below, once per check rather than once per step.
-        f, s = jax.lax.fori_loop(0, n, lambda _, fs: step(fs[0], fs[1], data, mask), (c.factors, c.state))
+        f, s = jax.lax.fori_loop(0, n, lambda _, fs: step(*fs), (c.factors, c.state))
         it = c.it + n
         check = c.check + 1
-        loss = loss_fn(f, data)
+        loss = loss_fn(f)
         running = c.status == _RUNNING
         finite = jnp.isfinite(loss)
         if cfg.tol is None:
@@ -159,8 +170,8 @@ def _advance(solver: Solver, cfg: _Config, axes, advance_axes, carry: _Carry, da
         accept = running & finite
         history = jnp.where(running[..., None], c.history.at[..., check].set(loss), c.history)
         return _Carry(
-            factors=_select(accept, f, c.factors),
-            state=_select(running, s, c.state),
+            factors=select(accept, f, c.factors),
+            state=select(running, s, c.state),
             loss_init=c.loss_init,
             loss_prev=jnp.where(accept, loss, c.loss_prev),
             history=history,
@@ -223,10 +234,19 @@ def advance_jit(job: Job, args: Args, carry: _Carry, stop_at) -> _Carry:
     return advance(job, args, carry, stop_at)
 
 
+def run(job: Job, args: Args) -> _Carry:
+    """Start and run to completion (batch-last kernels for tiny dense batches, vmap otherwise)."""
+    from . import lanes
+
+    if lanes.eligible(job, args):
+        return lanes.run_lanes(job, args, start, _Carry)
+    return advance(job, args, start(job, args), job.cfg.max_iter)
+
+
 @partial(jax.jit, static_argnames=("job",))
 def run_jit(job: Job, args: Args) -> _Carry:
     """Start and run to completion in one compiled call."""
-    return advance(job, args, start(job, args), job.cfg.max_iter)
+    return run(job, args)
 
 
 def _outer_specs(job: Job, args: Args, name: str):
@@ -251,7 +271,7 @@ def run_sharded_jit(job: Job, mesh, args: Args) -> _Carry:
     name = mesh.axis_names[0]
 
     def local(a: Args) -> _Carry:
-        c = advance(job, a, start(job, a), job.cfg.max_iter)
+        c = run(job, a)
         return c._replace(it=c.it[None], check=c.check[None])
 
     # check_vma=False: members are independent, no value is replicated across devices.

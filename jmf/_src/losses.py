@@ -53,6 +53,7 @@ class Loss(NamedTuple):
     value: Callable
     grad: Callable
     name: str = "loss"
+    spec: tuple = ()  # ("frobenius", l2, l1, bias_l2) for built-ins: lets jmf pick specialized kernels
 
 
 def n_observed(data):
@@ -204,7 +205,7 @@ def frobenius(l2=0.0, l1=0.0, bias_l2=None) -> Loss:
         g = jax.tree_util.tree_map(lambda a, b: (a + b) * inv_n, _data_grad(f, data), _penalty_grad(f, l2, l1, bias_l2))
         return g
 
-    return Loss(value, grad, "frobenius")
+    return Loss(value, grad, "frobenius", ("frobenius", l2, l1, bias_l2))
 
 
 def custom(value: Callable, name: str = "custom") -> Loss:

@@ -51,6 +51,10 @@ class Solver(NamedTuple):
     data_kinds : tuple of str
         Which data the solver accepts: "dense" (unweighted :class:`jmf.Dense`),
         "weighted" (:class:`jmf.Dense` with weights), "sparse" (:class:`jmf.Sparse`).
+    lanes : optional
+        A batch-last kernel (see :mod:`jmf._src.lanes`) that
+        :func:`jmf.fit_many` uses instead of ``vmap`` for batches of tiny
+        dense matrices; ``None`` for solvers without one.
     """
 
     init: Callable[..., Any]
@@ -60,6 +64,7 @@ class Solver(NamedTuple):
     nonnegative: bool = False
     biases: bool = False
     data_kinds: tuple = DATA_KINDS
+    lanes: Any = None
 
 
 def data_kind(data) -> str:
