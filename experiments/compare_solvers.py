@@ -10,7 +10,9 @@ fit and compilation time -- and saves
     OUT/results.jsonl           one row per fit (resumable: a rerun skips finished fits)
     OUT/summary.csv             every (problem, solver, rank), best and median over restarts
     OUT/table.md                the printed tables, as Markdown
-    OUT/figures/<problem>_{loss_vs_iteration,loss_vs_time,error_vs_rank,accuracy_vs_time,overview}.{png,svg}
+    OUT/figures/<problem>_overview.{png,svg}   loss vs iteration and vs time, error vs rank, error vs time
+    OUT/figures/<problem>_{loss_vs_iteration,loss_vs_time,error_vs_rank,accuracy_vs_time}.{png,svg}
+                                (the four panels one by one; not with --quick)
 
 Built-in data only (synthetic low-rank matrices and scikit-learn's digits),
 nothing is downloaded.
@@ -126,11 +128,12 @@ def run(out: str, quick: bool = False, restarts: int = 3, seed: int = 0, which=N
         stem = os.path.join(out, "figures", name)
         rank = problem["true_rank"]
         metric = problem["metric"]
-        P.save(P.loss_curves(df, rank=rank), stem + "_loss_vs_iteration")
-        P.save(P.loss_curves(df, x="seconds", rank=rank, show_restarts=False), stem + "_loss_vs_time")
-        P.save(P.error_vs_rank(df, metric=metric), stem + "_error_vs_rank")
-        P.save(P.accuracy_vs_time(df, metric=metric, rank=rank), stem + "_accuracy_vs_time")
         P.save(P.overview(df, rank=rank, metric=metric), stem + "_overview")
+        if not quick:  # the overview has all four panels; the full run also saves them one by one
+            P.save(P.loss_curves(df, rank=rank), stem + "_loss_vs_iteration")
+            P.save(P.loss_curves(df, x="seconds", rank=rank, show_restarts=False), stem + "_loss_vs_time")
+            P.save(P.error_vs_rank(df, metric=metric), stem + "_error_vs_rank")
+            P.save(P.accuracy_vs_time(df, metric=metric, rank=rank), stem + "_accuracy_vs_time")
     if missing_solvers:
         print(f"note: solvers not in this installation, skipped: {', '.join(sorted(missing_solvers))}")
     return outputs
