@@ -45,10 +45,11 @@ DENSE_SOLVERS = [
 NMF_SOLVERS = [
     {"solver": "hals", "label": "hals", "max_iter": 300, "check_every": 2},
     {"solver": "mu", "label": "mu", "max_iter": 1000},
-    {"solver": "adam", "label": "adam (projected)", "learning_rate": 0.01, "projection": "nonnegative"},
+    {"solver": "adam", "label": "adam (projected)", "learning_rate": 0.01, "projection": "nonnegative",
+     "max_iter": 1000},
 ]
 MASKED_SOLVERS = [
-    {"solver": "als", "label": "als", "l2": 0.1, "max_iter": 100, "check_every": 1},
+    {"solver": "als", "label": "als", "l2": 0.1, "max_iter": 50, "check_every": 1},
     {"solver": "adam", "label": "adam", "learning_rate": 0.03},
     {"solver": "sgd", "label": "sgd+momentum", "learning_rate": 30.0, "momentum": 0.9},
 ]
@@ -92,7 +93,7 @@ def _table(df, problem: dict):
         cols["best_test_rmse"] = "held-out RMSE (best)"
         cols["median_test_rmse"] = "held-out RMSE (median)"
     summ["median_seconds"] = 1000 * summ["median_seconds"]
-    cols.update({"median_n_iter": "iterations", "converged": "converged", "median_seconds": "ms per fit",
+    cols.update({"median_n_iter": "iterations", "converged": "stopped by tol", "median_seconds": "ms per fit",
                  "compile_seconds": "compile (s)"})
     return summ[list(cols)].rename(columns=cols).reset_index(drop=True)
 
