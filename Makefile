@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) experiments/seed_example.py
+	$(PY) experiments/compare_solvers.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q
