@@ -49,7 +49,7 @@ NMF_SOLVERS = [
      "max_iter": 1000},
 ]
 MASKED_SOLVERS = [
-    {"solver": "als", "label": "als", "l2": 0.1, "max_iter": 50, "check_every": 1},
+    {"solver": "als", "label": "als", "max_iter": 50, "check_every": 1},  # same objective as the others (no penalty)
     {"solver": "adam", "label": "adam", "learning_rate": 0.03},
     {"solver": "sgd", "label": "sgd+momentum", "learning_rate": 30.0, "momentum": 0.9},
 ]
