@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import scipy.sparse as sp
 
 import jmf
-from jmf._src.fit import Status
+
 
 __all__ = [
     "NMF",
@@ -176,19 +176,17 @@ def _densify(X, est_name):
 
 
 def _bucket(m: int) -> int:
-    """Row count to pad to, so that transforms of similar batch sizes share compiled code."""
+    """Size to pad ``m`` to, so that similar sizes share compiled code.
+
+    16 for ``m <= 16``, the next power of two up to 4096, then the next
+    multiple of ``2^(bits - 3)`` (8 sizes per octave, at most 12.5% padding).
+    """
     if m <= 16:
         return 16
     if m <= 4096:
         return 1 << (m - 1).bit_length()
-    return -(-m // 4096) * 4096
-
-
-def _pad_rows(X, m_pad):
-    m = X.shape[0]
-    if m_pad == m:
-        return X
-    return np.concatenate([X, np.zeros((m_pad - m,) + X.shape[1:], X.dtype)], axis=0)
+    step = 1 << ((m - 1).bit_length() - 3)
+    return -(-m // step) * step
 
 
 def _mask(X):
@@ -310,32 +308,42 @@ def _solve_rows(X, H, *, method, l1=0.0, l2=0.0, n_iter=200, beta=2.0, nonnegati
 
     ``method`` is "cd" (coordinate descent, jmf penalty units), "ridge"
     (closed form, jmf units) or "mu" (multiplicative updates, scikit-learn's
-    units).  Rows are padded to a bucket size with zero rows, which are solved
-    independently and dropped.
+    units).  To share compiled code between calls, the problem is padded with
+    zeros to bucketed sizes (:func:`_bucket`): extra rows of ``X`` (solved and
+    dropped), extra columns of ``X`` and ``H`` (they add nothing to ``X H^T``
+    or ``H H^T``) and extra zero rows of ``H`` (components with zero
+    curvature, whose coefficients stay 0).  None of it changes the result.
     """
-    m = X.shape[0]
+    m, n = X.shape
+    k = H.shape[0]
     dt = _compute_dtype(X.dtype)
     Xz, w = _mask(X)
-    m_pad = _bucket(m)
-    Xp = jnp.asarray(_pad_rows(Xz, m_pad), dtype=dt)
-    wp = None if w is None else jnp.asarray(_pad_rows(w, m_pad), dtype=dt)
-    Hj = jnp.asarray(H, dtype=dt)
-    k = H.shape[0]
+    m_pad, n_pad, k_pad = _bucket(m), _bucket(n), _bucket(k)
+    Xp = np.zeros((m_pad, n_pad), Xz.dtype)
+    Xp[:m, :n] = Xz
+    Hp = np.zeros((k_pad, n_pad), Xz.dtype)
+    Hp[:k, :n] = H
+    wp = None
+    if w is not None:
+        wp = np.zeros((m_pad, n_pad), Xz.dtype)
+        wp[:m, :n] = w
+        wp = jnp.asarray(wp, dtype=dt)
+    Xp, Hj = jnp.asarray(Xp, dtype=dt), jnp.asarray(Hp, dtype=dt)
     l1j = jnp.asarray(l1, dtype=dt)
     l2j = jnp.asarray(l2, dtype=dt)
     iters = jnp.asarray(n_iter, dtype=jnp.int32)
     if method == "ridge":
         W = _ridge_rows(Xp, wp, Hj, l2j)
     elif method == "cd":
-        W = _cd_rows(Xp, wp, Hj, jnp.zeros((m_pad, k), dt), l1j, l2j, iters, bool(nonnegative))
+        W = _cd_rows(Xp, wp, Hj, jnp.zeros((m_pad, k_pad), dt), l1j, l2j, iters, bool(nonnegative))
     elif method == "mu":
         obs = Xz[w > 0] if w is not None else Xz
         avg = np.sqrt(max(float(obs.mean()), 0.0) / k) if obs.size else 1.0
-        W0 = jnp.full((m_pad, k), avg if avg > 0 else 1.0, dt)
+        W0 = jnp.full((m_pad, k_pad), avg if avg > 0 else 1.0, dt)
         W = _mu_rows(Xp, wp, Hj, W0, l1j, l2j, iters, float(beta))
     else:  # pragma: no cover - internal
         raise ValueError(method)
-    return np.asarray(W)[:m].astype(X.dtype, copy=False)
+    return np.asarray(W)[:m, :k].astype(X.dtype, copy=False)
 
 
 # -- beta divergence on observed entries (reconstruction_err_) -------------------------
@@ -384,14 +392,14 @@ def reconstruction_scorer(estimator, X, y=None):
 
 def _warn_status(est, result, tol):
     status = int(np.asarray(result.status))
-    if status == Status.DIVERGED:
+    if status == jmf.Status.DIVERGED:
         warnings.warn(
             f"{type(est).__name__}: the fit diverged (non-finite loss) after {int(result.n_iter)} iterations; "
             "the last finite factors are kept. Lower the learning rate or add regularization.",
             RuntimeWarning,
             stacklevel=3,
         )
-    elif status == Status.MAX_ITER and tol:
+    elif status == jmf.Status.MAX_ITER and tol:
         warnings.warn(
             f"Maximum number of iterations {est.max_iter} reached. Increase it to improve convergence.",
             ConvergenceWarning,
@@ -494,7 +502,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Divergence (``2``, ``1``, ``0``); values other than "frobenius" need
         ``solver="mu"``, and ``beta_loss <= 0`` needs ``X > 0`` on observed entries.
     tol : float, default=1e-4
-        Stopping tolerance, see Notes.
+        Stopping tolerance, see Notes; 0 runs exactly ``max_iter`` iterations.
     max_iter : int, default=200
         Maximum number of iterations (for ``transform``: the number of sweeps).
     random_state : int, RandomState instance or None, default=None
@@ -748,7 +756,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             init_arg = jmf.Factors(jnp.asarray(W, dt), jnp.asarray(H, dt))
         else:
             init_arg = init
-        tol = p["tol"]
+        tol = p["tol"] or None  # scikit-learn: tol=0 disables the stopping test
         res = _run_fit(data, solver, k, key=key, init=init_arg, n_init=p["n_init"], max_iter=p["max_iter"],
                        tol=tol, check_every=p["check_every"], verbose=p["verbose"])
         _warn_status(self, res, tol)
@@ -853,6 +861,44 @@ def _randomized_svd(data, Omega, n_iter, rank):
     return (Q @ Ub)[:, :rank], s[:rank], Vt[:rank]
 
 
+def _normal(key, shape, dtype):
+    """``jax.random.normal(key, shape, dtype)``, compiled once per bucket of sizes.
+
+    With JAX's partitionable threefry (the default) a draw's entries depend
+    only on their flat index, so the first ``prod(shape)`` entries of a longer
+    draw are exactly this draw.
+    """
+    size = int(np.prod(shape))
+    if not jax.config.jax_threefry_partitionable:  # pragma: no cover - legacy PRNG configuration
+        return jax.random.normal(key, shape, dtype)
+    return jax.random.normal(key, (_bucket(size),), dtype)[:size].reshape(shape)
+
+
+def _padded_svd_data(X, dt):
+    """``X`` as jmf data with its rows (and stored entries) padded to bucketed sizes with zeros.
+
+    Zero rows change neither the singular values nor ``V``; the padded rows
+    of ``U`` are dropped.  Sparse input never densifies.
+    """
+    from jmf._src.data import _rebuild
+
+    m, n = X.shape
+    m_pad = _bucket(m)
+    if not sp.issparse(X):
+        Xp = np.zeros((m_pad, n), dt)
+        Xp[:m] = X
+        return jmf.Dense(Xp)
+    coo = X.tocoo()
+    nnz = coo.nnz
+    pad = _bucket(max(nnz, 1)) - nnz
+    rows = np.concatenate([coo.row.astype(np.int32), np.full(pad, m_pad - 1, np.int32)])
+    cols = np.concatenate([coo.col.astype(np.int32), np.full(pad, n - 1, np.int32)])
+    vals = np.concatenate([coo.data.astype(dt), np.zeros(pad, dt)])
+    order = np.lexsort((cols, rows))  # jmf.Sparse stores entries row-major
+    leaves = (jnp.asarray(rows[order]), jnp.asarray(cols[order]), jnp.asarray(vals[order]), None)
+    return _rebuild(jmf.Sparse, leaves, (m_pad, n))
+
+
 @jax.jit
 def _exact_svd(A):
     return jnp.linalg.svd(A, full_matrices=False)
@@ -887,7 +933,9 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     n_oversamples : int, default=10
         Extra random directions of the randomized algorithm.
     random_state : int, RandomState instance or None, default=None
-        Seeds the Gaussian test matrix, drawn with numpy as scikit-learn does.
+        Seeds the ``jax.random.key`` of the Gaussian test matrix (an int ``s``
+        gives ``jax.random.key(s)``; ``None`` or a ``RandomState`` draw the seed
+        from numpy).
 
     Attributes
     ----------
@@ -926,6 +974,7 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def fit_transform(self, X, y=None):
         """Fit the model on ``X`` and return ``X V_k`` of shape (n_samples, n_components)."""
         k = _check_int(self, "n_components", 1)
+        _check_random_state_type(self)
         algorithm = _check_choice(self, "algorithm", {"randomized", "exact"})
         n_iter = _check_int(self, "n_iter", 0)
         n_over = _check_int(self, "n_oversamples", 1)
@@ -943,11 +992,10 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             U, s, Vt = _exact_svd(jnp.asarray(X, dt))
         else:
             p = min(k + n_over, m, n)
-            rs = check_random_state(self.random_state)
-            Omega = jnp.asarray(rs.normal(size=(n, p)), dt)
-            data = jmf.Sparse.from_scipy(X.astype(dt)) if sp.issparse(X) else jmf.Dense(X.astype(dt, copy=False))
+            Omega = _normal(_key_from_random_state(self.random_state), (n, p), dt)
+            data = _padded_svd_data(X, dt)
             U, s, Vt = _randomized_svd(data, Omega, jnp.asarray(n_iter, jnp.int32), rank=k)
-        U = np.asarray(U[:, :k]).astype(X.dtype, copy=False)
+        U = np.asarray(U[:m, :k]).astype(X.dtype, copy=False)
         s = np.asarray(s[:k]).astype(X.dtype, copy=False)
         Vt = np.asarray(Vt[:k]).astype(X.dtype, copy=False)
         U, Vt = _svd_flip_v(U, Vt)
@@ -1322,6 +1370,13 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
 
     Notes
     -----
+    **Compilation.** The ratings are padded to bucketed sizes before the fit
+    (users, items and ratings each rounded up to a power of two up to 4096,
+    then to 8 sizes per octave): padding entries have weight 0 and padding
+    users/items have no ratings, so the objective is unchanged, and the
+    folds of a cross-validation or grid search reuse one compiled fit.  The
+    random start is drawn for the padded sizes.
+
     Repeated (user, item) pairs in ``fit`` are averaged.  ``score`` is R^2
     (scikit-learn's regressor default).  All of scikit-learn's
     ``check_estimator`` checks apply and pass; the checks feed continuous
@@ -1377,6 +1432,9 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
         if not isinstance(self.clip, (bool, np.bool_)):
             raise TypeError(f"RatingsRegressor: clip must be a bool, got {self.clip!r}")
         if s == "als":
+            if p["l2"] == 0:
+                raise ValueError("RatingsRegressor: solver='als' needs l2 > 0 (users or items with fewer ratings "
+                                 "than n_components make the ridge solves singular)")
             p["solver"] = jmf.solvers.als(l2=p["l2"], bias_l2=p["bias_l2"], biases=True)
         else:
             lr = _check_real(self, "learning_rate")
@@ -1427,17 +1485,17 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
                             f"must be a string or a number ({exc})") from None
         m, n = len(self.users_), len(self.items_)
         k = min(p["k"], m, n)
-        data = jmf.Sparse.from_triplets(u_idx.ravel(), i_idx.ravel(), y, shape=(m, n), duplicates="mean")
+        data = _padded_ratings(u_idx.ravel(), i_idx.ravel(), y, m, n)
         key = _key_from_random_state(self.random_state)
         res = jmf.fit(data, p["solver"], k, key=key, init="normal", max_iter=p["max_iter"], tol=p["tol"],
                       check_every=p["check_every"], biases=True, progress=bool(p["verbose"]))
         _warn_status(self, res, p["tol"])
         _report(self, res)
         f = res.factors
-        self.user_factors_ = np.asarray(f.W, dtype=np.float64)
-        self.item_factors_ = np.asarray(f.H, dtype=np.float64).T.copy()
-        self.user_bias_ = np.asarray(f.row_bias, dtype=np.float64)
-        self.item_bias_ = np.asarray(f.col_bias, dtype=np.float64)
+        self.user_factors_ = np.asarray(f.W, dtype=np.float64)[:m]
+        self.item_factors_ = np.asarray(f.H, dtype=np.float64).T[:n].copy()
+        self.user_bias_ = np.asarray(f.row_bias, dtype=np.float64)[:m]
+        self.item_bias_ = np.asarray(f.col_bias, dtype=np.float64)[:n]
         self.global_mean_ = float(np.asarray(f.offset))
         self.n_components_ = int(k)
         self.n_iter_ = int(np.asarray(res.n_iter))
@@ -1478,6 +1536,32 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
         tags.input_tags.string = True  # ids may be strings
         tags.input_tags.categorical = True
         return tags
+
+
+def _padded_ratings(u, i, y, m, n):
+    """The ratings as a :class:`jmf.Sparse` padded to bucketed sizes (see :func:`_bucket`).
+
+    Users and items are padded to ``_bucket(m)`` and ``_bucket(n)`` (the
+    extra ones have no ratings), entries to ``_bucket(nnz)`` with weight-0
+    entries at the last coordinate (so the row-major order is kept).  Neither
+    changes the objective: weight-0 entries never enter a loss, and a user or
+    item without ratings only meets its own penalty, which keeps its factors
+    at zero.  Folds of a cross-validation then share one compiled fit.
+    """
+    from jmf._src.data import _rebuild
+
+    base = jmf.Sparse.from_triplets(u, i, y, shape=(m, n), duplicates="mean")
+    nnz = base.nnz
+    m_pad, n_pad, nnz_pad = _bucket(m), _bucket(n), _bucket(nnz)
+    pad = nnz_pad - nnz
+    dt = np.dtype(base.dtype)
+    # Built with numpy and transferred once (eager jnp ops would each compile per shape).
+    rows = np.concatenate([np.asarray(base.rows), np.full(pad, m_pad - 1, np.int32)])
+    cols = np.concatenate([np.asarray(base.cols), np.full(pad, n_pad - 1, np.int32)])
+    vals = np.concatenate([np.asarray(base.vals), np.zeros(pad, dt)])
+    weights = np.concatenate([np.ones(nnz, dt), np.zeros(pad, dt)])
+    leaves = (jnp.asarray(rows), jnp.asarray(cols), jnp.asarray(vals), jnp.asarray(weights))
+    return _rebuild(jmf.Sparse, leaves, (m_pad, n_pad))
 
 
 @functools.lru_cache(maxsize=256)
