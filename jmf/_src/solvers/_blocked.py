@@ -128,8 +128,9 @@ def bucketed_solve(
         Current solutions (warm start; written over segment by segment).
         Segments with no entries get ``system`` applied to a zero Gram, zero
         right-hand side and zero start (so 0 for a regularized system).
-    contrib : (ent (VB, L), valid (VB, L)) -> (Y (VB, L, K), g (VB, L), h (VB, L))
-        Features and weights of the entries; padded slots must get ``g = h = 0``.
+    contrib : (ent (VB, L), valid (VB, L)) -> (Y (VB, L, K), g (VB, L) or None, h (VB, L))
+        Features and weights of the entries; padded slots must get ``g = h = 0``
+        (or, with ``g = None`` meaning all ones, zero features).
     system : (G (VB, K, K), R (VB, K), seg (VB,), x0 (VB, K)) -> x (VB, K)
         Adds the segment's regularization (and any shared term) and solves.
     max_count : int
@@ -161,7 +162,8 @@ def bucketed_solve(
             pos = jnp.where(valid, indptr[seg][:, None] + lane[None, :], 0)
             ent = pos if order is None else order[pos]
             Y, g, h = contrib(ent, valid)
-            G = jnp.einsum("vlk,vlj->vkj", Y * g[..., None], Y, preferred_element_type=dtype)
+            Yg = Y if g is None else Y * g[..., None]
+            G = jnp.einsum("vlk,vlj->vkj", Yg, Y, preferred_element_type=dtype)
             R = jnp.einsum("vlk,vl->vk", Y, h, preferred_element_type=dtype)
             x0 = jnp.where((cnt > 0)[:, None], X[seg], 0)  # empty segments start (and stay) at 0
             x = system(G, R, seg, x0)

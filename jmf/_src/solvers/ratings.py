@@ -211,12 +211,18 @@ def _half_step(X, xb, Y, yb, offset, data, side, other_idx, weight_sums, l2, bia
         diag = diag.at[k].set(bias_l2)
     eye = jnp.eye(K, dtype=dtype)
 
+    # a zero row at the end: padded slots gather zeros, so unweighted data need no Gram weights
+    feats = jnp.concatenate([feats, jnp.zeros((1, K), dtype)], axis=0)
+    n_other = Y.shape[0]
+
     def contrib(ent, valid):
-        o = other_idx[ent]
-        w = jnp.where(valid, w_all[ent], 0).astype(dtype)
+        o = jnp.where(valid, other_idx[ent], n_other)
         t = data.vals[ent].astype(dtype) - base  # target: a - mu - (other side's bias)
         if yb is not None:
-            t = t - yb[o]
+            t = t - jnp.concatenate([yb, jnp.zeros((1,), dtype)])[o]
+        if data.weights is None:
+            return feats[o], None, jnp.where(valid, t, 0)
+        w = jnp.where(valid, w_all[ent], 0).astype(dtype)
         return feats[o], w, w * t
 
     def system(G, R, seg, x0):

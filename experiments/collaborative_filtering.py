@@ -1,0 +1,288 @@
+"""Collaborative filtering: compare jmf's rating models (and implicit ALS) on a ratings data set.
+
+Usage
+-----
+    python experiments/collaborative_filtering.py                      # built-in synthetic ratings
+    python experiments/collaborative_filtering.py --data ../shared/data/ml-latest-small
+    python experiments/collaborative_filtering.py --train u1.base --test u1.test --json out.json
+    python experiments/collaborative_filtering.py --cv                 # the hyperparameter search behind DEFAULTS
+    python experiments/collaborative_filtering.py --quick              # small and fast
+
+Every model is fitted with its default hyperparameters (``DEFAULTS``, chosen
+by 3-fold cross-validation on the training part of ml-latest-small, see
+``--cv`` and BENCHMARKS.md), timed warm (a second fit on the same shapes, so
+compilation is excluded; compile time is reported separately), and scored on
+the test split: RMSE and MAE (predictions clipped to the rating scale;
+unknown users/items fall back to the biases), and precision / recall / NDCG
+at 10 with "relevant" = held-out rating >= 4 and the user's training items
+excluded.  Results are printed as a table and written to ``--out``
+(``cf_results.md`` and ``cf_results.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import jax  # noqa: E402
+import optax  # noqa: E402
+
+import jmf  # noqa: E402
+from jmf.losses import ratings_loss  # noqa: E402
+
+# Chosen by 3-fold CV on the training part (80%) of ml-latest-small (see --cv and BENCHMARKS.md).
+DEFAULTS = {
+    "als-wr": dict(rank=32, l2=0.1, sweeps=10),
+    "als-core": dict(rank=32, l2=0.1, sweeps=10),
+    "adam": dict(rank=32, l2=0.1, lr=0.01, epochs=300),
+    "minibatch-adam": dict(rank=32, l2=0.1, lr=0.002, epochs=20, batch_size=4096),
+    "implicit-als": dict(rank=64, l2=1.0, alpha=2.0, sweeps=15),
+}
+EXPLICIT = ("als-wr", "als-core", "adam", "minibatch-adam")
+RELEVANT = 4.0  # held-out ratings >= this count as relevant for the ranking metrics
+
+
+def make_solver(name: str, p: dict):
+    """``(solver, max_iter)`` for a model name and hyperparameters."""
+    if name == "als-wr":
+        return jmf.solvers.ratings_als(l2=p["l2"], count_scaled=True), p["sweeps"]
+    if name == "als-core":
+        return jmf.solvers.als(l2=p["l2"], biases=True, row_scaled_l2=True), p["sweeps"]
+    if name == "adam":
+        return jmf.solvers.gradient(optax.adam(p["lr"]), loss=ratings_loss(p["l2"], count_scaled=True),
+                                    biases=True, name="adam"), p["epochs"]
+    if name == "minibatch-adam":
+        return jmf.solvers.gradient(optax.adam(p["lr"]), loss=ratings_loss(p["l2"], count_scaled=True), biases=True,
+                                    batch_size=p["batch_size"], name="minibatch-adam"), p["epochs"]
+    if name == "implicit-als":
+        return jmf.solvers.implicit_als(l2=p["l2"], alpha=p["alpha"]), p["sweeps"]
+    raise ValueError(f"unknown model {name!r}")
+
+
+def fit_model(name: str, p: dict, train, seed: int = 0, timed: bool = True):
+    """Fit; returns ``(factors, fit_seconds_warm, compile_seconds)``."""
+    solver, iters = make_solver(name, p)
+    init = "normal"
+
+    def run(key):
+        t = time.perf_counter()
+        res = jmf.fit(train, solver, rank=p["rank"], key=key, init=init, max_iter=iters, tol=None,
+                      check_every=iters, progress=False)
+        jax.block_until_ready(res.factors)
+        return res, time.perf_counter() - t
+
+    res, first = run(jax.random.key(seed + 1000))
+    if not timed:
+        return res.factors, float("nan"), float("nan")
+    res, warm = run(jax.random.key(seed))
+    return res.factors, warm, max(first - warm, 0.0)
+
+
+def evaluate(name, factors, train, test_triplets, test_sparse, scale):
+    row = {}
+    if name in EXPLICIT:
+        m = jmf.metrics.rating_metrics(factors, test_triplets, clip=scale)
+        row.update(rmse=m["rmse"], mae=m["mae"])
+    else:
+        row.update(rmse=float("nan"), mae=float("nan"))
+    if test_sparse is not None:
+        try:
+            r = jmf.metrics.ranking_metrics(factors, test_sparse, k=10, train=train, threshold=RELEVANT)
+            row.update(precision_at_10=r["precision"], recall_at_10=r["recall"], ndcg_at_10=r["ndcg"])
+        except ValueError:
+            pass
+    return row
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def load_split(args):
+    """``(ratings index, train Sparse, test triplets, test Sparse, scale, description)``."""
+    if args.train or args.test:
+        if not (args.train and args.test):
+            raise SystemExit("--train and --test go together")
+        tr = jmf.datasets.read_ratings(args.train)
+        te = jmf.datasets.read_ratings(args.test)
+        desc = f"{os.path.basename(args.train)} / {os.path.basename(args.test)}"
+    elif args.data:
+        df = _read_folder(args.data)
+        tr, te = split_frame(df, 0.2, seed=0)
+        desc = f"{args.data} (random 80/20 split, seed 0)"
+    else:
+        n = (400, 300, 20_000) if args.quick else (3000, 1500, 200_000)
+        s = jmf.datasets.synthetic_ratings(0, n_users=n[0], n_items=n[1], n_ratings=n[2], rank=8)
+        import pandas as pd
+
+        df = pd.DataFrame({"user": np.asarray(s.data.rows), "item": np.asarray(s.data.cols),
+                           "rating": np.asarray(s.data.vals)})
+        tr, te = split_frame(df, 0.2, seed=0)
+        desc = f"synthetic ratings ({n[0]} users x {n[1]} items, {n[2]} ratings, rank 8)"
+    R = jmf.datasets.index_ratings(tr)
+    test_trip = R.encode(te)
+    test_sparse = R.to_sparse(te) if ((test_trip[0] >= 0) & (test_trip[1] >= 0)).any() else None
+    lo, hi = float(min(tr["rating"].min(), te["rating"].min())), float(max(tr["rating"].max(), te["rating"].max()))
+    return R, R.data, test_trip, test_sparse, (lo, hi), desc
+
+
+def _read_folder(path):
+    if os.path.isfile(path):
+        return jmf.datasets.read_ratings(path)
+    for variant in ("latest-small", "100k", "1m", "10m", "20m", "25m"):
+        try:
+            return jmf.datasets.movielens(variant, path=path, as_frame=True)
+        except FileNotFoundError:
+            continue
+    raise SystemExit(f"no MovieLens ratings file found in {path}")
+
+
+def split_frame(df, test_fraction=0.2, seed=0):
+    """Shuffle rows with ``numpy.random.default_rng(seed).permutation`` and hold out the first fraction."""
+    perm = np.random.default_rng(seed).permutation(len(df))
+    n_test = int(round(test_fraction * len(df)))
+    return df.iloc[perm[n_test:]].reset_index(drop=True), df.iloc[perm[:n_test]].reset_index(drop=True)
+
+
+# -- cross-validation search -----------------------------------------------------------------
+
+# Each entry is one fit per fold; "checkpoints" are the sweep / epoch counts scored from that same fit.
+CV_GRID = {
+    "als-wr": [dict(rank=r, l2=l, sweeps=12, checkpoints=(4, 6, 8, 10, 12)) for r in (16, 32, 64)
+               for l in (0.05, 0.1, 0.2)],
+    "adam": [dict(rank=32, l2=l, lr=lr, epochs=400, checkpoints=(100, 200, 300, 400)) for l in (0.05, 0.1)
+             for lr in (0.005, 0.01, 0.02)],
+    "minibatch-adam": [dict(rank=32, l2=l, lr=lr, epochs=30, batch_size=4096, checkpoints=(10, 20, 30))
+                       for l in (0.05, 0.1) for lr in (0.001, 0.002, 0.005)],
+}
+
+
+def cross_validate(args):
+    """3-fold CV on the training part of the benchmark split of ml-latest-small (never its test part).
+
+    The training part is indexed once (every fold has the same shape, so each
+    configuration compiles once); its entries are cut into 3 equal folds
+    (seeded); users or items absent from a fold's training entries fall
+    back to the biases, as they would in use.
+    """
+    path = args.data or os.path.join(HERE, "..", "..", "shared", "data", "ml-latest-small")
+    df = _read_folder(path)
+    train_df, _ = split_frame(df, 0.2, seed=0)  # the benchmark's training part only
+    R = jmf.datasets.index_ratings(train_df)
+    data = R.data
+    n_f = 3
+    size = data.nnz // n_f
+    perm = np.random.default_rng(1).permutation(data.nnz)
+    lo, hi = float(df["rating"].min()), float(df["rating"].max())
+    models = args.models or list(CV_GRID)
+    rows = []
+    for name in models:
+        grid = CV_GRID[name][: (2 if args.quick else None)]
+        for p in grid:
+            checkpoints = p["checkpoints"]
+            scores = {c: [] for c in checkpoints}
+            for i in range(n_f):
+                mask = np.zeros(data.nnz, bool)
+                mask[perm[i * size:(i + 1) * size]] = True
+                mask[perm[n_f * size:]] = True  # the few leftover entries are never trained on
+                fold_train = jmf.model_selection.subset(data, ~mask)
+                held = jmf.model_selection.subset(data, perm[i * size:(i + 1) * size])
+                held = (held.rows, held.cols, held.vals)
+                solver, iters = make_solver(name, p)
+                got = {}
+
+                def cb(info, got=got):
+                    if info.iteration in checkpoints:
+                        got[info.iteration] = jmf.metrics.rating_metrics(info.factors, held, clip=(lo, hi))["rmse"]
+
+                step = int(np.gcd.reduce(np.asarray(checkpoints)))
+                jmf.fit(fold_train, solver, rank=p["rank"], key=jax.random.key(i), init="normal", max_iter=iters,
+                        tol=None, check_every=step, chunk_size=step, callback=cb, progress=False)
+                for c in checkpoints:
+                    scores[c].append(got[c])
+            for c in checkpoints:
+                q = {k: v for k, v in p.items() if k != "checkpoints"}
+                q["sweeps" if "sweeps" in q else "epochs"] = c
+                rows.append(dict(model=name, params=q, cv_rmse=float(np.mean(scores[c])),
+                                 cv_std=float(np.std(scores[c]))))
+                print(f"{name:15s} {json.dumps(q):75s} CV RMSE {rows[-1]['cv_rmse']:.4f} +- {rows[-1]['cv_std']:.4f}",
+                      flush=True)
+    print("\nbest per model:")
+    for name in models:
+        best = min((r for r in rows if r["model"] == name), key=lambda r: r["cv_rmse"])
+        print(f"  {name:15s} {json.dumps(best['params'])}  CV RMSE {best['cv_rmse']:.4f}")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "cf_cv.json"), "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return rows
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="a MovieLens folder or a ratings file (default: built-in synthetic ratings)")
+    ap.add_argument("--train", help="training ratings file (any supported format)")
+    ap.add_argument("--test", help="test ratings file")
+    ap.add_argument("--json", help="write one JSON row per solver here")
+    ap.add_argument("--out", help="folder for cf_results.md / cf_results.json", default=None)
+    ap.add_argument("--models", nargs="*", help=f"subset of {list(DEFAULTS)}")
+    ap.add_argument("--quick", action="store_true", help="small data and short fits")
+    ap.add_argument("--cv", action="store_true", help="run the cross-validation search behind DEFAULTS")
+    args = ap.parse_args(argv)
+    if args.cv:
+        cross_validate(args)
+        return
+    R, train, test_trip, test_sparse, scale, desc = load_split(args)
+    print(f"data: {desc}; train {train.shape[0]} users x {train.shape[1]} items, {train.nnz} ratings; "
+          f"test {len(test_trip[2])} ratings", flush=True)
+    models = args.models or list(DEFAULTS)
+    rows = []
+    for name in models:
+        p = dict(DEFAULTS[name])
+        if args.quick:
+            for key in ("sweeps", "epochs"):
+                if key in p:
+                    p[key] = max(2, p[key] // 3)
+        factors, warm, comp = fit_model(name, p, train)
+        row = dict(solver=name, **evaluate(name, factors, train, test_trip, test_sparse, scale),
+                   fit_seconds=warm, compile_seconds=comp, params=p)
+        rows.append(row)
+        print(f"  {name:15s} rmse {row['rmse']:.4f}  ndcg@10 {row.get('ndcg_at_10', float('nan')):.4f}  "
+              f"fit {warm:.3f} s  compile {comp:.1f} s", flush=True)
+    table = format_table(rows, desc)
+    print("\n" + table)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([{k: v for k, v in r.items()} for r in rows], fh, indent=1)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "cf_results.md"), "w") as fh:
+            fh.write(table + "\n")
+        with open(os.path.join(args.out, "cf_results.json"), "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return rows
+
+
+def format_table(rows, desc):
+    head = "| solver | RMSE | MAE | P@10 | R@10 | NDCG@10 | fit s (warm) | compile s |\n|---|---|---|---|---|---|---|---|"
+    lines = [f"Data: {desc}", "", head]
+    for r in rows:
+        lines.append("| {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | {:.3f} | {:.1f} |".format(
+            r["solver"], r["rmse"], r["mae"], r.get("precision_at_10", float("nan")),
+            r.get("recall_at_10", float("nan")), r.get("ndcg_at_10", float("nan")), r["fit_seconds"],
+            r["compile_seconds"]))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
