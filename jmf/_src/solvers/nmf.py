@@ -196,8 +196,26 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None) -> Solver:
             X = jnp.where(X < _TINY, 0, X)
         return X
 
+    def frobenius_dense_step(f: Factors, A, mask):
+        # Unweighted Frobenius: W <- W * A H^T / (W H H^T + ...), H <- H * W^T A / (W^T W H + ...), 4 m n k FLOPs.
+        def update(X, num, den, lam2, lam1):
+            if _nz(lam1):
+                den = den + lam1
+            if _nz(lam2):
+                den = den + lam2 * X
+            return X * (num / jnp.where(den == 0, eps, den))
+
+        H = f.H
+        W = update(f.W, A @ H.T, f.W @ (H @ H.T), *pen[0])
+        H = update(H, W.T @ A, (W.T @ W) @ H, *pen[1])
+        if mask is not None:
+            W, H = W * mask, H * mask[:, None]
+        return f._replace(W=W, H=H)
+
     def step(f: Factors, state, data, mask=None):
         _no_biases(f, "mu")
+        if beta == 2 and isinstance(data, Dense) and data.weights is None:
+            return frobenius_dense_step(f, data.A, None if mask is None else mask.astype(f.W.dtype)), state
         mask = _mask(mask, f.W.shape[1], f.W.dtype)
         W = half(data, f.W, f.H, 0, mask)
         H = half(data, W, f.H, 1, mask).T
@@ -285,18 +303,34 @@ def hals(l1=0.0, l2=0.0) -> Solver:
             return HALSState(None)
         return HALSState(sparse_layouts(data, f.W.shape[1]))
 
+    def dense_step(f: Factors, A, mask):
+        # Unweighted dense: shared Grams, coordinate sweeps on rows of W^T (k, m) and of H (k, n),
+        # the layouts in which a coordinate is a contiguous row.
+        k = f.W.shape[1]
+        eye = jnp.eye(k, dtype=f.W.dtype)
+        H = f.H
+        G = H @ H.T
+        B = (A @ H.T).T
+        if _nz(l2W):
+            G = G + l2W * eye
+        if _nz(l1W):
+            B = B - l1W / 2
+        W = _cd_shared(f.W.T, G, B).T
+        G = W.T @ W
+        B = W.T @ A
+        if _nz(l2H):
+            G = G + l2H * eye
+        if _nz(l1H):
+            B = B - l1H / 2
+        H = _cd_shared(H, G, B)
+        if mask is not None:
+            W, H = W * mask, H * mask[:, None]
+        return f._replace(W=W, H=H)
+
     def half(data, state, X, F, side, lam2, lam1, mask):
-        """New ``X`` (``(g, k)``: ``W``, or ``H^T``) given the other factor ``F`` (``(p, k)``)."""
+        """New ``X`` (``(g, k)``: ``W``, or ``H^T``) given the other factor ``F`` (``(p, k)``); weighted or sparse data."""
         k = X.shape[1]
         eye = jnp.eye(k, dtype=X.dtype)
-        if isinstance(data, Dense) and data.weights is None:
-            G = F.T @ F
-            B = _prod(data.A, F, side)
-            if _nz(lam2):
-                G = G + lam2 * eye
-            if _nz(lam1):
-                B = B - lam1 / 2
-            return _cd_shared(X.T, G, B.T).T * mask
         if isinstance(data, Dense):
             G, B = dense_normal_equations(data, F, None, side)
         else:
@@ -309,6 +343,8 @@ def hals(l1=0.0, l2=0.0) -> Solver:
 
     def step(f: Factors, state: HALSState, data, mask=None):
         _no_biases(f, "hals")
+        if isinstance(data, Dense) and data.weights is None:
+            return dense_step(f, data.A, None if mask is None else mask.astype(f.W.dtype)), state
         mask = _mask(mask, f.W.shape[1], f.W.dtype)
         W = half(data, state, f.W, f.H.T, 0, l2W, l1W, mask)
         Ht = half(data, state, f.H.T, W, 1, l2H, l1H, mask)
