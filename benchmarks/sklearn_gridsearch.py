@@ -26,6 +26,7 @@ Usage::
     .venv/bin/python benchmarks/sklearn_gridsearch.py            # full grid, 3 repeats
     .venv/bin/python benchmarks/sklearn_gridsearch.py --quick    # smoke test
     .venv/bin/python benchmarks/sklearn_gridsearch.py --x64      # float64 for both
+    .venv/bin/python benchmarks/sklearn_gridsearch.py --threads 1   # single-threaded (shared machine)
 """
 
 from __future__ import annotations
@@ -51,11 +52,20 @@ def _parse():
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--max-iter", type=int, default=200)
     p.add_argument("--modes", nargs="+", default=["tol", "fixed"], choices=["tol", "fixed"])
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for BLAS/OpenMP and XLA (default: the libraries' defaults); on a shared "
+                        "machine 1 avoids the 10-40x slowdowns of oversubscribed multithreaded BLAS")
     return p.parse_args()
 
 
 def main():
     args = _parse()
+    if args.threads is not None:  # before numpy/jax start their thread pools
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+        if args.threads == 1:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                       " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
     import jax
 
     if args.x64:

@@ -212,16 +212,43 @@ def _row_system(X, w, H):
     return B, G
 
 
+def _row_loop(step, W0, n_iter, tol):
+    """Run ``W <- step(W)`` up to ``n_iter`` times, freezing each row once its own update is small.
+
+    A row stops when ``max_c |W_new - W| <= tol * max_c |W_new|`` (or when it
+    is all zero); its trajectory never depends on the other rows, so the
+    result of a row does not depend on the batch it is in.  ``tol = 0`` runs
+    exactly ``n_iter`` updates on every row that still changes.
+    """
+
+    def cond(c):
+        it, _, active = c
+        return (it < n_iter) & jnp.any(active)
+
+    def body(c):
+        it, W, active = c
+        new = step(W)
+        change = jnp.max(jnp.abs(new - W), axis=1)
+        scale = jnp.max(jnp.abs(new), axis=1)
+        W = jnp.where(active[:, None], new, W)
+        active = active & (change > tol * scale) & (scale > 0)
+        return it + 1, W, active
+
+    active = jnp.ones((W0.shape[0],), dtype=bool)
+    return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), W0, active))[1]
+
+
 @functools.partial(jax.jit, static_argnames=("nonnegative",))
-def _cd_rows(X, w, H, W0, l1, l2, n_iter, nonnegative):
+def _cd_rows(X, w, H, W0, l1, l2, n_iter, tol, nonnegative):
     r"""Coordinate descent (HALS) on ``W`` with ``H`` fixed.
 
     Minimizes, independently for every row ``i``,
     ``sum_j w_ij (x_ij - W_i H_j)^2 + l2 |W_i|^2 + l1 |W_i|_1`` (jmf's
-    penalty units), optionally with ``W >= 0``, by ``n_iter`` sweeps of exact
-    coordinate minimization (soft thresholding).  Coordinates whose curvature
-    ``G_cc + l2`` is zero (an all-zero component, or a fully missing row with
-    ``l2 = 0``) are set to 0.
+    penalty units), optionally with ``W >= 0``, by sweeps of exact
+    coordinate minimization (soft thresholding), at most ``n_iter`` per row
+    (see :func:`_row_loop`).  Coordinates whose curvature ``G_cc + l2`` is
+    zero (an all-zero component, or a fully missing row with ``l2 = 0``) are
+    set to 0.
     """
     B, G = _row_system(X, w, H)
     k = H.shape[0]
@@ -243,7 +270,7 @@ def _cd_rows(X, w, H, W0, l1, l2, n_iter, nonnegative):
         ok = den > 0
         return W.at[:, c].set(jnp.where(ok, num / jnp.where(ok, den, 1), 0))
 
-    return jax.lax.fori_loop(0, n_iter, lambda _, W: jax.lax.fori_loop(0, k, column, W), W0)
+    return _row_loop(lambda W: jax.lax.fori_loop(0, k, column, W), W0, n_iter, tol)
 
 
 @jax.jit
@@ -258,13 +285,13 @@ def _ridge_rows(X, w, H, l2):
 
 
 @functools.partial(jax.jit, static_argnames=("beta",))
-def _mu_rows(X, w, H, W0, l1, l2, n_iter, beta):
+def _mu_rows(X, w, H, W0, l1, l2, n_iter, tol, beta):
     r"""Multiplicative updates on ``W`` with ``H`` fixed (Fevotte & Idier 2011).
 
     Minimizes ``D_beta(X | W H) + l1 |W|_1 + l2 / 2 |W|^2`` over ``W >= 0``
     on the observed entries, in scikit-learn's units (``D_2 = |X - WH|^2 / 2``),
     with the exponent ``gamma(beta)`` that makes every update decrease the
-    objective.
+    objective; at most ``n_iter`` updates per row (see :func:`_row_loop`).
     """
     eps = float(np.finfo(X.dtype).eps)
     if beta < 1:
@@ -277,7 +304,7 @@ def _mu_rows(X, w, H, W0, l1, l2, n_iter, beta):
     ones = jnp.ones_like(X) if w is None else w
     Ht = H.T
 
-    def body(_, W):
+    def update(W):
         V = W @ H
         if beta == 2:
             num = Xw @ Ht
@@ -300,10 +327,10 @@ def _mu_rows(X, w, H, W0, l1, l2, n_iter, beta):
             W = jnp.where(W < float(np.finfo(np.float64).eps), 0, W)
         return W
 
-    return jax.lax.fori_loop(0, n_iter, body, W0)
+    return _row_loop(update, W0, n_iter, tol)
 
 
-def _solve_rows(X, H, *, method, l1=0.0, l2=0.0, n_iter=200, beta=2.0, nonnegative=True):
+def _solve_rows(X, H, *, method, l1=0.0, l2=0.0, n_iter=200, tol=0.0, beta=2.0, nonnegative=True):
     """Rows of ``W`` for new data ``X`` (NaN = missing) given ``H``; numpy in, numpy out.
 
     ``method`` is "cd" (coordinate descent, jmf penalty units), "ridge"
@@ -332,15 +359,16 @@ def _solve_rows(X, H, *, method, l1=0.0, l2=0.0, n_iter=200, beta=2.0, nonnegati
     l1j = jnp.asarray(l1, dtype=dt)
     l2j = jnp.asarray(l2, dtype=dt)
     iters = jnp.asarray(n_iter, dtype=jnp.int32)
+    tolj = jnp.asarray(tol or 0.0, dtype=dt)
     if method == "ridge":
         W = _ridge_rows(Xp, wp, Hj, l2j)
     elif method == "cd":
-        W = _cd_rows(Xp, wp, Hj, jnp.zeros((m_pad, k_pad), dt), l1j, l2j, iters, bool(nonnegative))
+        W = _cd_rows(Xp, wp, Hj, jnp.zeros((m_pad, k_pad), dt), l1j, l2j, iters, tolj, bool(nonnegative))
     elif method == "mu":
         obs = Xz[w > 0] if w is not None else Xz
         avg = np.sqrt(max(float(obs.mean()), 0.0) / k) if obs.size else 1.0
         W0 = jnp.full((m_pad, k_pad), avg if avg > 0 else 1.0, dt)
-        W = _mu_rows(Xp, wp, Hj, W0, l1j, l2j, iters, float(beta))
+        W = _mu_rows(Xp, wp, Hj, W0, l1j, l2j, iters, tolj, float(beta))
     else:  # pragma: no cover - internal
         raise ValueError(method)
     return np.asarray(W)[:m, :k].astype(X.dtype, copy=False)
@@ -504,7 +532,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     tol : float, default=1e-4
         Stopping tolerance, see Notes; 0 runs exactly ``max_iter`` iterations.
     max_iter : int, default=200
-        Maximum number of iterations (for ``transform``: the number of sweeps).
+        Maximum number of iterations (for ``transform``: of sweeps per row).
     random_state : int, RandomState instance or None, default=None
         Seeds the ``jax.random.key`` used by random initializations and
         restarts: an int ``s`` gives ``jax.random.key(s)``; ``None`` or a
@@ -552,11 +580,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     iterations and agree closely given the same initialization.
 
     **transform** solves for ``W`` with ``H = components_`` fixed, each row
-    independently: ``max_iter`` sweeps of coordinate descent from zero for
-    the Frobenius loss (whatever the solver: it is the same convex
-    problem), multiplicative updates from ``sqrt(mean(X) / k)`` otherwise.
-    A fixed number of sweeps (no global stopping test) makes the result of a
-    row independent of the other rows in the batch.
+    independently: coordinate descent from zero for the Frobenius loss
+    (whatever the solver: it is the same convex problem), multiplicative
+    updates from ``sqrt(mean(X) / k)`` otherwise; at most ``max_iter``
+    sweeps, and a row stops once its largest update is below ``tol`` times
+    its largest entry.  The stopping test is per row (no global test), so a
+    row's result does not depend on the other rows in the batch.
 
     **Sparse input** is densified (zeros are observed values, as in
     scikit-learn); for large sparse data with missing entries use
@@ -790,9 +819,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if p["beta"] == 2.0:
             (l1W, _), (l2W, _) = self._jmf_penalties(2.0, reg)
             return _solve_rows(X, self.components_, method="cd", l1=l1W, l2=l2W, n_iter=p["max_iter"],
-                               nonnegative=True)
+                               tol=p["tol"], nonnegative=True)
         return _solve_rows(X, self.components_, method="mu", l1=reg[0], l2=reg[2], n_iter=p["max_iter"],
-                           beta=p["beta"])
+                           tol=p["tol"], beta=p["beta"])
 
     def inverse_transform(self, X):
         """``X ~ W H``: data space from ``W`` of shape (n_samples, n_components)."""
@@ -1086,7 +1115,9 @@ class MatrixFactorization(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     n_init : int, default=1
         Random restarts run as one batched fit; the lowest loss is kept.
     transform_max_iter : int or None, default=None
-        Sweeps of the row solver in ``transform`` (default ``max_iter``).
+        Maximum sweeps of the row solver in ``transform`` (default
+        ``max_iter``); a row stops earlier once its largest update is below
+        ``tol`` times its largest entry.
     random_state : int, RandomState instance or None, default=None
         Seeds the ``jax.random.key`` of the fit.
     verbose : int, default=0
@@ -1108,7 +1139,8 @@ class MatrixFactorization(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     ``transform`` with a named solver solves the row problems exactly or to
     high accuracy, independently of the solver used to fit: in closed form
     (ridge regression per row) for signed models without ``l1``, by
-    ``transform_max_iter`` sweeps of coordinate descent otherwise.  With a
+    coordinate descent otherwise (up to ``transform_max_iter`` sweeps, with
+    a per-row stopping test).  With a
     :class:`~jmf.solvers.Solver` object it runs that solver for
     ``transform_max_iter`` iterations with ``H`` held fixed (which assumes the
     solver computes its ``W`` update from the current ``H``, as gradient
@@ -1263,7 +1295,7 @@ class MatrixFactorization(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         l1W, l2W = p["l1"][0], p["l2"][0]
         if not p["nonneg"] and l1W == 0.0:
             return _solve_rows(X, H, method="ridge", l2=l2W)
-        return _solve_rows(X, H, method="cd", l1=l1W, l2=l2W, n_iter=p["transform_max_iter"],
+        return _solve_rows(X, H, method="cd", l1=l1W, l2=l2W, n_iter=p["transform_max_iter"], tol=p["tol"],
                            nonnegative=p["nonneg"])
 
     def _transform_with_solver(self, X, p):
