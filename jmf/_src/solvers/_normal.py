@@ -34,7 +34,7 @@ from ..data import Dense
 # Elements of the per-chunk tile arrays (``tiles * (T q + q^2)``): 4M floats = 16 MB in float32.
 CHUNK_ELEMENTS = 1 << 22
 # Systems solved per batch by the Cholesky solver (bounds the factor's temporary memory).
-SOLVE_BATCH = 8192
+SOLVE_BATCH = 2048
 
 
 class TileLayout(NamedTuple):
@@ -226,7 +226,10 @@ def solve_spd(G, b, ridge):
         tr = jnp.trace(Gr, axis1=-2, axis2=-1)
         jitter = jnp.where(tr > 0, eps * tr / q, 1)
         Gr = Gr + jitter[..., None, None] * eye
-        L = lax.linalg.cholesky(Gr, symmetrize_input=False)
+        # Gr is symmetric: factor its transpose, which in LAPACK's column-major
+        # layout is Gr's row-major memory as is.  Otherwise XLA copies all
+        # (g, q, q) blocks into column-major order before the batch loop.
+        L = lax.linalg.cholesky(jnp.swapaxes(Gr, -1, -2), symmetrize_input=False)
         return _cho_solve(L, bb)
 
     if G.ndim == 2:
@@ -252,7 +255,23 @@ def _cho_solve(L, b):
 
 
 def _batched_solve(fn, G, b, ridge):
+    """Apply ``fn`` to batches of at most ``SOLVE_BATCH`` systems without copying ``G``.
+
+    A ``fori_loop`` slices ``G`` in place; the last batch is aligned to the
+    end and overlaps the previous one (its rows are simply solved twice), so
+    no padded copy of the ``(g, q, q)`` blocks is ever made.
+    """
     g = b.shape[0]
-    if g <= SOLVE_BATCH:
+    S = SOLVE_BATCH
+    if g <= S:
         return fn(G, b, ridge)
-    return lax.map(lambda args: fn(*args), (G, b, ridge), batch_size=SOLVE_BATCH)
+    n_batches = -(-g // S)
+
+    def body(i, x):
+        start = jnp.minimum(i * S, g - S)
+        Gi = lax.dynamic_slice_in_dim(G, start, S, 0)
+        bi = lax.dynamic_slice_in_dim(b, start, S, 0)
+        ri = lax.dynamic_slice_in_dim(ridge, start, S, 0)
+        return lax.dynamic_update_slice_in_dim(x, fn(Gi, bi, ri), start, 0)
+
+    return lax.fori_loop(0, n_batches, body, jnp.zeros_like(b))
