@@ -35,7 +35,6 @@ import jax.numpy as jnp
 
 __all__ = ["Side", "side_layout", "bucketed_solve", "cg_solve", "cholesky_solve", "segment_counts"]
 
-SLAB_ELEMENTS = 1 << 21  # about 8 MB of float32 per gathered slab
 
 
 def cg_solve(A, b, x0, steps: int):
@@ -112,6 +111,7 @@ def bucketed_solve(
     contrib: Callable,
     system: Callable,
     max_count: int,
+    nnz: int,
     min_entries: int = 32,
 ):
     """Solve every segment's normal equations, bucket by bucket.
@@ -135,6 +135,8 @@ def bucketed_solve(
         Adds the segment's regularization (and any shared term) and solves.
     max_count : int
         Static upper bound on a segment's number of entries (the size of the other side).
+    nnz : int
+        Number of entries (static); sets the block size.
 
     Returns
     -------
@@ -146,10 +148,16 @@ def bucketed_solve(
     counts, indptr, order, seg_order = side.counts, side.indptr, side.order, side.seg_order
     start, n_in = side.bucket_start, side.bucket_size
     X = X0
+    # Entries per block: a slab is processed whole even when its bucket has fewer segments, so the
+    # block size grows with nnz (the waste stays a small fraction) while bounding memory and loop overhead.
+    per_block = int(min(max(2 ** round(math.log2(max(nnz, 1) / 32)), 2048), 65536))
     for i, b in enumerate(range(b_min, b_max + 1)):
         L = 1 << b
-        VB = int(min(4096, max(1, SLAB_ELEMENTS // (L * K))))
-        VB = min(VB, S)
+        # at most nnz / 2^(b-1) segments have more than 2^(b-1) entries
+        cap = max(1, nnz // max(1, L // 2))
+        # small buckets: at least 8192 entries per block (many segments; loop overhead dominates there)
+        entries = per_block if L > 32 else max(per_block, 8192)
+        VB = int(max(1, min(entries // L, cap, S)))
         lane = jnp.arange(L, dtype=jnp.int32)
         first, n_b = start[i], n_in[i]
 
