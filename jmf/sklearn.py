@@ -28,12 +28,15 @@ module only (``import jmf`` never imports it).
 Compilation
 -----------
 jmf compiles one fit per solver object, data shape and fit setting
-(``max_iter``, ``tol``, ``check_every``, ``n_components``).  Refitting with the
-same settings on data of the same shape (e.g. the folds of a
-``GridSearchCV`` of equal size) reuses the compiled code; a new ``max_iter``
-or shape compiles again (about a second on a CPU).  ``transform`` pads the
-rows of ``X`` to a bucket size (rows are solved independently, so padding
-does not change the result) to reuse its compiled code across batch sizes.
+(``max_iter``, ``tol``, ``check_every``, ``n_components``, dtype).  Refitting
+with the same settings on data of the same shape (e.g. the folds of a
+``GridSearchCV`` of equal size) reuses the compiled code; a new setting or
+shape compiles again (one to a few seconds on a CPU).  To share compiled
+code, ``transform`` and :class:`TruncatedSVD` pad their inputs with zeros
+and :class:`RatingsRegressor` pads the ratings with weight-0 entries to
+bucketed sizes -- in each case provably without changing the result.
+Dense fits (NMF, MatrixFactorization) are not padded: they match
+``jmf.fit`` on the same data exactly.
 """
 
 from __future__ import annotations
@@ -41,8 +44,6 @@ from __future__ import annotations
 import functools
 import numbers
 import warnings
-from typing import Optional
-
 import numpy as np
 
 try:
@@ -65,7 +66,6 @@ import jax.numpy as jnp
 import scipy.sparse as sp
 
 import jmf
-
 
 __all__ = [
     "NMF",
@@ -167,7 +167,7 @@ def _as_dense_data(X):
     return jmf.Dense.from_nan(X) if np.isnan(X).any() else jmf.Dense(X)
 
 
-def _densify(X, est_name):
+def _densify(X):
     if sp.issparse(X):
         # NMF/MatrixFactorization model every entry: stored zeros and unstored
         # entries are both observed zeros, as in scikit-learn.
@@ -718,7 +718,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _validate_X(self, X, reset):
         X = validate_data(self, X, reset=reset, accept_sparse=("csr", "csc", "coo"),
                           dtype=[np.float64, np.float32], ensure_all_finite="allow-nan")
-        X = _densify(X, "NMF")
+        X = _densify(X)
         if np.isnan(X).all():
             raise ValueError("NMF: X is entirely NaN; no entry is observed")
         lo = np.nanmin(X)
@@ -900,32 +900,39 @@ def _normal(key, shape, dtype):
     size = int(np.prod(shape))
     if not jax.config.jax_threefry_partitionable:  # pragma: no cover - legacy PRNG configuration
         return jax.random.normal(key, shape, dtype)
-    return jax.random.normal(key, (_bucket(size),), dtype)[:size].reshape(shape)
+    draw = np.asarray(_normal_flat(key, _bucket(size), np.dtype(dtype)))  # sliced on the host: no compile
+    return jnp.asarray(draw[:size].reshape(shape))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _normal_flat(key, size, dtype):
+    return jax.random.normal(key, (size,), dtype)
 
 
 def _padded_svd_data(X, dt):
-    """``X`` as jmf data with its rows (and stored entries) padded to bucketed sizes with zeros.
+    """``X`` as jmf data padded with zero rows and columns (and entries) to bucketed sizes.
 
-    Zero rows change neither the singular values nor ``V``; the padded rows
-    of ``U`` are dropped.  Sparse input never densifies.
+    Zero rows and columns change neither the singular values nor the
+    nonzero parts of ``U`` and ``V``; the padding is dropped afterwards.
+    Sparse input never densifies.
     """
     from jmf._src.data import _rebuild
 
     m, n = X.shape
-    m_pad = _bucket(m)
+    m_pad, n_pad = _bucket(m), _bucket(n)
     if not sp.issparse(X):
-        Xp = np.zeros((m_pad, n), dt)
-        Xp[:m] = X
+        Xp = np.zeros((m_pad, n_pad), dt)
+        Xp[:m, :n] = X
         return jmf.Dense(Xp)
     coo = X.tocoo()
     nnz = coo.nnz
     pad = _bucket(max(nnz, 1)) - nnz
     rows = np.concatenate([coo.row.astype(np.int32), np.full(pad, m_pad - 1, np.int32)])
-    cols = np.concatenate([coo.col.astype(np.int32), np.full(pad, n - 1, np.int32)])
+    cols = np.concatenate([coo.col.astype(np.int32), np.full(pad, n_pad - 1, np.int32)])
     vals = np.concatenate([coo.data.astype(dt), np.zeros(pad, dt)])
     order = np.lexsort((cols, rows))  # jmf.Sparse stores entries row-major
     leaves = (jnp.asarray(rows[order]), jnp.asarray(cols[order]), jnp.asarray(vals[order]), None)
-    return _rebuild(jmf.Sparse, leaves, (m_pad, n))
+    return _rebuild(jmf.Sparse, leaves, (m_pad, n_pad))
 
 
 @jax.jit
@@ -1020,13 +1027,15 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
                                 "for sparse X")
             U, s, Vt = _exact_svd(jnp.asarray(X, dt))
         else:
-            p = min(k + n_over, m, n)
-            Omega = _normal(_key_from_random_state(self.random_state), (n, p), dt)
             data = _padded_svd_data(X, dt)
-            U, s, Vt = _randomized_svd(data, Omega, jnp.asarray(n_iter, jnp.int32), rank=k)
-        U = np.asarray(U[:m, :k]).astype(X.dtype, copy=False)
-        s = np.asarray(s[:k]).astype(X.dtype, copy=False)
-        Vt = np.asarray(Vt[:k]).astype(X.dtype, copy=False)
+            p = min(k + n_over, *data.shape)  # of the padded sizes: extra directions only help
+            Omega = np.zeros((data.shape[1], p), dt)  # zero rows for the padding columns
+            Omega[:n] = np.asarray(_normal(_key_from_random_state(self.random_state), (n, p), dt))
+            U, s, Vt = _randomized_svd(data, jnp.asarray(Omega), jnp.asarray(n_iter, jnp.int32), rank=k)
+        # Sliced on the host (slicing device arrays eagerly compiles per shape).
+        U = np.asarray(U)[:m, :k].astype(X.dtype, copy=False)
+        s = np.asarray(s)[:k].astype(X.dtype, copy=False)
+        Vt = np.asarray(Vt)[:k, :n].astype(X.dtype, copy=False)
         U, Vt = _svd_flip_v(U, Vt)
         self.components_ = Vt
         if algorithm == "randomized":
@@ -1244,7 +1253,7 @@ class MatrixFactorization(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
     def _validate_X(self, X, reset, nonneg):
         X = validate_data(self, X, reset=reset, accept_sparse=("csr", "csc", "coo"),
                           dtype=[np.float64, np.float32], ensure_all_finite="allow-nan")
-        X = _densify(X, "MatrixFactorization")
+        X = _densify(X)
         if np.isnan(X).all():
             raise ValueError("MatrixFactorization: X is entirely NaN; no entry is observed")
         if nonneg and np.nanmin(X) < 0:

@@ -40,11 +40,11 @@ from jmf.sklearn import (  # noqa: E402
 
 from .conftest import low_rank  # noqa: E402
 
-# Settings shared by the estimator checks of NMF and MatrixFactorization(hals) (rank 2, the
-# latter's default, so both run the same compiled fits):
-# 500 iterations and tol=1e-6 (scikit-learn runs its own NMF checks with
+# Settings of the estimator checks.  Rank 1 everywhere (several checks set n_components=1 anyway)
+# and the same settings for NMF and MatrixFactorization(hals), so that the checks reuse a few
+# compiled fits; 500 iterations and tol=1e-6 (scikit-learn runs its own NMF checks with
 # max_iter=500) make fit_transform agree with transform to the checks' 1e-2.
-_CHECK_NMF = dict(max_iter=500, tol=1e-6)
+_CHECK_NMF = dict(n_components=1, max_iter=500, tol=1e-6)
 # One converged NMF setting shared by the tests below (one compiled fit per data shape and rank).
 _C1 = dict(max_iter=300, tol=1e-8)
 
@@ -63,10 +63,10 @@ def X_nn():
 
 @parametrize_with_checks(
     [
-        NMF(n_components=2, **_CHECK_NMF),
+        NMF(**_CHECK_NMF),
         MatrixFactorization(solver="hals", init="nndsvda", **_CHECK_NMF),
-        TruncatedSVD(),
-        RatingsRegressor(max_iter=20),
+        TruncatedSVD(n_components=1),
+        RatingsRegressor(n_components=1, max_iter=20),
     ],
     expected_failed_checks=expected_failed_checks,
 )
@@ -360,26 +360,28 @@ def test_ratings_regressor_equals_jmf_and_falls_back_to_biases(ratings):
     np.testing.assert_allclose(res.factors.W[50:], 0, atol=1e-12)
     np.testing.assert_allclose(res.factors.col_bias[40:], 0, atol=1e-12)
 
-    item0, item1 = X[0, 1], X[1, 1]
+    item0 = X[0, 1]
     j0 = int(np.searchsorted(est.items_, item0))
     pred = est.predict(np.array([["nobody", item0], ["nobody", 10**6], [X[1, 0], 10**6]], dtype=object))
     assert pred[0] == pytest.approx(est.global_mean_ + est.item_bias_[j0])
     assert pred[1] == pytest.approx(est.global_mean_)
     u1 = int(np.searchsorted(est.users_, X[1, 0]))
     assert pred[2] == pytest.approx(est.global_mean_ + est.user_bias_[u1])
-    del item1
 
 
 def test_ratings_regressor_cross_validation_and_grid_search(ratings):
     X, y = ratings
-    cv = KFold(2, shuffle=True, random_state=0)
-    gs = GridSearchCV(RatingsRegressor(max_iter=20, random_state=0), {"l2": [1.0, 300.0]}, cv=cv).fit(X, y)
+    # 3 folds: the training folds (600 ratings) pad to the size of the full data (900 -> 1024), so
+    # with l2=1.0 they reuse the fit compiled by the test above.
+    cv = KFold(3, shuffle=True, random_state=0)
+    kw = dict(n_components=2, max_iter=20, random_state=0)
+    gs = GridSearchCV(RatingsRegressor(**kw), {"l2": [1.0, 300.0]}, cv=cv).fit(X, y)
     assert gs.best_params_ == {"l2": 1.0}
-    scores = cross_val_score(RatingsRegressor(l2=1.0, max_iter=20, random_state=0), X, y, cv=cv)
-    np.testing.assert_allclose(scores, [gs.cv_results_[f"split{s}_test_score"][0] for s in range(2)])
+    scores = cross_val_score(RatingsRegressor(l2=1.0, **kw), X, y, cv=cv)
+    np.testing.assert_allclose(scores, [gs.cv_results_[f"split{s}_test_score"][0] for s in range(3)])
     # Held-out R^2 well above the biases-free baseline of 0, and clipping keeps predictions in range.
     assert scores.min() > 0.5
-    clipped = RatingsRegressor(l2=1.0, max_iter=20, random_state=0, clip=True).fit(X, y).predict(X)
+    clipped = RatingsRegressor(l2=1.0, clip=True, **kw).fit(X, y).predict(X)
     assert clipped.min() >= y.min() and clipped.max() <= y.max()
 
 
@@ -387,8 +389,9 @@ def test_ratings_regressor_dataframe_columns(ratings):
     pd = pytest.importorskip("pandas")
     X, y = ratings
     df = pd.DataFrame({"ts": np.arange(len(y)), "item": X[:, 1].astype(int), "user": X[:, 0]})
-    a = RatingsRegressor(max_iter=20, random_state=0, user_col="user", item_col="item").fit(df, y)
-    b = RatingsRegressor(max_iter=20, random_state=0).fit(X, y)
+    kw = dict(n_components=2, max_iter=20, random_state=0)
+    a = RatingsRegressor(user_col="user", item_col="item", **kw).fit(df, y)
+    b = RatingsRegressor(**kw).fit(X, y)
     np.testing.assert_allclose(a.predict(df), b.predict(X), rtol=1e-10)
 
 
