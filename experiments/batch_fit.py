@@ -134,7 +134,7 @@ def main(argv=None):
     if any(b < 1 for b in sizes):
         parser.error("--sizes must be positive")
     steps_seed, steps_big = (1000, 200) if args.quick else (5000, 1000)
-    big_sizes = [1, 8] if args.quick and args.sizes is None else ([b for b in sizes if b <= 100] or [1])
+    big_sizes = [4] if args.quick and args.sizes is None else ([b for b in sizes if b <= 100] or [1])
     key = jax.random.key(args.seed)
     k1, k2 = jax.random.split(key)
 

@@ -14,8 +14,9 @@ followed by ``fsync``.  A process killed at any moment (even ``SIGKILL``)
 can leave at most a torn *last* line; opening the file for a run truncates
 such a tail, and readers ignore it.  A cell's rows are only written after
 the whole cell finished, so a resumed run recomputes the unfinished cell
-(fits are deterministic given their keys) and writes only the rows that are
-missing.  Each row carries an ``id`` (a hash of everything that determines
+(all of it, with the shapes of the first attempt, so compiled code is
+reused; fits are deterministic given their keys) and writes only the rows
+that are missing.  Each row carries an ``id`` (a hash of everything that determines
 the fit: dataset config, solver and hyperparameters, fit options, rank,
 restart, seed); the file never holds two rows with the same id.  An
 exclusive ``flock`` on the file stops two runs from writing to it at once.
@@ -1041,7 +1042,9 @@ def run(
                         bar.total -= len(todo)
                         bar.refresh()
                     continue
-                ranks = tuple(r for r in cell.ranks if any(t[0] == r for t in todo))
+                # Refit the whole cell even if only some rows are missing: the same shapes as the first
+                # attempt hit the compilation caches (in-process and JAX's persistent cache).
+                ranks = cell.ranks
                 too_big = [r for r in ranks if r > min(data.train.shape)]
                 if too_big:
                     raise ValueError(f"ranks {too_big} exceed min(m, n) = {min(data.train.shape)} "
