@@ -57,8 +57,7 @@ def make_solver(name: str, p: dict):
     if name == "als-core":
         return jmf.solvers.als(l2=p["l2"], biases=True, row_scaled_l2=True), p["sweeps"]
     if name == "adam":
-        return jmf.solvers.gradient(optax.adam(p["lr"]), loss=ratings_loss(p["l2"], count_scaled=True),
-                                    biases=True, name="adam"), p["epochs"]
+        return jmf.solvers.ratings_gradient(optax.adam(p["lr"]), l2=p["l2"], count_scaled=True, name="adam"), p["epochs"]
     if name == "minibatch-adam":
         return jmf.solvers.gradient(optax.adam(p["lr"]), loss=ratings_loss(p["l2"], count_scaled=True), biases=True,
                                     batch_size=p["batch_size"], name="minibatch-adam"), p["epochs"]

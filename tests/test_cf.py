@@ -137,3 +137,22 @@ def test_bad_hyperparameters():
         ratings_loss(0.1, chunk_size=0)
     with pytest.raises(ValueError, match="does not support dense"):
         jmf.fit(np.ones((4, 4)), ratings_als(), rank=2, key=0)
+
+
+@pytest.mark.parametrize("count_scaled", [False, True])
+def test_bucketed_gradient_matches_autodiff(rng, count_scaled):
+    from jmf._src.solvers.ratings import _bucketed_grad, _layout
+
+    data, r, c, v = _ratings(rng, 50, 70, density=0.3)  # columns with more entries than the smallest bucket
+    m, n = data.shape
+    f = jmf.Factors(rng.standard_normal((m, 4)), rng.standard_normal((4, n)), rng.standard_normal(m),
+                    rng.standard_normal(n), np.float64(3.0))
+    f = jax.tree_util.tree_map(jnp.asarray, f)
+    g = jax.jit(lambda f, d: _bucketed_grad(f, _layout(d), d, 0.3, 0.3, count_scaled))(f, data)
+    ref = jax.grad(lambda f: _dense_loss(f, r, c, v, m, n, 0.3, count_scaled))(f)
+    for a, b in zip(g, ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-12)
+    res = jmf.fit(data, jmf.solvers.ratings_gradient(optax.adam(0.05), l2=0.3, count_scaled=count_scaled),
+                  rank=4, key=0, init="normal", max_iter=100, tol=None, check_every=50)
+    h = np.asarray(res.loss_history)
+    assert np.isfinite(h).all() and h[-1] < 0.5 * h[0]

@@ -3,11 +3,11 @@
 from jmf._src.solvers.als import ALSState, als, row_scaled_frobenius
 from jmf._src.solvers.base import Solver
 from jmf._src.solvers.implicit import ImplicitLayout, implicit_als
-from jmf._src.solvers.ratings import RatingsLayout, ratings_als
+from jmf._src.solvers.ratings import RatingsGradientState, RatingsLayout, ratings_als, ratings_gradient
 from jmf._src.solvers.gradient import GradientState, adam, gradient, nonnegative, sgd
 from jmf._src.solvers.nmf import HALSState, hals, mu
 from jmf._src.solvers.svd import SVDState, svd
 
 __all__ = ["Solver", "GradientState", "gradient", "sgd", "adam", "nonnegative", "als", "ALSState", "row_scaled_frobenius",
            "mu", "hals", "HALSState", "svd", "SVDState",
-           "ratings_als", "RatingsLayout", "implicit_als", "ImplicitLayout"]
+           "ratings_als", "RatingsLayout", "ratings_gradient", "RatingsGradientState", "implicit_als", "ImplicitLayout"]

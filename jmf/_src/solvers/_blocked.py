@@ -33,7 +33,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Side", "side_layout", "bucketed_solve", "cg_solve", "cholesky_solve", "segment_counts"]
+__all__ = ["Side", "side_layout", "bucketed_rows", "bucketed_solve", "cg_solve", "cholesky_solve", "segment_counts"]
 
 
 
@@ -105,6 +105,48 @@ def side_layout(seg, n_segments: int, order, max_count: int, min_entries: int = 
                 n_in.astype(jnp.int32))
 
 
+def bucketed_rows(side: Side, X0, block_fn: Callable, max_count: int, nnz: int, min_entries: int = 32):
+    """New rows of ``X0`` (S, K') computed block by block from each segment's entries.
+
+    ``block_fn(ent, valid, seg, cnt, x0)`` gets the entry positions ``ent``
+    (VB, L) (valid where ``valid``), the segment ids ``seg`` (VB,), their
+    entry counts ``cnt`` (0 for padding) and current rows ``x0`` (VB, K'),
+    and returns the new rows (VB, K').  Rows of segments that are not
+    visited (none: every segment is in a bucket) keep ``X0``.
+    """
+    S = X0.shape[0]
+    b_min, b_max = _bucket_range(max_count, min_entries)
+    counts, indptr, order, seg_order = side.counts, side.indptr, side.order, side.seg_order
+    start, n_in = side.bucket_start, side.bucket_size
+    # Entries per block: a slab is processed whole even when its bucket has fewer segments, so the
+    # block size grows with nnz (the waste stays a small fraction) while bounding memory and loop overhead.
+    per_block = int(min(max(2 ** round(math.log2(max(nnz, 1) / 32)), 2048), 65536))
+    X = X0
+    for i, b in enumerate(range(b_min, b_max + 1)):
+        L = 1 << b
+        # at most nnz / 2^(b-1) segments have more than 2^(b-1) entries
+        cap = max(1, nnz // max(1, L // 2))
+        # small buckets: at least 8192 entries per block (many segments; loop overhead dominates there)
+        entries = per_block if L > 32 else max(per_block, 8192)
+        VB = int(max(1, min(entries // L, cap, S)))
+        lane = jnp.arange(L, dtype=jnp.int32)
+        first, n_b = start[i], n_in[i]
+
+        def body(t, X, L=L, VB=VB, lane=lane, first=first, n_b=n_b):
+            j = t * VB + jnp.arange(VB, dtype=jnp.int32)
+            ok = j < n_b
+            seg = seg_order[jnp.minimum(first + j, S - 1)]
+            cnt = jnp.where(ok, counts[seg], 0)
+            valid = lane[None, :] < cnt[:, None]
+            pos = jnp.where(valid, indptr[seg][:, None] + lane[None, :], 0)
+            ent = pos if order is None else order[pos]
+            x = block_fn(ent, valid, seg, cnt, X[seg])
+            return X.at[jnp.where(ok, seg, S)].set(x, mode="drop")
+
+        X = jax.lax.fori_loop(0, (n_b + VB - 1) // VB, body, X)
+    return X
+
+
 def bucketed_solve(
     side: Side,
     X0,
@@ -142,44 +184,17 @@ def bucketed_solve(
     -------
     X : (S, K)
     """
-    S, K = X0.shape
     dtype = X0.dtype
-    b_min, b_max = _bucket_range(max_count, min_entries)
-    counts, indptr, order, seg_order = side.counts, side.indptr, side.order, side.seg_order
-    start, n_in = side.bucket_start, side.bucket_size
-    X = X0
-    # Entries per block: a slab is processed whole even when its bucket has fewer segments, so the
-    # block size grows with nnz (the waste stays a small fraction) while bounding memory and loop overhead.
-    per_block = int(min(max(2 ** round(math.log2(max(nnz, 1) / 32)), 2048), 65536))
-    for i, b in enumerate(range(b_min, b_max + 1)):
-        L = 1 << b
-        # at most nnz / 2^(b-1) segments have more than 2^(b-1) entries
-        cap = max(1, nnz // max(1, L // 2))
-        # small buckets: at least 8192 entries per block (many segments; loop overhead dominates there)
-        entries = per_block if L > 32 else max(per_block, 8192)
-        VB = int(max(1, min(entries // L, cap, S)))
-        lane = jnp.arange(L, dtype=jnp.int32)
-        first, n_b = start[i], n_in[i]
 
-        def body(t, X, L=L, VB=VB, lane=lane, first=first, n_b=n_b):
-            j = t * VB + jnp.arange(VB, dtype=jnp.int32)
-            ok = j < n_b
-            seg = seg_order[jnp.minimum(first + j, S - 1)]
-            cnt = jnp.where(ok, counts[seg], 0)
-            valid = lane[None, :] < cnt[:, None]
-            pos = jnp.where(valid, indptr[seg][:, None] + lane[None, :], 0)
-            ent = pos if order is None else order[pos]
-            Y, g, h = contrib(ent, valid)
-            Yg = Y if g is None else Y * g[..., None]
-            G = jnp.einsum("vlk,vlj->vkj", Yg, Y, preferred_element_type=dtype)
-            R = jnp.einsum("vlk,vl->vk", Y, h, preferred_element_type=dtype)
-            x0 = jnp.where((cnt > 0)[:, None], X[seg], 0)  # empty segments start (and stay) at 0
-            x = system(G, R, seg, x0)
-            return X.at[jnp.where(ok, seg, S)].set(x, mode="drop")
+    def block_fn(ent, valid, seg, cnt, x0):
+        Y, g, h = contrib(ent, valid)
+        Yg = Y if g is None else Y * g[..., None]
+        G = jnp.einsum("vlk,vlj->vkj", Yg, Y, preferred_element_type=dtype)
+        R = jnp.einsum("vlk,vl->vk", Y, h, preferred_element_type=dtype)
+        x0 = jnp.where((cnt > 0)[:, None], x0, 0)  # empty segments start (and stay) at 0
+        return system(G, R, seg, x0)
 
-        X = jax.lax.fori_loop(0, (n_b + VB - 1) // VB, body, X)
-
-    return X
+    return bucketed_rows(side, X0, block_fn, max_count, nnz, min_entries)
 
 
 def segment_counts(seg, n_segments: int):
