@@ -212,9 +212,13 @@ def _cmd_fit(args, parser) -> int:
 
     name = args.solver or _default_solver()
     params = dict(args.param)
+    if args.biases:
+        params.setdefault("biases", True)
     try:
         solver = E.make_solver(name, **params)
     except (ValueError, TypeError) as exc:
+        if args.biases and "biases" in str(exc):
+            raise UsageError(f"--biases: solver {name!r} has no bias terms (try als or adam)") from None
         raise UsageError(str(exc)) from None
     try:
         data, info = jmf.io.load_matrix(args.file, format=args.format)
@@ -253,7 +257,7 @@ def _cmd_fit(args, parser) -> int:
     try:
         res = jmf.fit(prepared.train, solver, rank=args.rank, key=jax.random.key(args.seed), init=args.init,
                       max_iter=args.max_iter, tol=args.tol, check_every=args.check_every,
-                      biases=True if args.biases else None, progress=not args.quiet and not args.json)
+                      progress=not args.quiet and not args.json)
         res = jax.block_until_ready(res)
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
@@ -274,8 +278,9 @@ def _cmd_fit(args, parser) -> int:
     if args.json:
         print(json.dumps(summary, indent=1, default=float))
     else:
+        penalized = any(k.startswith(("l1", "l2")) and v for k, v in params.items())
         print(f"result  {res.status_name} after {int(res.n_iter)} iterations; final loss {float(res.loss):.6g} "
-              f"(mean squared error over observed entries{' plus penalty' if params else ''})")
+              f"(mean squared error over observed entries{' plus penalty' if penalized else ''})")
         line = f"        relative error {metrics['rel_error']:.4g}, training RMSE {metrics['train_rmse']:.4g}"
         if "svd_rel_error" in metrics:
             line += f" (best possible at rank {args.rank}, SVD: {metrics['svd_rel_error']:.4g})"

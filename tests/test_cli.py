@@ -101,6 +101,7 @@ def test_fit_csv_mtx_and_ratings(capsys, tmp_path, matrix_file):
     (["fit", "{npy}", "--rank", "2", "--tol", "-1"], "tol must be"),
     (["fit", "{npy}", "--rank", "2", "--holdout", "1.5"], "fraction"),
     (["fit", "{npy}", "--rank", "2", "--init", "magic"], "--init"),
+    (["fit", "{npy}", "--rank", "2", "--solver", "hals", "--biases"], "has no bias terms"),
     (["fit", "{npy}", "--rank", "2", "--out", "/nonexistent/dir/m.npz"], "does not exist"),
     (["fit", "{npy}"], "--rank"),
     (["fit", "{txt}", "--rank", "2"], "non-numeric first line"),

@@ -89,7 +89,7 @@ KNOWN_SOLVERS = ("adam", "sgd", "als", "hals", "mu", "svd")
 #: Hyperparameters used when a spec leaves them out.
 DEFAULT_PARAMS: dict[str, dict] = {"adam": {"learning_rate": 1e-2}, "sgd": {"learning_rate": 1e-2}}
 #: Keys of a solver spec that are fit options, not solver hyperparameters.
-FIT_OPTIONS = ("max_iter", "tol", "check_every", "init", "biases")
+FIT_OPTIONS = ("max_iter", "tol", "check_every", "init")
 _SOLVER_META = ("solver", "label") + FIT_OPTIONS
 _NOT_FACTORIES = {"Solver", "GradientState", "gradient", "nonnegative", "cached_factory"}
 
@@ -510,7 +510,8 @@ class Experiment:
         list of lists, e.g. ``l2 = [[0.1, 0.0]]``) is a single value.
         Optional keys: ``label`` (name in tables and plots) and per-solver
         fit options overriding the experiment's (``max_iter``, ``tol``,
-        ``check_every``, ``init``, ``biases``).  A plain string is a name
+        ``check_every``, ``init``).  Biases are a solver hyperparameter
+        (``{"solver": "als", "biases": true}``).  A plain string is a name
         with default hyperparameters.
     ranks : list of int
     restarts : int, default 1
@@ -518,7 +519,7 @@ class Experiment:
         ``fold_in(key(seed), i)`` for every solver, so solvers start from the
         same factors.
     seed : int, default 0
-    max_iter, tol, check_every, init, biases
+    max_iter, tol, check_every, init
         Fit options (see :func:`jmf.fit`); ``tol=None`` runs ``max_iter`` iterations.
     """
 
@@ -532,7 +533,6 @@ class Experiment:
     tol: Optional[float] = 1e-4
     check_every: int = 10
     init: str = "random"
-    biases: Optional[bool] = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -575,8 +575,6 @@ class Experiment:
     def fit_options(self, spec: Mapping) -> dict:
         opts = {k: getattr(self, k) for k in FIT_OPTIONS}
         opts.update({k: spec[k] for k in FIT_OPTIONS if k in spec})
-        if opts["biases"] is None:
-            del opts["biases"]
         return opts
 
     def cells(self) -> list[Cell]:
