@@ -95,7 +95,7 @@ def test_import_jmf_does_not_import_sklearn():
 
 
 def test_nmf_n_init_is_one_batched_fit_keeping_the_best(X_nn):
-    est = NMF(4, init="random", n_init=3, random_state=0, max_iter=100).fit(X_nn)
+    est = NMF(4, n_init=3, random_state=0, max_iter=100).fit(X_nn)  # init=None: "random" for restarts
     many = jmf.fit_many(jmf.Dense(X_nn), jmf.solvers.hals(l1=(0.0, 0.0), l2=(0.0, 0.0)), 4,
                         keys=jax.random.split(jax.random.key(0), 3), init="random", max_iter=100, tol=1e-4,
                         progress=False)
