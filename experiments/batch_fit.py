@@ -127,10 +127,10 @@ def main(argv=None):
                         help="output directory (default: results/batch_fit)")
     parser.add_argument("--quick", action="store_true", help="small batches and few steps (CI)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
-                        help="batch sizes (default 1 10 100 1000; quick 1 32)")
+                        help="batch sizes (default 1 10 100 1000; quick 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the initial factors")
     args = parser.parse_args(argv)
-    sizes = args.sizes or ([1, 32] if args.quick else [1, 10, 100, 1000])
+    sizes = args.sizes or ([32] if args.quick else [1, 10, 100, 1000])
     if any(b < 1 for b in sizes):
         parser.error("--sizes must be positive")
     steps_seed, steps_big = (1000, 200) if args.quick else (5000, 1000)

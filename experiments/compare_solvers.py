@@ -56,7 +56,7 @@ MASKED_SOLVERS = [
 
 
 # Left out of --quick runs.
-QUICK_SKIP = ("sgd+momentum", "adam (projected)")
+QUICK_SKIP = ("sgd+momentum", "adam (projected)", "svd")
 
 
 def problems(quick: bool) -> dict:
