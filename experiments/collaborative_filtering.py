@@ -40,7 +40,7 @@ from jmf.losses import ratings_loss  # noqa: E402
 
 # Chosen by 3-fold CV on the training part (80%) of ml-latest-small (see --cv and BENCHMARKS.md).
 DEFAULTS = {
-    "als-wr": dict(rank=32, l2=0.1, sweeps=10),
+    "als-wr": dict(rank=16, l2=0.2, sweeps=10),
     "als-core": dict(rank=32, l2=0.1, sweeps=10),
     "adam": dict(rank=32, l2=0.1, lr=0.01, epochs=300),
     "minibatch-adam": dict(rank=32, l2=0.1, lr=0.002, epochs=20, batch_size=4096),
@@ -162,7 +162,8 @@ CV_GRID = {
                        for l in (0.05, 0.1) for lr in (0.001, 0.002, 0.005)],
     # ranking model: scored by NDCG@10 (higher is better); rank and sweeps fixed by the benchmark (64, 15)
     "implicit-als": [dict(rank=64, l2=l, alpha=a, sweeps=15, checkpoints=(15,)) for a in (0.5, 1.0, 3.0)
-                     for l in (0.1, 1.0, 10.0)],
+                     for l in (0.1, 1.0, 10.0)]
+    + [dict(rank=64, l2=l, alpha=a, sweeps=15, checkpoints=(15,)) for a in (0.25, 0.5) for l in (30.0, 100.0)],
 }
 
 
@@ -190,6 +191,8 @@ def cross_validate(args):
     rows = []
     for name in models:
         grid = CV_GRID[name][: (2 if args.quick else None)]
+        if args.grid_from:
+            grid = grid[args.grid_from:]
         for p in grid:
             checkpoints = p["checkpoints"]
             scores = {c: [] for c in checkpoints}
@@ -248,6 +251,7 @@ def main(argv=None):
     ap.add_argument("--models", nargs="*", help=f"subset of {list(DEFAULTS)}")
     ap.add_argument("--quick", action="store_true", help="small data and short fits")
     ap.add_argument("--cv", action="store_true", help="run the cross-validation search behind DEFAULTS")
+    ap.add_argument("--grid-from", type=int, default=0, help="--cv: start at this grid position (resume)")
     args = ap.parse_args(argv)
     if args.cv:
         cross_validate(args)

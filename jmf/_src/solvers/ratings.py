@@ -412,7 +412,8 @@ def ratings_gradient(optimizer, l2: float = 0.1, bias_l2: Optional[float] = None
         g = _bucketed_grad(f, state.layout, data, l2, bias_l2, count_scaled)
         if mask is not None:
             g = g._replace(W=g.W * mask, H=g.H * mask[:, None])
-        updates, opt_state = optimizer.update(g, state.opt_state, f)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 step counts with floats
+            updates, opt_state = optimizer.update(g, state.opt_state, f)
         return optax.apply_updates(f, updates), RatingsGradientState(opt_state, state.layout)
 
     return Solver(init=init, step=step, loss=loss, name=name, biases=biases, data_kinds=("sparse",))
