@@ -23,21 +23,62 @@ from .linalg import _exact, _randomized
 __all__ = ["random", "uniform", "normal", "svd", "nndsvd", "nndsvda", "nndsvdar", "get_initializer", "INITIALIZERS"]
 
 
-def _components(key, width: int, m: int, n: int, draw: Callable, dtype):
-    """``(W, H)`` of shapes ``(m, width)`` and ``(width, n)``; component ``j`` drawn from ``fold_in``.
+_GOLDEN = 0x9E3779B9
 
-    Column ``j`` of ``W`` is ``draw(fold_in(kW, j), (m,))`` and row ``j`` of
-    ``H`` is ``draw(fold_in(kH, j), (n,))``.  Neither depends on ``width``
-    (so rank-padded members start like separate fits) and, with JAX's
-    partitionable threefry (the default), the first ``m`` values of a longer
-    draw equal a length-``m`` draw, so a matrix padded with unobserved rows
-    or columns (mixed-shape buckets of :func:`jmf.fit_many`) starts from the
-    same factors as the unpadded matrix.
+
+def _mix32(x):
+    """A bijective avalanche hash on uint32 (Wang/Jenkins-style "lowbias32" finalizer)."""
+    x = x ^ (x >> jnp.uint32(16))
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> jnp.uint32(15))
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> jnp.uint32(16))
+
+
+def _seed_words(key):
+    """The uint32 words of a PRNG key (typed or legacy ``uint32[2]``), folded to one word."""
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    words = jnp.asarray(data).astype(jnp.uint32).reshape(-1)
+    seed = jnp.uint32(0x6A09E667)
+    for i in range(words.shape[0]):
+        seed = _mix32(seed ^ (words[i] + jnp.uint32(_GOLDEN * (i + 1) & 0xFFFFFFFF)))
+    return seed
+
+
+def _grid_uniform(seed, stream: int, width: int, length: int, dtype):
+    """``(width, length)`` uniforms in (0, 1); entry ``(j, i)`` depends only on ``(seed, stream, j, i)``."""
+    j = jnp.arange(width, dtype=jnp.uint32)[:, None]
+    i = jnp.arange(length, dtype=jnp.uint32)[None, :]
+    h = _mix32(seed ^ jnp.uint32(stream * 0x85EBCA6B & 0xFFFFFFFF))
+    h = _mix32(h ^ (j * jnp.uint32(_GOLDEN)))
+    h = _mix32(h + i * jnp.uint32(0xC2B2AE35))
+    return ((h >> jnp.uint32(8)).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def _grid(seed, stream: int, width: int, length: int, kind: str, dtype):
+    u = _grid_uniform(seed, 2 * stream, width, length, dtype)
+    if kind == "uniform":
+        return u.astype(dtype)
+    v = _grid_uniform(seed, 2 * stream + 1, width, length, dtype)
+    z = jnp.sqrt(-2.0 * jnp.log(u)) * jnp.cos((2 * jnp.pi) * v)  # Box-Muller
+    return z.astype(dtype)
+
+
+def _components(key, width: int, m: int, n: int, kind: str, dtype, stream: int = 0):
+    """``(W, H)`` of shapes ``(m, width)`` and ``(width, n)`` with i.i.d. "uniform" or "normal" entries.
+
+    Entry ``W[i, j]`` is a hash of ``(key, j, i)`` (and ``H[j, i]`` of
+    another stream), a counter-based generator seeded by the key's bits.
+    Nothing depends on ``width``, ``m`` or ``n``: a rank-``r`` member padded
+    to the largest rank of a :func:`jmf.fit_many` call, or a matrix padded
+    with unobserved rows and columns into a mixed-shape bucket, starts from
+    exactly the factors of the separate fit with the same key.  (Hashing
+    instead of threefry also keeps compilation cheap: the init used to be
+    most of a small fit's compile time.)
     """
-    kW, kH = jax.random.split(key)
-    j = jnp.arange(width, dtype=jnp.uint32)
-    W = jax.vmap(lambda i: draw(jax.random.fold_in(kW, i), (m,), dtype))(j).T
-    H = jax.vmap(lambda i: draw(jax.random.fold_in(kH, i), (n,), dtype))(j)
+    seed = _seed_words(key)
+    W = _grid(seed, 2 * stream, width, m, kind, dtype).T
+    H = _grid(seed, 2 * stream + 1, width, n, kind, dtype)
     return W, H
 
 
@@ -65,7 +106,7 @@ def random(key, data, width: int, rank=None) -> Factors:
     m, n = data.shape
     k = jnp.asarray(width if rank is None else rank).astype(data.dtype)
     scale = jnp.sqrt(_mean_abs(data) / k).astype(data.dtype)
-    W, H = _components(key, width, m, n, jax.random.normal, data.dtype)
+    W, H = _components(key, width, m, n, "normal", data.dtype)
     W, H = scale * jnp.abs(W), scale * jnp.abs(H)
     return _finish(W, H, width, rank)
 
@@ -73,7 +114,7 @@ def random(key, data, width: int, rank=None) -> Factors:
 def uniform(key, data, width: int, rank=None) -> Factors:
     """Entries uniform on ``[0, 1)`` (the seed example's ``torch.rand``)."""
     m, n = data.shape
-    W, H = _components(key, width, m, n, jax.random.uniform, data.dtype)
+    W, H = _components(key, width, m, n, "uniform", data.dtype)
     return _finish(W, H, width, rank)
 
 
@@ -84,7 +125,7 @@ def normal(key, data, width: int, rank=None, scale=None) -> Factors:
     if scale is None:
         scale = jnp.sqrt(_mean_abs(data) / k)
     scale = jnp.asarray(scale).astype(data.dtype)
-    W, H = _components(key, width, m, n, jax.random.normal, data.dtype)
+    W, H = _components(key, width, m, n, "normal", data.dtype)
     W, H = scale * W, scale * H
     return _finish(W, H, width, rank)
 
@@ -198,7 +239,7 @@ def nndsvdar(key, data, width: int, rank=None, eps: float = 1e-6) -> Factors:
     m, n = data.shape
     W, H = _nndsvd_components(key, data, width, eps)
     avg = _observed_mean(data)
-    RW, RH = _components(jax.random.fold_in(key, 7), width, m, n, jax.random.normal, data.dtype)
+    RW, RH = _components(key, width, m, n, "normal", data.dtype, stream=7)
     W = jnp.where(W == 0, jnp.abs(avg * RW) / 100, W)
     H = jnp.where(H == 0, jnp.abs(avg * RH) / 100, H)
     return _finish(W, H, width, rank)
