@@ -2,7 +2,7 @@
 
 A *group* of members (restarts x ranks x matrices, possibly one) runs in one
 ``lax.while_loop``.  Every ``check_every`` iterations the solver's loss is
-evaluated and the sklearn NMF rule ``(loss_prev - loss) / loss_init < tol``
+evaluated and the sklearn NMF rule ``|loss_prev - loss| / loss_init < tol``
 applied per member; members that stop are frozen.
 """
 
@@ -30,6 +30,10 @@ class Status(enum.IntEnum):
 
 
 _RUNNING = -1
+
+
+# A member whose loss exceeds this multiple of its initial loss has diverged.
+DIVERGENCE_FACTOR = 1e4
 
 
 class _Config(NamedTuple):
@@ -157,11 +161,17 @@ def loop(cfg: _Config, carry: _Carry, step, loss_fn, select, stop_at) -> _Carry:
         check = c.check + 1
         loss = loss_fn(f)
         running = c.status == _RUNNING
-        finite = jnp.isfinite(loss)
+        # A loss far above the initial one is a blow-up (a too-large step), not
+        # convergence, even though it passes the tol test; treat it like inf.
+        finite = jnp.isfinite(loss) & (loss <= DIVERGENCE_FACTOR * c.loss_init)
         if cfg.tol is None:
             converged = jnp.zeros(loss.shape, bool)
         else:
-            converged = ((c.loss_prev - loss) < cfg.tol * c.loss_init) | (loss == 0)
+            # sklearn's rule on the absolute change: for monotone solvers (ALS,
+            # HALS, MU) identical to (loss_prev - loss) / loss_init < tol; for
+            # gradient methods an increase larger than tol is oscillation or a
+            # blow-up in progress, not convergence.
+            converged = (jnp.abs(c.loss_prev - loss) < cfg.tol * c.loss_init) | (loss == 0)
         status = jnp.where(
             ~finite,
             Status.DIVERGED.value,

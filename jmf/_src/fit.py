@@ -2,10 +2,10 @@
 
 Stopping rule (scikit-learn's NMF convention): every ``check_every``
 iterations the solver's loss is evaluated and recorded; the fit stops with
-``CONVERGED`` when ``(loss_prev - loss) / loss_init < tol``, with
+``CONVERGED`` when ``|loss_prev - loss| / loss_init < tol``, with
 ``MAX_ITER`` after ``max_iter`` iterations, and with ``DIVERGED`` when the
-loss is not finite -- then the factors of the last finite check are kept and
-``loss`` is that check's loss.  ``tol=None`` runs exactly ``max_iter``
+loss is not finite or exceeds ``1e4`` times the initial loss -- then the
+factors of the last accepted check are kept and ``loss`` is that check's loss.  ``tol=None`` runs exactly ``max_iter``
 iterations.
 """
 
@@ -197,8 +197,10 @@ def fit(
         or starting factors.
     max_iter : int, default 200
     tol : float or None, default 1e-4
-        Stop when ``(loss_prev - loss) / loss_init < tol`` at a check; ``None``
-        runs exactly ``max_iter`` iterations.
+        Stop when ``|loss_prev - loss| / loss_init < tol`` at a check; ``None``
+        runs exactly ``max_iter`` iterations.  Whatever ``tol``, a loss that is
+        not finite or exceeds ``1e4 * loss_init`` stops the member with
+        ``DIVERGED`` and keeps its last accepted factors.
     check_every : int, default 10
         Iterations between loss evaluations (history entries and tol checks).
     biases : bool, optional
