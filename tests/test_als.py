@@ -119,11 +119,12 @@ def test_one_step_matches_numpy(biases, row_scaled):
             assert float(f.offset) == 3.0
 
 
-def test_unweighted_dense_biases_match_numpy():
+@pytest.mark.parametrize("row_scaled", [False, True])
+def test_unweighted_dense_biases_match_numpy(row_scaled):
     A, _ = _masked(4)
     f0 = _start(2, biases=True)
-    W, H, rb, cb = _ref_step(A, np.ones_like(A), f0, 0.2, 0.1, False)
-    f, _ = run(jmf.solvers.als(l2=0.2, bias_l2=0.1, biases=True), jmf.Dense(A), f0, 1)
+    W, H, rb, cb = _ref_step(A, np.ones_like(A), f0, 0.2, 0.1, row_scaled)
+    f, _ = run(jmf.solvers.als(l2=0.2, bias_l2=0.1, biases=True, row_scaled_l2=row_scaled), jmf.Dense(A), f0, 1)
     np.testing.assert_allclose(np.asarray(f.W), W, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(np.asarray(f.col_bias), cb, rtol=1e-9, atol=1e-10)
 

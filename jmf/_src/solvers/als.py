@@ -159,7 +159,9 @@ def als(l2=0.0, biases: bool = False, bias_l2=None, row_scaled_l2: bool = False)
             G, b = dense_normal_equations(data, F, shift, side)
         else:
             G, b = sparse_normal_equations(state.layouts[side], F, shift, data.shape[side])
-        if row_scaled_l2:
+        if row_scaled_l2 and isinstance(data, Dense) and data.weights is None:
+            ridge = data.shape[1 - side] * pen + extra  # every row observes all columns: one shared system
+        elif row_scaled_l2:
             ridge = counts[:, None] * pen[None, :] + extra[None, :]
         else:
             ridge = pen + extra
