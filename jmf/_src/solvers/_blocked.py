@@ -12,12 +12,14 @@ traffic at elementwise speed, and XLA's CPU scatter of wide windows is slow,
 so instead:
 
 * segments are grouped into *buckets* by their number of entries, bucket
-  ``b`` holding the segments with ``2^(b-1) < count <= 2^b`` entries;
+  ``b`` holding the segments with ``2^(b-1) < count <= 2^b`` entries (the
+  smallest bucket, 32 entries, also holds the short and the empty segments);
 * a bucket is processed in blocks of ``VB`` segments: their entries are
   gathered into a zero-padded ``(VB, 2^b, K)`` slab (at most 2x padding),
   the Gram matrices come from one batched matrix product, the systems are
   solved right there (conjugate gradients warm-started from the current
   rows, or Cholesky), and only the ``(VB, K)`` solutions are written out.
+  The block size grows with ``nnz`` (2,048 to 65,536 entries per slab).
 
 No ``(S, K, K)`` array is ever formed.  Everything runs inside ``jit``: the
 bucket of each segment, the segment order and the number of blocks per
@@ -34,7 +36,6 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["Side", "side_layout", "bucketed_rows", "bucketed_solve", "cg_solve", "cholesky_solve", "segment_counts"]
-
 
 
 def cg_solve(A, b, x0, steps: int):

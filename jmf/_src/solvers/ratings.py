@@ -315,8 +315,10 @@ def ratings_als(l2: float = 0.1, bias_l2: Optional[float] = None, count_scaled: 
         m, n = data.shape
         rb = f.row_bias if biases else None
         cb = f.col_bias if biases else None
-        W, rb = _half_step(f.W, rb, f.H.T, cb, f.offset, data, lay.rows, data.cols, lay.row_weight, l2, bias_l2, count_scaled, mask, solve, cg_steps, n)
-        Ht, cb = _half_step(f.H.T, cb, W, rb, f.offset, data, lay.cols, data.rows, lay.col_weight, l2, bias_l2, count_scaled, mask, solve, cg_steps, m)
+        W, rb = _half_step(f.W, rb, f.H.T, cb, f.offset, data, lay.rows, data.cols, lay.row_weight, l2, bias_l2,
+                           count_scaled, mask, solve, cg_steps, n)
+        Ht, cb = _half_step(f.H.T, cb, W, rb, f.offset, data, lay.cols, data.rows, lay.col_weight, l2, bias_l2,
+                            count_scaled, mask, solve, cg_steps, m)
         f = f._replace(W=W, H=Ht.T)
         if biases:
             f = f._replace(row_bias=rb, col_bias=cb)
