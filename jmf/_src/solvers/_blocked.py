@@ -35,7 +35,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Side", "side_layout", "bucketed_rows", "bucketed_solve", "cg_solve", "cholesky_solve", "segment_counts"]
+__all__ = ["Side", "side_layout", "bucketed_rows", "bucketed_solve", "bucketed_cg", "cg_solve", "cholesky_solve", "segment_counts"]
 
 
 def cg_solve(A, b, x0, steps: int):
@@ -194,6 +194,50 @@ def bucketed_solve(
         R = jnp.einsum("vlk,vl->vk", Y, h, preferred_element_type=dtype)
         x0 = jnp.where((cnt > 0)[:, None], x0, 0)  # empty segments start (and stay) at 0
         return system(G, R, seg, x0)
+
+    return bucketed_rows(side, X0, block_fn, max_count, nnz, min_entries)
+
+
+def bucketed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: int, max_count: int, nnz: int,
+                min_entries: int = 32):
+    """Matrix-free variant of :func:`bucketed_solve` with conjugate gradients.
+
+    Each segment's matrix ``A_s = B_s + sum_l g_l y_l y_l^T`` is applied as
+    ``base_apply(p, seg) + Y^T (g * (Y p))`` on the gathered slab, so a CG
+    step costs ``O(L K)`` per segment instead of forming the ``K x K`` Gram
+    matrix (``O(L K^2)``): the right choice when ``steps`` is small compared
+    with ``K`` (as in implicit ALS, Takacs et al. 2011).  Same arguments as
+    :func:`bucketed_solve` with ``base_apply(p (VB, K), seg (VB,)) -> (VB, K)``
+    applying the shared / regularization part ``B_s``.
+    """
+    dtype = X0.dtype
+    tiny = jnp.finfo(dtype).tiny
+
+    def block_fn(ent, valid, seg, cnt, x0):
+        Y, g, h = contrib(ent, valid)
+        R = jnp.einsum("vlk,vl->vk", Y, h, preferred_element_type=dtype)
+
+        def matvec(p):
+            s = jnp.einsum("vlk,vk->vl", Y, p, preferred_element_type=dtype)
+            if g is not None:
+                s = s * g
+            return base_apply(p, seg) + jnp.einsum("vlk,vl->vk", Y, s, preferred_element_type=dtype)
+
+        x = jnp.where((cnt > 0)[:, None], x0, 0)
+        r = R - matvec(x)
+        p = r
+        rs = jnp.sum(r * r, axis=1)
+        for _ in range(steps):
+            Ap = matvec(p)
+            pAp = jnp.sum(p * Ap, axis=1)
+            alpha = jnp.where(pAp > tiny, rs / jnp.where(pAp > tiny, pAp, 1), 0)
+            x = x + alpha[:, None] * p
+            r = r - alpha[:, None] * Ap
+            rs_new = jnp.sum(r * r, axis=1)
+            beta = jnp.where(rs > tiny, rs_new / jnp.where(rs > tiny, rs, 1), 0)
+            p = r + beta[:, None] * p
+            rs = rs_new
+        return x
 
     return bucketed_rows(side, X0, block_fn, max_count, nnz, min_entries)
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from ..data import Sparse
 from ..factors import Factors
 from ..losses import Loss
-from ._blocked import Side, bucketed_solve, cg_solve, cholesky_solve, side_layout
+from ._blocked import Side, bucketed_cg, bucketed_solve, cg_solve, cholesky_solve, side_layout
 from .base import Solver, cached_factory
 from .ratings import _check_chunk, _check_reg, chunked_entry_sum
 
@@ -124,7 +124,10 @@ def _half_step(X, Y, data: Sparse, side: Side, other_idx, alpha, l2, mask, solve
             return cholesky_solve(A, R)
         return cg_solve(A, R, x0, cg_steps)
 
-    Xn = bucketed_solve(side, X, contrib, system, max_count)
+    if solve == "cg":
+        Xn = bucketed_cg(side, X, contrib, lambda p, seg: p @ base, cg_steps, max_count, data.nnz)
+    else:
+        Xn = bucketed_solve(side, X, contrib, system, max_count, data.nnz)
     return Xn if mask is None else Xn * mask[None, :]
 
 
@@ -141,7 +144,8 @@ def implicit_als(l2: float = 1.0, alpha: float = 2.0, solve: str = "cg", cg_step
         Confidence slope: an observed value ``r`` has confidence ``1 + alpha r``.
     solve : {"cg", "cholesky"}
         ``"cg"``: ``cg_steps`` conjugate-gradient iterations per row,
-        warm-started (Takacs et al. 2011; each decreases the objective);
+        warm-started and matrix-free (Takacs et al. 2011: ``O(nnz k)`` per
+        step, no Gram matrices; each step decreases the objective);
         ``"cholesky"``: exact solves.
     cg_steps : int, default 3
     chunk_size : int

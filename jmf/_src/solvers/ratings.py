@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from ..data import Sparse
 from ..factors import Factors
 from ..losses import Loss
-from ._blocked import Side, bucketed_rows, bucketed_solve, cg_solve, cholesky_solve, side_layout
+from ._blocked import Side, bucketed_cg, bucketed_rows, bucketed_solve, cg_solve, cholesky_solve, side_layout
 from .base import Solver, cached_factory
 
 __all__ = ["ratings_loss", "ratings_als", "ratings_gradient", "RatingsLayout", "RatingsGradientState",
@@ -242,7 +242,17 @@ def _half_step(X, xb, Y, yb, offset, data, side, other_idx, weight_sums, l2, bia
         return cg_solve(A, R, x0, cg_steps)
 
     X0 = X if not use_bias else jnp.concatenate([X, xb[:, None]], axis=1)
-    sol = bucketed_solve(side, X0, contrib, system, max_count, data.nnz)
+    if solve == "cg":
+        def base_apply(p, seg):
+            s = weight_sums[seg].astype(dtype) if count_scaled else jnp.ones(seg.shape, dtype)
+            d = s[:, None] * diag[None, :]
+            if m_ext is not None:
+                d = d * m_ext[None] + (1 - m_ext)[None]
+            return jnp.where(d > 0, d, 1) * p
+
+        sol = bucketed_cg(side, X0, contrib, base_apply, cg_steps, max_count, data.nnz)
+    else:
+        sol = bucketed_solve(side, X0, contrib, system, max_count, data.nnz)
     Xn = sol[:, :k]
     if mask is not None:
         Xn = Xn * mask[None, :]
@@ -285,8 +295,9 @@ def ratings_als(l2: float = 0.1, bias_l2: Optional[float] = None, count_scaled: 
     biases : bool, default True
         Fit row/column biases (the offset is the global mean, set by ``fit``).
     solve : {"cg", "cholesky"}, default "cg"
-        ``"cg"``: ``cg_steps`` conjugate-gradient iterations warm-started
-        from the current factors (each one decreases the objective; the
+        ``"cg"``: ``cg_steps`` matrix-free conjugate-gradient iterations
+        warm-started from the current factors (``O(nnz k)`` per step, no
+        Gram matrices; each one decreases the objective; the
         iteration converges to the ALS fixed point over sweeps and is much
         faster than batched Cholesky on CPU).  ``"cholesky"``: exact solves.
     cg_steps : int, default 3
