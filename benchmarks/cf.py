@@ -130,7 +130,7 @@ def explicit(args):
         rows.append(dict(solver=f"jmf {model}", rmse=m["rmse"], mae=m["mae"], fit_seconds=t,
                          compile_seconds=max(first - t, 0.0), params=p))
         print(f"  jmf {model:20s} rmse {m['rmse']:.4f} fit {t:.3f} s (compile {first - t:.1f} s)", flush=True)
-    folds = []
+    folds = {}
     if args.folds:
         folds = five_fold(df, args, scale)
     return dict(data=name, rows=rows, folds=folds)
