@@ -270,3 +270,11 @@ def test_finite_blow_up_with_tol_is_diverged_not_converged(rng):
     assert res.status_name == "DIVERGED"
     assert np.nanmax(h[np.isfinite(h)]) > 1e4 * h[0] or not np.isfinite(h[int(res.n_iter)])
     assert float(res.loss) <= 1e4 * h[0]
+
+
+def test_int_seed_equals_explicit_key(rng):
+    A = low_rank(rng, 6, 5, 2)
+    kw = dict(rank=2, max_iter=20, tol=None, progress=False)
+    a = jmf.fit(A, jmf.solvers.adam(1e-2), key=7, **kw)
+    b = jmf.fit(A, jmf.solvers.adam(1e-2), key=jax.random.key(7), **kw)
+    np.testing.assert_array_equal(a.factors.W, b.factors.W)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from .factors import Factors
 
@@ -60,6 +59,8 @@ def match_components(ref: np.ndarray, other: np.ndarray, signed: bool = False):
     ``ref[j]``; with ``signed=True`` similarity is ``|cos|`` and ``signs``
     gives the flip that aligns each matched row.
     """
+    from scipy.optimize import linear_sum_assignment  # imported lazily: scipy.optimize is slow to import
+
     cos = _unit(ref, 1) @ _unit(other, 1).T
     score = np.abs(cos) if signed else cos
     rows, cols = linear_sum_assignment(-score)

@@ -160,7 +160,12 @@ def loop(cfg: _Config, carry: _Carry, step, loss_fn, select, stop_at) -> _Carry:
         it = c.it + n
         check = c.check + 1
         loss = loss_fn(f)
-        running = c.status == _RUNNING
+        if loss.ndim == 0:
+            # A single member only reaches the body while running; a constant
+            # lets XLA drop the freezing selects (fewer kernels to compile).
+            running = jnp.ones((), bool)
+        else:
+            running = c.status == _RUNNING
         # A loss far above the initial one is a blow-up (a too-large step), not
         # convergence, even though it passes the tol test; treat it like inf.
         finite = jnp.isfinite(loss) & (loss <= DIVERGENCE_FACTOR * c.loss_init)

@@ -138,7 +138,11 @@ def _as_key(key, name="key"):
     if key is None:
         raise TypeError(f"{name} is required: pass a PRNG key such as jax.random.key(0) (or an int seed)")
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
+        seed = int(key)
+        if 0 <= seed < 2**32 and jax.config.jax_default_prng_impl == "threefry2x32":
+            # Equal to jax.random.key(seed), without compiling the seeding function.
+            return jax.random.wrap_key_data(np.array([0, seed], np.uint32))
+        return jax.random.key(seed)
     if isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape[-1:] == (2,)):
         return key
     raise TypeError(f"{name} must be a jax.random.key (or an int seed), got {type(key).__name__}")
