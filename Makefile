@@ -19,8 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) experiments/compare_solvers.py
 
+# Two workers (one per core); --dist loadfile keeps each test file in one
+# process so its compiled functions are reused by its tests.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache
