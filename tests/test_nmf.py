@@ -219,6 +219,8 @@ def test_hals_unmasked_matches_numpy_reference():
 
 _MONOTONE_SOLVERS = [
     jmf.solvers.hals(l1=0.1, l2=(0.5, 0.0)),
+    jmf.solvers.hals(l1=0.1, l2=(0.5, 0.0), inner="auto"),
+    jmf.solvers.hals(inner=3, inner_tol=0.0),
     jmf.solvers.mu(2, l1=0.05, l2=0.3),
     jmf.solvers.mu(1, l2=(0.0, 0.2)),
     jmf.solvers.mu(0),
@@ -245,8 +247,9 @@ def test_loss_never_increases(seed):
 # -- batching -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver,masked", [(jmf.solvers.hals(l2=0.01), True), (jmf.solvers.mu(1), False)],
-                         ids=["hals-weighted", "mu-kl-dense"])
+@pytest.mark.parametrize("solver,masked", [(jmf.solvers.hals(l2=0.01), True), (jmf.solvers.mu(1), False),
+                                           (jmf.solvers.hals(inner="auto"), False)],
+                         ids=["hals-weighted", "mu-kl-dense", "accelerated-hals-dense"])
 def test_fit_many_ranks_and_restarts(solver, masked):
     A, M = _problem(6, masked=masked)
     data = jmf.Dense(A, M)
@@ -306,6 +309,22 @@ def test_negative_data_is_refused():
         jmf.fit(jmf.Sparse(r, c, A[r, c], A.shape), jmf.solvers.hals(), rank=2, key=0, progress=False)
 
 
+def test_accelerated_hals_needs_fewer_iterations():
+    """Extra sweeps on the same products reach a lower error per iteration than one sweep, at the same optimum."""
+    A, _ = _problem(12)
+    W0, H0 = _start(A, seed=3)
+    _, _, h1 = _fit(jmf.Dense(A), jmf.solvers.hals(), W0, H0, 10)
+    _, _, h3 = _fit(jmf.Dense(A), jmf.solvers.hals(inner=3, inner_tol=0.0), W0, H0, 10)
+    _, _, ha = _fit(jmf.Dense(A), jmf.solvers.hals(inner="auto"), W0, H0, 10)
+    assert h3[-1] < h1[-1] and ha[-1] < h1[-1]
+    _, _, h_long = _fit(jmf.Dense(A), jmf.solvers.hals(), W0, H0, 400)
+    _, _, ha_long = _fit(jmf.Dense(A), jmf.solvers.hals(inner="auto"), W0, H0, 400)
+    # Nonconvex: the two may settle in different local minima, both near the (unconstrained) SVD optimum.
+    s = np.linalg.svd(A, compute_uv=False)
+    optimum = np.sum(s[K_:] ** 2) / A.size
+    assert optimum <= h_long[-1] < 1.05 * optimum and optimum <= ha_long[-1] < 1.05 * optimum, (h_long[-1], ha_long[-1], optimum)
+
+
 def test_bad_hyperparameters():
     with pytest.raises(ValueError, match="beta"):
         jmf.solvers.mu(beta="euclid")
@@ -317,6 +336,10 @@ def test_bad_hyperparameters():
         jmf.solvers.mu(l2=(0.1, 0.2, 0.3))
     with pytest.raises(ValueError, match="eps"):
         jmf.solvers.mu(eps=0.0)
+    with pytest.raises(ValueError, match="inner"):
+        jmf.solvers.hals(inner=0)
+    with pytest.raises(ValueError, match="inner_tol"):
+        jmf.solvers.hals(inner_tol=1.5)
 
 
 def test_biases_are_refused():

@@ -256,6 +256,48 @@ def _cd_shared(X, G, B):
     return lax.fori_loop(0, k, body, X)  # rolled: X is updated in place (5x faster than unrolled at k = 20)
 
 
+def _cd_repeated(X, G, B, max_sweeps, rel_tol: float):
+    """Up to ``max_sweeps`` sweeps of :func:`_cd_shared` on the same ``G, B`` (accelerated HALS).
+
+    Stops early once a sweep changes ``X`` by less than ``rel_tol`` times the
+    change of the first sweep (Gillis & Glineur, Neural Computation 2012).
+    Every sweep minimizes the loss exactly in each coordinate, so the loss
+    still never increases.  ``max_sweeps`` may be traced (it depends on the
+    effective rank of a rank-masked member).
+    """
+    X1 = _cd_shared(X, G, B)
+    if isinstance(max_sweeps, int) and max_sweeps <= 1:
+        return X1
+    d0 = jnp.sum((X1 - X) ** 2)
+
+    def cond(c):
+        i, _, d = c
+        return (i < max_sweeps) & (d > rel_tol * rel_tol * d0)
+
+    def body(c):
+        i, Xc, _ = c
+        Xn = _cd_shared(Xc, G, B)
+        return i + 1, Xn, jnp.sum((Xn - Xc) ** 2)
+
+    return lax.while_loop(cond, body, (jnp.ones((), jnp.int32), X1, d0))[1]
+
+
+def _inner_sweeps(inner, p: int, q: int, k, mask=None):
+    """Sweeps per half-step: ``1 + alpha rho`` with ``rho`` the cost of the products over one sweep's.
+
+    Updating ``X`` (``p x k``) against data of width ``q`` costs ``2 p q k +
+    2 q k^2`` FLOPs for ``A F`` and ``F^T F`` and ``2 p k^2`` per sweep, so
+    ``rho = q / k + q / p``; ``alpha = 0.5`` as in Gillis & Glineur.  ``k`` is
+    the member's own rank (the mask's count under ``fit_many``), so a padded
+    member runs exactly the sweeps of a separate fit at its rank.
+    """
+    if inner != "auto":
+        return int(inner)
+    k_eff = jnp.asarray(k if mask is None else jnp.sum(mask), jnp.float32)
+    rho = jnp.float32(q) / jnp.maximum(k_eff, 1) + jnp.float32(q / p)
+    return jnp.floor(1 + 0.5 * rho).astype(jnp.int32)
+
+
 def _cd_blocks(X, G, B):
     """The sweep of :func:`_cd_shared` with one Gram block per row: ``X, B (g, k)``, ``G (g, k, k)``."""
     k = X.shape[1]
@@ -272,7 +314,7 @@ def _cd_blocks(X, G, B):
 
 
 @cached_factory
-def hals(l1=0.0, l2=0.0) -> Solver:
+def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
     r"""Fast HALS / cyclic coordinate descent for NMF (scikit-learn's ``solver='cd'``).
 
     Parameters
@@ -280,6 +322,15 @@ def hals(l1=0.0, l2=0.0) -> Solver:
     l1, l2 : float or (float, float), default 0
         Penalties in the sum units of :func:`jmf.losses.frobenius` (a pair
         gives ``(for W, for H)``); the solver decreases exactly that loss.
+    inner : int or "auto", default 1
+        Coordinate sweeps per half-step on unweighted dense data.  ``1`` is
+        scikit-learn's ``cd`` iteration exactly.  More sweeps reuse the
+        products ``A H^T`` and ``H H^T`` (which cost ``n / k`` times a sweep)
+        -- *accelerated HALS* (Gillis & Glineur 2012); ``"auto"`` picks
+        ``1 + rho / 2`` sweeps from the shapes, stopping early (``inner_tol``)
+        when a sweep changes the factor by less than ``inner_tol`` times the
+        first sweep.  Usually reaches a given error several times faster.
+    inner_tol : float, default 0.1
 
     Returns
     -------
@@ -296,6 +347,10 @@ def hals(l1=0.0, l2=0.0) -> Solver:
     """
     l1W, l1H = _pair(l1, "l1")
     l2W, l2H = _pair(l2, "l2")
+    if not (inner == "auto" or (isinstance(inner, int) and not isinstance(inner, bool) and inner >= 1)):
+        raise ValueError(f"inner must be a positive int or 'auto', got {inner!r}")
+    if not (isinstance(inner_tol, (int, float)) and 0 <= inner_tol < 1):
+        raise ValueError(f"inner_tol must be in [0, 1), got {inner_tol!r}")
     loss = frobenius((l2W, l2H), (l1W, l1H))
 
     def init(f: Factors, data, key=None) -> HALSState:
@@ -315,14 +370,15 @@ def hals(l1=0.0, l2=0.0) -> Solver:
             G = G + l2W * eye
         if _nz(l1W):
             B = B - l1W / 2
-        W = _cd_shared(f.W.T, G, B).T
+        m, n = A.shape
+        W = _cd_repeated(f.W.T, G, B, _inner_sweeps(inner, m, n, k, mask), inner_tol).T
         G = W.T @ W
         B = W.T @ A
         if _nz(l2H):
             G = G + l2H * eye
         if _nz(l1H):
             B = B - l1H / 2
-        H = _cd_shared(H, G, B)
+        H = _cd_repeated(H, G, B, _inner_sweeps(inner, n, m, k, mask), inner_tol)
         if mask is not None:
             W, H = W * mask, H * mask[:, None]
         return f._replace(W=W, H=H)
