@@ -168,7 +168,9 @@ def nmf_race(A, k, repeats, label, sk_max_iter=1000):
     f0 = jax.jit(jmf.init.nndsvda, static_argnums=(2, 3))(jax.random.key(0), data, k)
     W0, H0 = np.asarray(f0.W), np.asarray(f0.H)
     mm, mm_flops = _square_matmul(A.dtype)
-    for jsolver, sksolver in ((jmf.solvers.hals(), "cd"), (jmf.solvers.mu(), "mu")):
+    contenders = ((jmf.solvers.hals(), "hals", "cd"), (jmf.solvers.hals(inner="auto"), "hals(inner=auto)", "cd"),
+                  (jmf.solvers.mu(), "mu", "mu"), (jmf.solvers.mu(inner="auto"), "mu(inner=auto)", "mu"))
+    for jsolver, jname, sksolver in contenders:
         W, H, it_sk = _sk_nmf(A, W0, H0, sksolver, 1e-4, sk_max_iter)
         e_sk = _err(A, W, H)
         target = e_sk**2 / (m * n) * (1 + 1e-6)  # jmf's loss is the mean squared error
@@ -189,7 +191,7 @@ def nmf_race(A, k, repeats, label, sk_max_iter=1000):
         # FLOP floor of each round at the matmul rate measured in that round.
         floor = [4 * m * n * k * it * tm / mm_flops for tm in mm_times]
         rows.append({
-            "problem": label, "dtype": A.dtype.name, "solver": f"{jsolver.name} vs {sksolver}",
+            "problem": label, "dtype": A.dtype.name, "solver": f"{jname} vs {sksolver}",
             "sklearn iters": it_sk, "sklearn s": t_sk, "final error": e_sk,
             "jmf iters": it if reached else f"{it} (best {np.sqrt(best * m * n):.5g})",
             "jmf s": t_jmf, "speed-up": float(np.median(np.array(times["sk"]) / np.array(times["jmf"]))),

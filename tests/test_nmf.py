@@ -222,6 +222,7 @@ _MONOTONE_SOLVERS = [
     jmf.solvers.hals(l1=0.1, l2=(0.5, 0.0), inner="auto"),
     jmf.solvers.hals(inner=3, inner_tol=0.0),
     jmf.solvers.mu(2, l1=0.05, l2=0.3),
+    jmf.solvers.mu(2, l1=0.05, l2=0.3, inner="auto"),
     jmf.solvers.mu(1, l2=(0.0, 0.2)),
     jmf.solvers.mu(0),
 ]
@@ -248,8 +249,9 @@ def test_loss_never_increases(seed):
 
 
 @pytest.mark.parametrize("solver,masked", [(jmf.solvers.hals(l2=0.01), True), (jmf.solvers.mu(1), False),
-                                           (jmf.solvers.hals(inner="auto"), False)],
-                         ids=["hals-weighted", "mu-kl-dense", "accelerated-hals-dense"])
+                                           (jmf.solvers.hals(inner="auto"), False),
+                                           (jmf.solvers.mu(inner="auto"), False)],
+                         ids=["hals-weighted", "mu-kl-dense", "accelerated-hals-dense", "accelerated-mu-dense"])
 def test_fit_many_ranks_and_restarts(solver, masked):
     A, M = _problem(6, masked=masked)
     data = jmf.Dense(A, M)
@@ -309,16 +311,19 @@ def test_negative_data_is_refused():
         jmf.fit(jmf.Sparse(r, c, A[r, c], A.shape), jmf.solvers.hals(), rank=2, key=0, progress=False)
 
 
-def test_accelerated_hals_needs_fewer_iterations():
+@pytest.mark.parametrize("name", ["hals", "mu"])
+def test_accelerated_nmf_needs_fewer_iterations(name):
     """Extra sweeps on the same products reach a lower error per iteration than one sweep, at the same optimum."""
+    factory = getattr(jmf.solvers, name)
     A, _ = _problem(12)
     W0, H0 = _start(A, seed=3)
-    _, _, h1 = _fit(jmf.Dense(A), jmf.solvers.hals(), W0, H0, 10)
-    _, _, h3 = _fit(jmf.Dense(A), jmf.solvers.hals(inner=3, inner_tol=0.0), W0, H0, 10)
-    _, _, ha = _fit(jmf.Dense(A), jmf.solvers.hals(inner="auto"), W0, H0, 10)
+    _, _, h1 = _fit(jmf.Dense(A), factory(), W0, H0, 10)
+    _, _, h3 = _fit(jmf.Dense(A), factory(inner=3, inner_tol=0.0), W0, H0, 10)
+    _, _, ha = _fit(jmf.Dense(A), factory(inner="auto"), W0, H0, 10)
     assert h3[-1] < h1[-1] and ha[-1] < h1[-1]
-    _, _, h_long = _fit(jmf.Dense(A), jmf.solvers.hals(), W0, H0, 400)
-    _, _, ha_long = _fit(jmf.Dense(A), jmf.solvers.hals(inner="auto"), W0, H0, 400)
+    n_long = 400 if name == "hals" else 3000
+    _, _, h_long = _fit(jmf.Dense(A), factory(), W0, H0, n_long)
+    _, _, ha_long = _fit(jmf.Dense(A), factory(inner="auto"), W0, H0, n_long)
     # Nonconvex: the two may settle in different local minima, both near the (unconstrained) SVD optimum.
     s = np.linalg.svd(A, compute_uv=False)
     optimum = np.sum(s[K_:] ** 2) / A.size
@@ -340,6 +345,8 @@ def test_bad_hyperparameters():
         jmf.solvers.hals(inner=0)
     with pytest.raises(ValueError, match="inner_tol"):
         jmf.solvers.hals(inner_tol=1.5)
+    with pytest.raises(ValueError, match="inner"):
+        jmf.solvers.mu(inner="fast")
 
 
 def test_biases_are_refused():

@@ -131,7 +131,7 @@ def _gamma(beta: float) -> float:
 
 
 @cached_factory
-def mu(beta=2.0, l1=0.0, l2=0.0, eps=None) -> Solver:
+def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> Solver:
     r"""Multiplicative updates for NMF with a beta-divergence (Lee--Seung; Févotte--Idier).
 
     Parameters
@@ -147,6 +147,15 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None) -> Solver:
         Safeguard (default ``finfo(float32).eps``, scikit-learn's): zero
         denominators become ``eps``, and predictions are clipped at ``eps``
         where a negative power of them is taken.
+    inner : int or "auto", default 1
+        Updates of each factor per half-step for ``beta=2`` on unweighted
+        dense data (other cases: 1).  ``1`` is scikit-learn's ``mu`` exactly;
+        more reuse ``A H^T`` and ``H H^T`` (accelerated MU, Gillis & Glineur
+        2012); ``"auto"`` picks ``1 + (n / k + n / m) / 2`` updates from the
+        shapes, stopping early as in :func:`hals`.
+    inner_tol : float, default 0.1
+        Early stop of the repeats: an update that changes the factor by less
+        than ``inner_tol`` times the first one ends them.
 
     Returns
     -------
@@ -167,6 +176,7 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None) -> Solver:
     eps = _check_eps(eps)
     l1W, l1H = _pair(l1, "l1")
     l2W, l2H = _pair(l2, "l2")
+    _check_inner(inner, inner_tol)
     gamma = _gamma(beta)
     if beta == 2:
         loss = frobenius((l2W, l2H), (l1W, l1H))
@@ -205,9 +215,13 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None) -> Solver:
                 den = den + lam2 * X
             return X * (num / jnp.where(den == 0, eps, den))
 
+        m, n = A.shape
+        k = f.W.shape[1]
         H = f.H
-        W = update(f.W, A @ H.T, f.W @ (H @ H.T), *pen[0])
-        H = update(H, W.T @ A, (W.T @ W) @ H, *pen[1])
+        num, G = A @ H.T, H @ H.T
+        W = _repeated(lambda X: update(X, num, X @ G, *pen[0]), f.W, _inner_sweeps(inner, m, n, k, mask), inner_tol)
+        num, G = W.T @ A, W.T @ W
+        H = _repeated(lambda X: update(X, num, G @ X, *pen[1]), H, _inner_sweeps(inner, n, m, k, mask), inner_tol)
         if mask is not None:
             W, H = W * mask, H * mask[:, None]
         return f._replace(W=W, H=H)
@@ -256,16 +270,16 @@ def _cd_shared(X, G, B):
     return lax.fori_loop(0, k, body, X)  # rolled: X is updated in place (5x faster than unrolled at k = 20)
 
 
-def _cd_repeated(X, G, B, max_sweeps, rel_tol: float):
-    """Up to ``max_sweeps`` sweeps of :func:`_cd_shared` on the same ``G, B`` (accelerated HALS).
+def _repeated(sweep, X, max_sweeps, rel_tol: float):
+    """Up to ``max_sweeps`` applications of ``sweep`` to ``X`` with the products held fixed (accelerated NMF).
 
     Stops early once a sweep changes ``X`` by less than ``rel_tol`` times the
     change of the first sweep (Gillis & Glineur, Neural Computation 2012).
-    Every sweep minimizes the loss exactly in each coordinate, so the loss
-    still never increases.  ``max_sweeps`` may be traced (it depends on the
-    effective rank of a rank-masked member).
+    Each sweep (a HALS coordinate sweep, or a multiplicative update) does not
+    increase the loss on its own, so neither do the repeats.  ``max_sweeps``
+    may be traced (it depends on the effective rank of a rank-masked member).
     """
-    X1 = _cd_shared(X, G, B)
+    X1 = sweep(X)
     if isinstance(max_sweeps, int) and max_sweeps <= 1:
         return X1
     d0 = jnp.sum((X1 - X) ** 2)
@@ -276,10 +290,17 @@ def _cd_repeated(X, G, B, max_sweeps, rel_tol: float):
 
     def body(c):
         i, Xc, _ = c
-        Xn = _cd_shared(Xc, G, B)
+        Xn = sweep(Xc)
         return i + 1, Xn, jnp.sum((Xn - Xc) ** 2)
 
     return lax.while_loop(cond, body, (jnp.ones((), jnp.int32), X1, d0))[1]
+
+
+def _check_inner(inner, inner_tol):
+    if not (inner == "auto" or (isinstance(inner, int) and not isinstance(inner, bool) and inner >= 1)):
+        raise ValueError(f"inner must be a positive int or 'auto', got {inner!r}")
+    if not (isinstance(inner_tol, (int, float)) and not isinstance(inner_tol, bool) and 0 <= inner_tol < 1):
+        raise ValueError(f"inner_tol must be in [0, 1), got {inner_tol!r}")
 
 
 def _inner_sweeps(inner, p: int, q: int, k, mask=None):
@@ -347,10 +368,7 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
     """
     l1W, l1H = _pair(l1, "l1")
     l2W, l2H = _pair(l2, "l2")
-    if not (inner == "auto" or (isinstance(inner, int) and not isinstance(inner, bool) and inner >= 1)):
-        raise ValueError(f"inner must be a positive int or 'auto', got {inner!r}")
-    if not (isinstance(inner_tol, (int, float)) and 0 <= inner_tol < 1):
-        raise ValueError(f"inner_tol must be in [0, 1), got {inner_tol!r}")
+    _check_inner(inner, inner_tol)
     loss = frobenius((l2W, l2H), (l1W, l1H))
 
     def init(f: Factors, data, key=None) -> HALSState:
@@ -371,14 +389,14 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
         if _nz(l1W):
             B = B - l1W / 2
         m, n = A.shape
-        W = _cd_repeated(f.W.T, G, B, _inner_sweeps(inner, m, n, k, mask), inner_tol).T
+        W = _repeated(lambda X: _cd_shared(X, G, B), f.W.T, _inner_sweeps(inner, m, n, k, mask), inner_tol).T
         G = W.T @ W
         B = W.T @ A
         if _nz(l2H):
             G = G + l2H * eye
         if _nz(l1H):
             B = B - l1H / 2
-        H = _cd_repeated(H, G, B, _inner_sweeps(inner, n, m, k, mask), inner_tol)
+        H = _repeated(lambda X: _cd_shared(X, G, B), H, _inner_sweeps(inner, n, m, k, mask), inner_tol)
         if mask is not None:
             W, H = W * mask, H * mask[:, None]
         return f._replace(W=W, H=H)
