@@ -151,8 +151,8 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
         Updates of each factor per half-step for ``beta=2`` on unweighted
         dense data (other cases: 1).  ``1`` is scikit-learn's ``mu`` exactly;
         more reuse ``A H^T`` and ``H H^T`` (accelerated MU, Gillis & Glineur
-        2012); ``"auto"`` picks ``1 + (n / k + n / m) / 2`` updates from the
-        shapes, stopping early as in :func:`hals`.
+        2012); ``"auto"`` picks the number from the shapes as :func:`hals`
+        does, stopping early as in :func:`hals`.
     inner_tol : float, default 0.1
         Early stop of the repeats: an update that changes the factor by less
         than ``inner_tol`` times the first one ends them.
@@ -303,20 +303,30 @@ def _check_inner(inner, inner_tol):
         raise ValueError(f"inner_tol must be in [0, 1), got {inner_tol!r}")
 
 
+# The "auto" rule's cost model.  A sweep also pays a fixed cost (a handful of small kernels in
+# a while loop, ~50 us on the 2-core CPU of BENCHMARKS.md) worth about 2.5 MFLOP of products;
+# without it, unbalanced shapes (digits' H: 64 x 1797) got ~100 sweeps that cost more than they
+# saved.  The cap bounds the work of one half-step whatever the shapes.
+_SWEEP_OVERHEAD_FLOPS = 2.5e6
+_MAX_SWEEPS = 32
+
+
 def _inner_sweeps(inner, p: int, q: int, k, mask=None):
     """Sweeps per half-step: ``1 + alpha rho`` with ``rho`` the cost of the products over one sweep's.
 
     Updating ``X`` (``p x k``) against data of width ``q`` costs ``2 p q k +
-    2 q k^2`` FLOPs for ``A F`` and ``F^T F`` and ``2 p k^2`` per sweep, so
-    ``rho = q / k + q / p``; ``alpha = 0.5`` as in Gillis & Glineur.  ``k`` is
-    the member's own rank (the mask's count under ``fit_many``), so a padded
-    member runs exactly the sweeps of a separate fit at its rank.
+    2 q k^2`` FLOPs for ``A F`` and ``F^T F`` and ``2 p k^2`` (plus a fixed
+    overhead) per sweep; ``alpha = 0.5`` as in Gillis & Glineur, at most
+    ``_MAX_SWEEPS``.  ``k`` is the member's own rank (the mask's count under
+    ``fit_many``), so a padded member runs exactly the sweeps of a separate
+    fit at its rank.
     """
     if inner != "auto":
         return int(inner)
-    k_eff = jnp.asarray(k if mask is None else jnp.sum(mask), jnp.float32)
-    rho = jnp.float32(q) / jnp.maximum(k_eff, 1) + jnp.float32(q / p)
-    return jnp.floor(1 + 0.5 * rho).astype(jnp.int32)
+    k_eff = jnp.maximum(jnp.asarray(k if mask is None else jnp.sum(mask), jnp.float32), 1)
+    products = 2 * jnp.float32(q) * k_eff * (jnp.float32(p) + k_eff)
+    sweep = 2 * jnp.float32(p) * k_eff * k_eff + _SWEEP_OVERHEAD_FLOPS
+    return jnp.minimum(jnp.floor(1 + 0.5 * products / sweep), _MAX_SWEEPS).astype(jnp.int32)
 
 
 def _cd_blocks(X, G, B):
@@ -348,10 +358,13 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
         scikit-learn's ``cd`` iteration exactly.  More sweeps reuse the
         products ``A H^T`` and ``H H^T`` (which cost ``n / k`` times a sweep)
         -- *accelerated HALS* (Gillis & Glineur 2012); ``"auto"`` picks
-        ``1 + rho / 2`` sweeps from the shapes, stopping early (``inner_tol``)
-        when a sweep changes the factor by less than ``inner_tol`` times the
-        first sweep.  Usually reaches a given error several times faster.
+        ``min(1 + rho / 2, 32)`` sweeps from the shapes (``rho``: the
+        products' FLOPs over a sweep's, plus a fixed per-sweep overhead).
+        On large matrices it reaches a given error several times faster
+        (BENCHMARKS.md); on small ones it falls back to one sweep.
     inner_tol : float, default 0.1
+        Early stop of the repeats: a sweep that changes the factor by less
+        than ``inner_tol`` times the first sweep ends them.
 
     Returns
     -------
