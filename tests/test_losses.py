@@ -79,9 +79,12 @@ def test_hand_gradient_matches_autodiff_and_finite_differences(rng, kind, biases
     np.testing.assert_allclose(fd, analytic, rtol=1e-7)
 
 
-def test_gram_path_used_for_large_dense_matches_autodiff(rng):
-    # big enough for the Gram-form gradient (m n k > 8192)
-    m, n, k = 40, 30, 8
+@pytest.mark.parametrize("m,n,k", [(40, 30, 8), (90, 50, 5), (500, 20, 1)], ids=["gram", "gram-small-rank", "rank-1"])
+def test_gram_path_used_for_large_dense_matches_autodiff(rng, m, n, k):
+    # big enough for the Gram-form gradient (m n k > 8192); k <= 7 takes the unrolled small-rank form
+    from jmf._src import losses as L
+
+    assert m * n * k > 8192 and (k <= L._SMALL_RANK) == (k < 8)
     f = _factors(rng, m, n, k)
     data = jmf.Dense(rng.standard_normal((m, n)))
     loss = jmf.losses.frobenius(l2=0.1, l1=0.01)
@@ -89,6 +92,11 @@ def test_gram_path_used_for_large_dense_matches_autodiff(rng):
     g_auto = jax.grad(loss.value)(f, data)
     np.testing.assert_allclose(g.W, g_auto.W, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(g.H, g_auto.H, rtol=1e-10, atol=1e-12)
+    # and under vmap over restarts (the layout the small-rank form is written for)
+    fs = jax.tree_util.tree_map(lambda x: jnp.stack([x, 2 * x]), f)
+    gs = jax.vmap(loss.grad, in_axes=(0, None))(fs, data)
+    np.testing.assert_allclose(gs.W[1], jax.grad(loss.value)(jax.tree_util.tree_map(lambda x: 2 * x, f), data).W,
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_l1_subgradient(rng):
