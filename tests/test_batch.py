@@ -246,3 +246,24 @@ def test_lanes_chunks_large_batches(rng, monkeypatch):
     monkeypatch.setattr(lanes, "MAX_WORK", 0)
     slow = jmf.fit_many(np.abs(A), solver, rank=2, n_restarts=10, key=1, max_iter=200, progress=False)
     _assert_same(fast.result, slow.result, rtol=1e-9)
+
+
+@pytest.mark.parametrize("small_matrix", [True, False], ids=["lanes", "vmapped"])
+def test_concurrent_host_threads_equal_one_call(rng, monkeypatch, small_matrix):
+    """Batches of small matrices are cut into one chunk per core, run from threads: same results as one call."""
+    from jmf._src import batch
+
+    A = np.abs(low_rank(rng, 4, 2, 2)) if small_matrix else low_rank(rng, 30, 20, 3)
+    solver = jmf.solvers.adam(1e-2)
+    kw = dict(rank=2, n_restarts=800, key=4, max_iter=300, tol=1e-3, progress=False)
+    monkeypatch.setattr(batch, "host_threads", lambda: 3)
+    calls = []
+    real = batch._run_group
+    monkeypatch.setattr(batch, "_run_group", lambda *a, **k: calls.append(1) or real(*a, **k))
+    threaded = jmf.fit_many(A, solver, **kw)
+    assert len(calls) == 3  # 800 members: 3 concurrent chunks of 267 (the last one padded)
+    monkeypatch.setattr(batch, "host_threads", lambda: 1)
+    single = jmf.fit_many(A, solver, **kw)
+    assert len(calls) == 4
+    _assert_same(threaded.result, single.result, rtol=1e-12)
+    assert len(np.unique(np.asarray(threaded.n_iter))) > 1  # members froze at different times
