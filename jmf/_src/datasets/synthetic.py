@@ -104,10 +104,19 @@ def synthetic_ratings(key=0, n_users: int = 2000, n_items: int = 1000, n_ratings
         _draw(rng, p, n) * n + np.arange(n, dtype=np.int64),
     ])
     linear = np.unique(base)
+    # Each round draws enough for the remaining need at the last round's yield of new cells: heavy
+    # users x heavy items collide more and more as the matrix fills, and a fixed 1.3x oversampling
+    # took hundreds of rounds (each a sort of all ratings) at ML-20M scale.
+    new_per_draw = None
     while linear.size < n_ratings:
         need = n_ratings - linear.size
-        extra = _draw(rng, p, int(need * 1.3) + 16) * n + _draw(rng, q, int(need * 1.3) + 16)
+        if new_per_draw is None:
+            size = int(need * 1.3) + 16
+        else:
+            size = int(min(need / max(new_per_draw, 1e-3) * 1.2, 4 * n_ratings)) + 16
+        extra = _draw(rng, p, size) * n + _draw(rng, q, size)
         extra = np.setdiff1d(np.unique(extra), linear, assume_unique=True)
+        new_per_draw = extra.size / size
         if extra.size > need:
             extra = rng.choice(extra, need, replace=False)
         linear = np.union1d(linear, extra)
