@@ -86,13 +86,20 @@ class Side(NamedTuple):
     bucket_size: jax.Array  # (n_buckets,)
 
 
-def _bucket_range(max_count: int, min_entries: int = 32):
+# Smallest bucket: segments with up to this many entries share one slab width.  Ratings data are
+# dominated by short rows/columns (ml-latest-small: most items have < 10 ratings), which a
+# 32-wide slab padded ~6x; 4 made implicit ALS 1.5x and ALS-WR 1.7x faster there, for a few
+# more loop bodies to compile (BENCHMARKS.md, CF section).
+MIN_ENTRIES = 4
+
+
+def _bucket_range(max_count: int, min_entries: int = MIN_ENTRIES):
     b_min = max(0, int(math.ceil(math.log2(max(min_entries, 1)))))
     b_max = max(b_min, int(math.ceil(math.log2(max(max_count, 1)))))
     return b_min, b_max
 
 
-def side_layout(seg, n_segments: int, order, max_count: int, min_entries: int = 32) -> Side:
+def side_layout(seg, n_segments: int, order, max_count: int, min_entries: int = MIN_ENTRIES) -> Side:
     """Layout of the segments with sorted ids ``seg`` (processing order); see :func:`bucketed_solve`."""
     counts, indptr = segment_counts(seg, n_segments)
     b_min, b_max = _bucket_range(max_count, min_entries)
@@ -106,7 +113,7 @@ def side_layout(seg, n_segments: int, order, max_count: int, min_entries: int = 
                 n_in.astype(jnp.int32))
 
 
-def bucketed_rows(side: Side, X0, block_fn: Callable, max_count: int, nnz: int, min_entries: int = 32):
+def bucketed_rows(side: Side, X0, block_fn: Callable, max_count: int, nnz: int, min_entries: int = MIN_ENTRIES):
     """New rows of ``X0`` (S, K') computed block by block from each segment's entries.
 
     ``block_fn(ent, valid, seg, cnt, x0)`` gets the entry positions ``ent``
@@ -155,7 +162,7 @@ def bucketed_solve(
     system: Callable,
     max_count: int,
     nnz: int,
-    min_entries: int = 32,
+    min_entries: int = MIN_ENTRIES,
 ):
     """Solve every segment's normal equations, bucket by bucket.
 
@@ -199,7 +206,7 @@ def bucketed_solve(
 
 
 def bucketed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: int, max_count: int, nnz: int,
-                min_entries: int = 32):
+                min_entries: int = MIN_ENTRIES):
     """Matrix-free variant of :func:`bucketed_solve` with conjugate gradients.
 
     Each segment's matrix ``A_s = B_s + sum_l g_l y_l y_l^T`` is applied as
