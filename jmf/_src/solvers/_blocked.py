@@ -48,24 +48,22 @@ def cg_solve(A, b, x0, steps: int):
     def matvec(p):
         return jnp.einsum("skj,sj->sk", A, p)
 
-    tiny = jnp.finfo(b.dtype).tiny
     r = b - matvec(x0)
-    p = r
-    rs = jnp.sum(r * r, axis=1)
+    return jax.lax.fori_loop(0, steps, lambda _, c: _cg_iteration(matvec, c), (x0, r, r, jnp.sum(r * r, axis=1)))[0]
 
-    def body(_, c):
-        x, r, p, rs = c
-        Ap = matvec(p)
-        pAp = jnp.sum(p * Ap, axis=1)
-        alpha = jnp.where(pAp > tiny, rs / jnp.where(pAp > tiny, pAp, 1), 0)
-        x = x + alpha[:, None] * p
-        r = r - alpha[:, None] * Ap
-        rs_new = jnp.sum(r * r, axis=1)
-        beta = jnp.where(rs > tiny, rs_new / jnp.where(rs > tiny, rs, 1), 0)
-        p = r + beta[:, None] * p
-        return x, r, p, rs_new
 
-    return jax.lax.fori_loop(0, steps, body, (x0, r, p, rs))[0]
+def _cg_iteration(matvec: Callable, state):
+    """One conjugate-gradient iteration on a batch of systems: ``(x, r, p, |r|^2) -> next``, no 0/0."""
+    x, r, p, rs = state
+    tiny = jnp.finfo(x.dtype).tiny
+    Ap = matvec(p)
+    pAp = jnp.sum(p * Ap, axis=1)
+    alpha = jnp.where(pAp > tiny, rs / jnp.where(pAp > tiny, pAp, 1), 0)
+    x = x + alpha[:, None] * p
+    r = r - alpha[:, None] * Ap
+    rs_new = jnp.sum(r * r, axis=1)
+    beta = jnp.where(rs > tiny, rs_new / jnp.where(rs > tiny, rs, 1), 0)
+    return x, r, r + beta[:, None] * p, rs_new
 
 
 def cholesky_solve(A, b):
@@ -218,7 +216,6 @@ def bucketed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: 
     applying the shared / regularization part ``B_s``.
     """
     dtype = X0.dtype
-    tiny = jnp.finfo(dtype).tiny
 
     def block_fn(ent, valid, seg, cnt, x0):
         Y, g, h = contrib(ent, valid)
@@ -232,19 +229,10 @@ def bucketed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: 
 
         x = jnp.where((cnt > 0)[:, None], x0, 0)
         r = R - matvec(x)
-        p = r
-        rs = jnp.sum(r * r, axis=1)
-        for _ in range(steps):
-            Ap = matvec(p)
-            pAp = jnp.sum(p * Ap, axis=1)
-            alpha = jnp.where(pAp > tiny, rs / jnp.where(pAp > tiny, pAp, 1), 0)
-            x = x + alpha[:, None] * p
-            r = r - alpha[:, None] * Ap
-            rs_new = jnp.sum(r * r, axis=1)
-            beta = jnp.where(rs > tiny, rs_new / jnp.where(rs > tiny, rs, 1), 0)
-            p = r + beta[:, None] * p
-            rs = rs_new
-        return x
+        state = (x, r, r, jnp.sum(r * r, axis=1))
+        for _ in range(steps):  # unrolled: a few steps, fused with the slab gather
+            state = _cg_iteration(matvec, state)
+        return state[0]
 
     return bucketed_rows(side, X0, block_fn, max_count, nnz, min_entries)
 
