@@ -81,6 +81,27 @@ def _median_time(fn, repeats):
 # -- explicit ------------------------------------------------------------------------------------
 
 
+def _time_jmf_fit(data, solver, rank, iters, repeats):
+    """``(result, median warm seconds, first-call seconds)`` of a fixed-iteration ``jmf.fit``.
+
+    The first call (compilation included) uses another key than the timed ones.
+    """
+    import jax
+    import jmf
+
+    def run(key):
+        res = jmf.fit(data, solver, rank=rank, key=key, init="normal", max_iter=iters, tol=None,
+                      check_every=iters, progress=False)
+        jax.block_until_ready(res.factors)
+        return res
+
+    t0 = time.perf_counter()
+    run(jax.random.key(1))
+    first = time.perf_counter() - t0
+    res, t = _median_time(lambda: run(jax.random.key(0)), repeats)
+    return res, t, first
+
+
 def explicit(args):
     import collaborative_filtering as cf
 
@@ -112,20 +133,7 @@ def explicit(args):
         p = dict(cf.DEFAULTS[model])
         solver, iters = cf.make_solver(model, p)
 
-        def run(key, p=p, solver=solver, iters=iters):
-            res = jmf.fit(R.data, solver, rank=p["rank"], key=key, init="normal", max_iter=iters, tol=None,
-                          check_every=iters, progress=False)
-            import jax
-
-            jax.block_until_ready(res.factors)
-            return res
-
-        import jax
-
-        t0 = time.perf_counter()
-        run(jax.random.key(1))
-        first = time.perf_counter() - t0
-        res, t = _median_time(lambda: run(jax.random.key(0)), args.repeats)
+        res, t, first = _time_jmf_fit(R.data, solver, p["rank"], iters, args.repeats)
         m = jmf.metrics.rating_metrics(res.factors, test, clip=scale)
         rows.append(dict(solver=f"jmf {model}", rmse=m["rmse"], mae=m["mae"], fit_seconds=t,
                          compile_seconds=max(first - t, 0.0), params=p))
@@ -183,16 +191,7 @@ def implicit_part(args):
     p = dict(cf.DEFAULTS["implicit-als"])
     solver, iters = cf.make_solver("implicit-als", p)
 
-    def run(key):
-        res = jmf.fit(R.data, solver, rank=p["rank"], key=key, init="normal", max_iter=iters, tol=None,
-                      check_every=iters, progress=False)
-        jax.block_until_ready(res.factors)
-        return res
-
-    t0 = time.perf_counter()
-    run(jax.random.key(1))
-    first = time.perf_counter() - t0
-    res, t = _median_time(lambda: run(jax.random.key(0)), args.repeats)
+    res, t, first = _time_jmf_fit(R.data, solver, p["rank"], iters, args.repeats)
     r = jmf.metrics.ranking_metrics(res.factors, test, k=10, train=R.data, threshold=cf.RELEVANT)
     rows.append(dict(solver="jmf implicit_als", ndcg_at_10=r["ndcg"], precision_at_10=r["precision"],
                      recall_at_10=r["recall"], fit_seconds=t, compile_seconds=max(first - t, 0.0), params=p))
