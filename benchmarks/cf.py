@@ -179,7 +179,6 @@ def five_fold(df, args, scale):
 
 def implicit_part(args):
     import collaborative_filtering as cf
-    import jax
 
     import jmf
 
