@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import jmf
-from jmf._src import driver
 
 from .conftest import low_rank
 
@@ -61,7 +60,7 @@ def test_mixed_shapes_errors(rng):
 
 
 def test_bucket_shapes_limit():
-    from jmf._src.batch import _bucket_shapes
+    from jmf._src.fit import _bucket_shapes
 
     shapes = [(m, n) for m in range(10, 40, 3) for n in (5, 17, 33)]
     padded = _bucket_shapes(shapes, 4)
@@ -76,16 +75,22 @@ def test_memory_budget_chunks_give_identical_results_one_compile(rng):
     solver = jmf.solvers.adam(2e-2)
     keys = jax.random.split(jax.random.key(1), 2)
     whole = jmf.fit_many(data, solver, rank=2, keys=keys, **KW)
-    from jmf._src.batch import member_bytes, _plan
-    from jmf._src.driver import Args, Job
+    from jmf._src.compilation import compilations
+    from jmf._src.run.driver import Args, Job
+    from jmf._src.run.executor import member_bytes
+    from jmf._src.run.loop import RunConfig
 
     # budget for about 3 matrices x 2 restarts -> chunks of 3, last chunk padded
-    job_bytes = member_bytes(Job(solver, jmf._src.driver._Config(150, 1e-4, 10, 2, False), None, ("matrix", "restart")),
+    job_bytes = member_bytes(Job(solver, RunConfig(150, 1e-4, 10, 2, False), None, ("matrix", "restart")),
                              Args(keys, None, None, data, None))
     budget = int(3.5 * (2 * job_bytes + As[0].nbytes))
-    before = driver.run_jit._cache_size()
-    chunked = jmf.fit_many(data, solver, rank=2, keys=keys, memory_budget=budget, **KW)
-    assert driver.run_jit._cache_size() == before + 1  # one compilation for all chunks
+    with compilations() as log:
+        chunked = jmf.fit_many(data, solver, rank=2, keys=keys, memory_budget=budget, **KW)
+    # one start and one advance program for all three chunks (plus tiny slicing/concatenation kernels)
+    assert log.count <= 8
+    with compilations() as again:
+        jmf.fit_many(data, solver, rank=2, keys=keys, memory_budget=budget, **KW)
+    assert again.count == 0
     assert chunked.loss.shape == (7, 2)
     _assert_same(chunked.result, whole.result, rtol=1e-12)
 
@@ -117,9 +122,21 @@ def test_mesh_errors():
         jmf.fit_many(np.ones((4, 3)), jmf.solvers.adam(1e-2), rank=1, key=0, mesh=mesh)
     with pytest.raises(TypeError, match="Mesh"):
         jmf.fit_many(np.ones((4, 3)), jmf.solvers.adam(1e-2), rank=1, n_restarts=2, key=0, mesh="cpu")
-    with pytest.raises(ValueError, match="callback"):
+    with pytest.raises(ValueError, match="not both"):
         jmf.fit_many(np.ones((4, 3)), jmf.solvers.adam(1e-2), rank=1, n_restarts=2, key=0, mesh=mesh,
-                     callback=lambda info: None)
+                     plan={"devices": 2})
+
+
+def test_callback_with_a_mesh_sees_every_member(rng):
+    mesh = jmf.sharding.batch_mesh(jax.devices()[:2])
+    A = low_rank(rng, 6, 5, 2)
+    seen = []
+    kw = dict(rank=2, n_restarts=5, key=0, max_iter=40, tol=None, progress=False)
+    watched = jmf.fit_many(A, jmf.solvers.adam(1e-2), mesh=mesh, chunk_size=20,
+                           callback=lambda info: seen.append((info.iteration, info.loss.shape)), **kw)
+    plain = jmf.fit_many(A, jmf.solvers.adam(1e-2), **kw)
+    assert seen == [(20, (5,)), (40, (5,))]
+    _assert_same(watched.result, plain.result, rtol=1e-12)
 
 
 def _free_port():
@@ -218,52 +235,3 @@ def test_align_real_fit_with_ranks(rng):
     np.testing.assert_array_equal(al.permutation[0, :, 2], 2)
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_lanes_layout_equals_vmapped_layout(rng, monkeypatch, weighted):
-    from jmf._src import lanes
-
-    As = np.stack([low_rank(rng, 4, 3, 2, noise=0.1) for _ in range(3)])
-    data = jmf.Dense(As, weights=(rng.random(As.shape) < 0.8).astype(float) if weighted else None)
-    solver = jmf.solvers.adam(1e-2, loss=jmf.losses.frobenius(l2=(0.01, 0.02), l1=0.001))
-    kw = dict(ranks=[1, 2], n_restarts=3, key=0, max_iter=300, tol=1e-5, progress=False)
-    assert lanes.eligible(jmf._src.driver.Job(solver, jmf._src.driver._Config(300, 1e-5, 10, 2, False), None,
-                                              ("matrix", "rank", "restart")),
-                          jmf._src.driver.Args(None, None, None, data, None))
-    fast = jmf.fit_many(data, solver, **kw)
-    monkeypatch.setattr(lanes, "MAX_WORK", 0)
-    slow = jmf.fit_many(data, solver, **kw)
-    _assert_same(fast.result, slow.result, rtol=1e-9)
-    assert len(np.unique(np.asarray(fast.n_iter))) > 1  # members froze at different times
-
-
-def test_lanes_chunks_large_batches(rng, monkeypatch):
-    from jmf._src import lanes
-
-    monkeypatch.setattr(lanes, "lane_chunk", lambda job, args: 4)  # force several cache chunks + padding
-    A = low_rank(rng, 4, 2, 2)
-    solver = jmf.solvers.adam(1e-2, projection="nonnegative")
-    fast = jmf.fit_many(np.abs(A), solver, rank=2, n_restarts=10, key=1, max_iter=200, progress=False)
-    monkeypatch.setattr(lanes, "MAX_WORK", 0)
-    slow = jmf.fit_many(np.abs(A), solver, rank=2, n_restarts=10, key=1, max_iter=200, progress=False)
-    _assert_same(fast.result, slow.result, rtol=1e-9)
-
-
-@pytest.mark.parametrize("small_matrix", [True, False], ids=["lanes", "vmapped"])
-def test_concurrent_host_threads_equal_one_call(rng, monkeypatch, small_matrix):
-    """Batches of small matrices are cut into one chunk per core, run from threads: same results as one call."""
-    from jmf._src import batch
-
-    A = np.abs(low_rank(rng, 4, 2, 2)) if small_matrix else low_rank(rng, 30, 20, 3)
-    solver = jmf.solvers.adam(1e-2)
-    kw = dict(rank=2, n_restarts=800, key=4, max_iter=300, tol=1e-3, progress=False)
-    monkeypatch.setattr(batch, "host_threads", lambda: 3)
-    calls = []
-    real = batch._run_group
-    monkeypatch.setattr(batch, "_run_group", lambda *a, **k: calls.append(1) or real(*a, **k))
-    threaded = jmf.fit_many(A, solver, **kw)
-    assert len(calls) == 3  # 800 members: 3 concurrent chunks of 267 (the last one padded)
-    monkeypatch.setattr(batch, "host_threads", lambda: 1)
-    single = jmf.fit_many(A, solver, **kw)
-    assert len(calls) == 4
-    _assert_same(threaded.result, single.result, rtol=1e-12)
-    assert len(np.unique(np.asarray(threaded.n_iter))) > 1  # members froze at different times

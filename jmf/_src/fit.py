@@ -12,20 +12,20 @@ iterations.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .data import Dense, Sparse, as_data
-from .driver import Args, Job, Status, _Config, _n_checks
+from .data import Dense, Sparse, _rebuild, as_data
 from .factors import Factors, rank_mask
 from .init import get_initializer
-from .solvers.base import Solver, data_kind
-from .batch import execute, fit_list
+from .run.driver import Args, Job
+from .run.executor import ProgressInfo, execute, make_plan
+from .run.loop import RunConfig, Status, n_checks
 from .sharding import is_global
+from .solvers.base import Solver, data_kind
 
 __all__ = ["Status", "FitResult", "FitManyResult", "ProgressInfo", "fit", "fit_many"]
 
@@ -82,18 +82,8 @@ class FitResult(NamedTuple):
         return f"FitResult(batch={tuple(np.shape(self.loss))}, W={tuple(self.factors.W.shape)})"
 
 
-class ProgressInfo(NamedTuple):
-    """What a ``callback`` receives between compiled chunks (host arrays; batched for fit_many)."""
-
-    iteration: int
-    loss: np.ndarray
-    n_iter: np.ndarray
-    status: np.ndarray
-    factors: Factors
-
-
-def _to_result(cfg: _Config, c) -> FitResult:
-    iterations = np.minimum(np.arange(_n_checks(cfg) + 1, dtype=np.int32) * cfg.check_every, cfg.max_iter)
+def _to_result(cfg: RunConfig, c) -> FitResult:
+    iterations = np.minimum(np.arange(n_checks(cfg) + 1, dtype=np.int32) * cfg.check_every, cfg.max_iter)
     return FitResult(c.factors, c.loss_prev, c.history, iterations, c.n_iter, c.status, c.state)
 
 
@@ -161,6 +151,26 @@ def _check_factors(f, data, biases):
             raise ValueError(f"init factors: {leaf_name} contains NaN or inf")
     f = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=data.dtype), f)
     return f
+
+
+_PLAN_KEYS = ("layout", "devices", "lane_width")
+
+
+def _check_plan(plan) -> dict:
+    if plan is None:
+        return {}
+    if not isinstance(plan, dict):
+        raise TypeError(f"plan must be a dict with keys among {_PLAN_KEYS}, got {type(plan).__name__}")
+    unknown = set(plan) - set(_PLAN_KEYS)
+    if unknown:
+        raise ValueError(f"plan has unknown keys {sorted(unknown)}; known: {', '.join(_PLAN_KEYS)}")
+    out = dict(plan)
+    if "layout" in out and out["layout"] not in ("vmap", "lanes"):
+        raise ValueError(f"plan['layout'] must be 'vmap' or 'lanes', got {out['layout']!r}")
+    for name in ("devices", "lane_width"):
+        if name in out:
+            out[name] = _check_int(out[name], f"plan[{name!r}]")
+    return out
 
 
 # -- public API ---------------------------------------------------------------------
@@ -335,6 +345,7 @@ def fit_many(
     mesh=None,
     memory_budget: Optional[int] = None,
     max_buckets: int = 8,
+    plan: Optional[dict] = None,
 ) -> "FitManyResult | list[FitManyResult]":
     """Fit many members in one compiled call: restarts x ranks x matrices.
 
@@ -349,7 +360,28 @@ def fit_many(
       or ``key`` with ``n_restarts``.
 
     Each member freezes once it has converged and reports its own
-    ``n_iter`` and ``status``.  Other parameters are those of :func:`fit`.
+    ``n_iter`` and ``status``.  ``data`` may also be a list of matrices of
+    mixed shapes (padded into at most ``max_buckets`` common shapes; one
+    result per matrix, in order).  Other parameters are those of :func:`fit`.
+
+    Parameters
+    ----------
+    mesh : jax.sharding.Mesh, optional
+        A 1-D mesh (:func:`jmf.sharding.batch_mesh`): the outermost member
+        axis is split over its devices, each running its own members.
+        Without one, a CPU host with several CPU devices splits batches of
+        small matrices over them by itself (see ``plan``).
+    memory_budget : int, optional
+        Bytes the run may use (default: half the free device or host
+        memory); larger grids run in equal chunks of the outermost axis.
+    max_buckets : int, default 8
+        For a list of matrices: the most distinct padded shapes (compilations).
+    plan : dict, optional
+        Overrides of the execution plan, for experts and tests: ``layout``
+        ("vmap" or "lanes"), ``devices`` (CPU devices to split the members
+        over; 1 runs on one device) and ``lane_width`` (members per cache
+        chunk of the lanes layout).  Results do not depend on the plan
+        beyond float rounding.
 
     Returns
     -------
@@ -360,10 +392,10 @@ def fit_many(
     if isinstance(data, (list, tuple)):
         if isinstance(init, Factors):
             raise ValueError("init=Factors starts a single fit; it cannot be combined with a list of matrices")
-        return fit_list(data, partial(fit_many, solver=solver), max_buckets=max_buckets, rank=rank, ranks=ranks,
-                        key=key, keys=keys, n_restarts=n_restarts, init=init, max_iter=max_iter, tol=tol,
-                        check_every=check_every, biases=biases, progress=progress, callback=callback,
-                        chunk_size=chunk_size, mesh=mesh, memory_budget=memory_budget)
+        return _fit_list(data, solver, max_buckets=max_buckets, rank=rank, ranks=ranks,
+                         key=key, keys=keys, n_restarts=n_restarts, init=init, max_iter=max_iter, tol=tol,
+                         check_every=check_every, biases=biases, progress=progress, callback=callback,
+                         chunk_size=chunk_size, mesh=mesh, memory_budget=memory_budget, plan=plan)
     data = as_data(data)
     _check_solver(solver, data)
     max_iter = _check_int(max_iter, "max_iter")
@@ -426,12 +458,102 @@ def fit_many(
     else:
         key_arg = _as_key(key) if factors0 is None else key
 
-    cfg = _Config(max_iter, tol, check_every, width, bool(biases))
+    cfg = RunConfig(max_iter, tol, check_every, width, bool(biases))
     mask = None if rank_arr is None else jax.vmap(lambda r: rank_mask(r, width, data.dtype))(rank_arr)
     job = Job(solver, cfg, init_fn, tuple(axes))
     args = Args(key_arg, rank_arr, factors0, data, mask)
     if memory_budget is not None:
         memory_budget = _check_int(memory_budget, "memory_budget")
-    carry = execute(job, args, progress=progress, callback=callback, chunk_size=chunk_size, mesh=mesh,
-                    memory_budget=memory_budget, desc=solver.name, progress_info=ProgressInfo)
+    run_plan = make_plan(job, args, mesh=mesh, memory_budget=memory_budget, **_check_plan(plan))
+    carry = execute(job, args, run_plan, progress=progress, callback=callback, chunk_size=chunk_size,
+                    desc=solver.name)
     return FitManyResult(_to_result(cfg, carry), tuple(axes), ranks_np)
+
+
+# -- mixed shapes ---------------------------------------------------------------------------
+
+
+def _bucket_shapes(shapes: Sequence[tuple[int, int]], max_buckets: int) -> list[tuple[int, int]]:
+    """Padded shape for each input shape, using at most ``max_buckets`` distinct shapes when possible.
+
+    Exact shapes when there are few; otherwise each dimension is rounded up
+    on a geometric grid whose ratio grows (1.125, 1.25, 1.5, 2, ...) until
+    the number of buckets fits.
+    """
+    if len(set(shapes)) <= max_buckets:
+        return list(shapes)
+    for ratio in (1.125, 1.25, 1.5, 2.0, 4.0, 16.0):
+        def up(x):
+            return int(math.ceil(ratio ** math.ceil(math.log(x, ratio) - 1e-9))) if x > 1 else 1
+
+        padded = [(up(m), up(n)) for m, n in shapes]
+        if len(set(padded)) <= max_buckets:
+            return padded
+    big = (max(m for m, _ in shapes), max(n for _, n in shapes))
+    return [big] * len(shapes)
+
+
+def _pad_dense(d: Dense, shape, weighted: bool) -> tuple:
+    m, n = d.shape
+    M, N = shape
+    A = jnp.pad(d.A, ((0, M - m), (0, N - n)))
+    if not weighted:
+        return A, None
+    w = jnp.ones(d.shape, d.dtype) if d.weights is None else d.weights
+    return A, jnp.pad(w, ((0, M - m), (0, N - n)))
+
+
+def _stack_bucket(items: list, shape) -> "Dense | Sparse":
+    """One batch of a common padded ``shape``: padding rows and columns are unobserved (weight 0)."""
+    dtype = jnp.result_type(*[x.dtype for x in items])
+    if isinstance(items[0], Dense):
+        weighted = any(x.weights is not None or x.shape != tuple(shape) for x in items)
+        padded = [_pad_dense(x, shape, weighted) for x in items]
+        A = jnp.stack([a.astype(dtype) for a, _ in padded])
+        W = jnp.stack([w.astype(dtype) for _, w in padded]) if weighted else None
+        return _rebuild(Dense, (A, W))
+    nnz = max(x.nnz for x in items)
+    cols = []
+    for x in items:
+        pad = nnz - x.nnz
+        cols.append((jnp.pad(x.rows, (0, pad)), jnp.pad(x.cols, (0, pad)), jnp.pad(x.vals.astype(dtype), (0, pad)),
+                     jnp.pad(x.effective_weights().astype(dtype), (0, pad))))
+    leaves = tuple(jnp.stack(c) for c in zip(*cols))
+    return _rebuild(Sparse, leaves, tuple(shape))
+
+
+def _fit_list(items: Sequence, solver, max_buckets: int = 8, **kwargs) -> list:
+    """Fit each matrix of ``items`` (mixed shapes allowed): one :func:`fit_many` call per bucket."""
+    datas = [as_data(x, name=f"data[{i}]") for i, x in enumerate(items)]
+    if not datas:
+        raise ValueError("data is an empty list")
+    for i, d in enumerate(datas):
+        if d.batch_shape:
+            raise ValueError(f"data[{i}] is itself a batch {d.batch_shape}; give single matrices in a list")
+    kinds = {type(d) for d in datas}
+    if len(kinds) > 1:
+        raise TypeError("data mixes Dense and Sparse matrices; fit them in separate calls")
+    requested = [r for r in ([kwargs.get("rank")] + list(kwargs.get("ranks") or [])) if isinstance(r, (int, np.integer))]
+    for i, d in enumerate(datas):
+        if requested and max(requested) > min(d.shape):
+            raise ValueError(f"rank {max(requested)} is out of range for data[{i}] of shape {d.shape}: "
+                             f"it must be between 1 and {min(d.shape)}")
+    padded = _bucket_shapes([d.shape for d in datas], max_buckets)
+    results: list[Any] = [None] * len(datas)
+    for shape in sorted(set(padded)):
+        members = [i for i, s in enumerate(padded) if s == shape]
+        bucket = _stack_bucket([datas[i] for i in members], shape)
+        res = fit_many(bucket, solver, **kwargs)
+        for b, i in enumerate(members):
+            m, n = datas[i].shape
+            sub = jax.tree_util.tree_map(lambda x: x[b], res.result._replace(iterations=None))
+            f = sub.factors
+            f = f._replace(
+                W=f.W[..., :m, :],
+                H=f.H[..., :, :n],
+                row_bias=None if f.row_bias is None else f.row_bias[..., :m],
+                col_bias=None if f.col_bias is None else f.col_bias[..., :n],
+            )
+            sub = sub._replace(factors=f, iterations=res.result.iterations)
+            results[i] = FitManyResult(sub, tuple(a for a in res.axes if a != "matrix"), res.ranks)
+    return results

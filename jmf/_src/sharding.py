@@ -24,9 +24,60 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["BATCH_AXIS", "batch_mesh", "distribute", "gather", "default_memory_budget", "is_global"]
+__all__ = ["BATCH_AXIS", "batch_mesh", "distribute", "gather", "default_memory_budget", "is_global",
+           "configure_cpu_devices", "cpu_devices", "usable_cores"]
 
 BATCH_AXIS = "batch"
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. 1 under ``taskset -c 0``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def configure_cpu_devices() -> int:
+    """Give JAX one CPU device per usable core, if nobody has chosen and JAX has not started.
+
+    XLA spreads one large operation over cores, but a batch of small
+    matrices runs mostly on one core; :func:`jmf.fit_many` splits such
+    batches over CPU devices (see :mod:`jmf._src.run.executor`), which
+    needs more than the single CPU device JAX creates by default.  ``import
+    jmf`` therefore sets ``jax_num_cpu_devices`` to the number of usable
+    cores unless the environment variable ``JMF_CPU_DEVICES`` says
+    otherwise (``1`` keeps JAX's default), ``jax_num_cpu_devices`` or
+    ``XLA_FLAGS=--xla_force_host_platform_device_count`` is already set, or
+    JAX's backends are already running (then nothing changes).  Other code
+    keeps running on the first device as before.
+
+    Returns the number of CPU devices asked for (0 when nothing was changed).
+    """
+    raw = os.environ.get("JMF_CPU_DEVICES", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"JMF_CPU_DEVICES must be a positive integer, got {raw!r}")
+        wanted = int(raw)
+    else:
+        wanted = usable_cores()
+    if wanted <= 1 or jax.config.jax_num_cpu_devices > 0:
+        return 0
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return 0
+    try:
+        jax.config.update("jax_num_cpu_devices", wanted)
+    except RuntimeError:  # JAX already executed something: keep its devices
+        return 0
+    return wanted
+
+
+def cpu_devices() -> list:
+    """This process's CPU devices (empty if JAX has no CPU backend)."""
+    try:
+        return jax.local_devices(backend="cpu")
+    except RuntimeError:  # pragma: no cover - no CPU backend
+        return []
 
 
 def batch_mesh(devices: Optional[Sequence] = None, axis_name: str = BATCH_AXIS) -> Mesh:

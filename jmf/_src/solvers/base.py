@@ -51,10 +51,12 @@ class Solver(NamedTuple):
     data_kinds : tuple of str
         Which data the solver accepts: "dense" (unweighted :class:`jmf.Dense`),
         "weighted" (:class:`jmf.Dense` with weights), "sparse" (:class:`jmf.Sparse`).
-    lanes : optional
-        A batch-last kernel (see :mod:`jmf._src.lanes`) that
-        :func:`jmf.fit_many` uses instead of ``vmap`` for batches of tiny
-        dense matrices; ``None`` for solvers without one.
+    spec : optional
+        What the solver declares about its step beyond ``init``/``step``
+        (e.g. :class:`jmf._src.solvers.gradient.GradientSpec`), from which
+        the run layer may choose a specialized layout such as the
+        batch-last kernels for batches of tiny dense matrices; ``None``
+        for solvers that declare nothing.
     """
 
     init: Callable[..., Any]
@@ -64,7 +66,7 @@ class Solver(NamedTuple):
     nonnegative: bool = False
     biases: bool = False
     data_kinds: tuple = DATA_KINDS
-    lanes: Any = None
+    spec: Any = None
 
 
 def data_kind(data) -> str:

@@ -13,7 +13,7 @@ from ..factors import Factors, apply_rank_mask
 from ..losses import Loss, frobenius
 from .base import DATA_KINDS, Solver, cached_factory
 
-__all__ = ["gradient", "sgd", "adam", "nonnegative", "GradientState"]
+__all__ = ["gradient", "sgd", "adam", "nonnegative", "GradientState", "GradientSpec", "optax_update"]
 
 
 def nonnegative(f: Factors) -> Factors:
@@ -24,7 +24,7 @@ def nonnegative(f: Factors) -> Factors:
 _PROJECTIONS = {"nonnegative": nonnegative}
 
 
-def _optax_update(optimizer, grads, opt_state, params):
+def optax_update(optimizer, grads, opt_state, params):
     # Optax mixes int32 step counts with floats (e.g. Adam's bias correction),
     # which JAX's strict dtype promotion rejects; run third-party update code
     # under standard promotion so jmf works whatever the user's setting.
@@ -35,6 +35,15 @@ def _optax_update(optimizer, grads, opt_state, params):
 class GradientState(NamedTuple):
     opt_state: optax.OptState
     key: jax.Array
+
+
+class GradientSpec(NamedTuple):
+    """What a gradient solver declares about itself, so the run layer can pick a layout for it."""
+
+    optimizer: optax.GradientTransformation
+    projection: Optional[Callable]
+    batch_size: Optional[int]
+    elementwise: bool
 
 
 def _minibatch_epoch(loss: Loss, optimizer, projection, batch_size: int):
@@ -64,7 +73,7 @@ def _minibatch_epoch(loss: Loss, optimizer, projection, batch_size: int):
             g = loss.grad(f, sub_data)
             if mask is not None:
                 g = apply_rank_mask(g, mask)
-            updates, opt_state = _optax_update(optimizer, g, opt_state, f)
+            updates, opt_state = optax_update(optimizer, g, opt_state, f)
             f = optax.apply_updates(f, updates)
             if projection is not None:
                 f = projection(f)
@@ -112,7 +121,7 @@ def gradient(
         (true of sgd, momentum, adam, adamw, rmsprop, adagrad, lion...; false
         of global-norm clipping, LARS/LAMB, L-BFGS).  It lets
         :func:`jmf.fit_many` run batches of tiny dense matrices in the
-        batch-last layout (:mod:`jmf._src.lanes`), several times faster.
+        batch-last layout (:mod:`jmf._src.run.lanes`), several times faster.
         The shortcuts :func:`sgd` and :func:`adam` set it.
 
     Returns
@@ -146,7 +155,7 @@ def gradient(
             g = loss.grad(f, data)
             if mask is not None:
                 g = apply_rank_mask(g, mask)
-            updates, opt_state = _optax_update(optimizer, g, state.opt_state, f)
+            updates, opt_state = optax_update(optimizer, g, state.opt_state, f)
             f = optax.apply_updates(f, updates)
             if projection is not None:
                 f = projection(f)
@@ -157,13 +166,6 @@ def gradient(
         step = _minibatch_epoch(loss, optimizer, projection, batch_size)
         kinds = ("sparse",)
 
-    lanes = None
-    if (elementwise and batch_size is None and not biases and loss.spec[:1] == ("frobenius",)
-            and projection in (None, nonnegative)):
-        from ..lanes import frobenius_kernel
-
-        lanes = frobenius_kernel(optimizer, projection, loss.spec[1], loss.spec[2], _optax_update)
-
     return Solver(
         init=init,
         step=step,
@@ -172,7 +174,7 @@ def gradient(
         nonnegative=projection is nonnegative,
         biases=biases,
         data_kinds=kinds,
-        lanes=lanes,
+        spec=GradientSpec(optimizer, projection, batch_size, bool(elementwise)),
     )
 
 

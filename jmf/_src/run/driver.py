@@ -1,0 +1,127 @@
+"""The member-first layout: the driver vmapped over the member axes (restarts x ranks x matrices).
+
+:class:`Job` (static: solver, config, initializer, member axes) and
+:class:`Args` (traced: keys, ranks, starting factors, data, rank masks)
+describe a group of members; :func:`start` builds their :class:`Carry`
+(initial factors, solver state, initial loss) and :func:`advance` runs the
+check loop on it.  Leaves carry the member axes in front, in ``Job.axes``
+order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from ..data import Dense
+from ..factors import apply_rank_mask
+from ..init import add_biases
+from ..solvers.base import Solver
+from .loop import Carry, RunConfig, check_loop, initial_history, initial_status
+
+__all__ = ["Job", "Args", "start", "advance", "select", "nest_vmap", "start_member"]
+
+
+class Job(NamedTuple):
+    """Static description of a group run (hashable: part of the compilation key)."""
+
+    solver: Solver
+    cfg: RunConfig
+    init_fn: Any
+    axes: tuple  # member axes, outermost first, a subset of ("matrix", "rank", "restart")
+
+
+class Args(NamedTuple):
+    """Traced inputs of a group run.
+
+    ``key`` varies along "restart", ``rank`` and ``mask`` along "rank",
+    ``data`` along "matrix"; ``factors0`` (a single fit's starting factors)
+    along none.
+    """
+
+    key: Any
+    rank: Any
+    factors0: Any
+    data: Any
+    mask: Any
+
+
+_START_AXES = (frozenset({"restart"}), frozenset({"rank"}), frozenset(), frozenset({"matrix"}))
+
+
+def nest_vmap(fn, axes: Sequence[str], arg_axes: Sequence[frozenset]):
+    """vmap ``fn`` once per member axis (outermost first); ``arg_axes[i]`` lists the axes argument i varies along."""
+    for axis in reversed(axes):
+        in_axes = tuple(0 if axis in a else None for a in arg_axes)
+        fn = jax.vmap(fn, in_axes=in_axes)
+    return fn
+
+
+def select(pred, new, old):
+    """Leafwise ``where(pred, new, old)`` with ``pred`` of the member shape broadcast over trailing axes."""
+
+    def sel(a, b):
+        p = jnp.reshape(pred, pred.shape + (1,) * (jnp.ndim(a) - pred.ndim))
+        return jnp.where(p, a, b)
+
+    return jax.tree_util.tree_map(sel, new, old)
+
+
+def _observed_lines(data):
+    """0/1 masks ``(m,)`` and ``(n,)`` of rows and columns with any observed weight (None if all are)."""
+    if isinstance(data, Dense):
+        if data.weights is None:
+            return None
+        observed = data.weights > 0
+        return jnp.any(observed, axis=1), jnp.any(observed, axis=0)
+    m, n = data.shape
+    w = (data.effective_weights() > 0).astype(jnp.int32)
+    rows = jax.ops.segment_sum(w, data.rows, num_segments=m) > 0
+    cols = jax.ops.segment_sum(w, data.cols, num_segments=n) > 0
+    return rows, cols
+
+
+def start_member(job: Job, key, rank, factors0, data):
+    """One member's starting factors, solver state and loss."""
+    solver, cfg = job.solver, job.cfg
+    if factors0 is None:
+        factors0 = job.init_fn(key, data, cfg.width, rank)
+        # Rows/columns without observations cannot be learned: start them at
+        # zero (this also makes a matrix padded into a mixed-shape bucket
+        # start exactly like the matrix alone).
+        lines = _observed_lines(data)
+        if lines is not None:
+            r, c = lines
+            factors0 = factors0._replace(W=jnp.where(r[:, None], factors0.W, 0), H=jnp.where(c[None, :], factors0.H, 0))
+    if cfg.biases and factors0.row_bias is None:
+        factors0 = add_biases(factors0, data)
+    state = solver.init(factors0, data, jax.random.fold_in(key, 1))
+    loss0 = solver.loss.value(factors0, data)
+    return factors0, state, loss0
+
+
+def start(job: Job, args: Args) -> Carry:
+    member = lambda k, r, f0, d: start_member(job, k, r, f0, d)  # noqa: E731
+    factors, state, loss0 = nest_vmap(member, job.axes, _START_AXES)(args.key, args.rank, args.factors0, args.data)
+    zero = jnp.zeros((), jnp.int32)
+    return Carry(factors, state, loss0, loss0, factors, loss0, initial_history(job.cfg, loss0),
+                 jnp.zeros(loss0.shape, jnp.int32), initial_status(loss0), zero, zero)
+
+
+def advance(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
+    """Run the check loop until ``stop_at`` (traced), ``max_iter`` or every member stopped."""
+    solver = job.solver
+
+    def member_step(f, s, d, mk):
+        f, s = solver.step(f, s, d, mk)
+        if mk is not None:
+            f = apply_rank_mask(f, mk)
+        return f, s
+
+    every = frozenset(job.axes)
+    step = nest_vmap(member_step, job.axes, (every, every, frozenset({"matrix"}), frozenset({"rank"})))
+    loss_fn = nest_vmap(solver.loss.value, job.axes, (every, frozenset({"matrix"})))
+    return check_loop(job.cfg, carry, lambda f, s: step(f, s, args.data, args.mask), lambda f: loss_fn(f, args.data),
+                      select, stop_at)

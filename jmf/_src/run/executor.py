@@ -1,0 +1,471 @@
+"""The execution plan: layout, devices and chunks of a group run, and the loop that carries it out.
+
+:func:`make_plan` decides, before anything compiles,
+
+* the **layout**: member-first ``vmap`` (:mod:`.driver`) or batch-last
+  ``lanes`` (:mod:`.lanes`) for batches of tiny dense matrices;
+* the **devices**: the outermost member axis is split over a 1-D mesh with
+  ``jax.shard_map`` -- the caller's ``mesh``, or on a CPU host with several
+  CPU devices (see :func:`jmf._src.sharding.cpu_devices`) an automatic mesh
+  when the members are too small for XLA to spread one of them over cores;
+* the **chunks**: the outer axis is cut into equal chunks that fit a memory
+  budget (the last one padded by repeating members, so every chunk reuses
+  one compilation); time chunks split the iterations for a live progress
+  bar or a callback.
+
+:func:`execute` then runs three programs per chunk -- start, advance
+(called once, or once per time chunk: ``stop_at`` is traced, so the same
+program either way) and finish -- so a run with a progress bar computes
+exactly what a silent run computes.
+
+Concurrency: programs never run concurrently from host threads.  Several
+CPU devices of one process do run at once and share XLA's CPU worker pool;
+LAPACK-backed custom calls (Cholesky, SVD, QR, ...) split their batch into
+tasks on that pool and block until they finish, so when every worker is
+blocked in such a call the process deadlocks.  Device-parallel runs are
+therefore planned only for programs with no custom call (checked on the
+lowered member program); others run on one device at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ..data import Dense, Sparse
+from ..factors import Factors
+from ..sharding import _axis_name, cpu_devices, default_memory_budget, is_global
+from . import driver, lanes
+from .driver import Args, Job
+from .loop import RUNNING, Carry, Status, n_checks
+
+__all__ = ["Plan", "ProgressInfo", "make_plan", "execute", "member_bytes", "blocking_custom_calls"]
+
+
+class ProgressInfo(NamedTuple):
+    """What a ``callback`` receives between compiled chunks (host arrays; batched for fit_many)."""
+
+    iteration: int
+    loss: np.ndarray
+    n_iter: np.ndarray
+    status: np.ndarray
+    factors: Factors
+
+
+class Plan(NamedTuple):
+    """How a group of members runs.
+
+    Attributes
+    ----------
+    layout : {"vmap", "lanes"}
+    mesh : Mesh or None
+        The outermost member axis is split over this 1-D mesh; None runs on one device.
+    n_outer : int
+        Length of the outermost member axis (1 without member axes).
+    chunk : int
+        Outer slices per compiled call (a multiple of the mesh size).
+    lane_width : int or None
+        Members per cache chunk of the lanes layout (None: chosen from the matrix size).
+    reason : str
+        Why the plan runs where it runs (shown by ``repr``; for tests and debugging).
+    """
+
+    layout: str
+    mesh: Optional[Mesh]
+    n_outer: int
+    chunk: int
+    lane_width: Optional[int] = None
+    reason: str = ""
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_outer // self.chunk)
+
+    @property
+    def n_devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.devices.size
+
+
+# -- sizes ---------------------------------------------------------------------------------
+
+
+def _axis_len(args: Args, axis: str) -> int:
+    if axis == "matrix":
+        return jax.tree_util.tree_leaves(args.data)[0].shape[0]
+    if axis == "rank":
+        return args.rank.shape[0]
+    return args.key.shape[0]
+
+
+def _n_members(job: Job, args: Args) -> int:
+    return math.prod(_axis_len(args, a) for a in job.axes)
+
+
+def _one_matrix(job: Job, data):
+    """The data of one member (ShapeDtypeStructs of a batched leaf's single matrix)."""
+    if "matrix" not in job.axes:
+        return data
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), data)
+
+
+def member_bytes(job: Job, args: Args) -> int:
+    """Estimated bytes one member needs while running (factors, solver state, temporaries, history).
+
+    Factors are counted four times (iterate, kept copy, update, accepted
+    copy) and the solver state twice; temporaries are three ``m x n`` arrays
+    for dense data and three ``nnz x k`` arrays for sparse data.
+    """
+    data = args.data
+    m, n = data.shape
+    k = job.cfg.width
+    item = jnp.dtype(data.dtype).itemsize
+    factor_elems = (m + n) * k + (m + n + 1 if job.cfg.biases else 0)
+    if isinstance(data, Dense):
+        temps = 3 * m * n
+    else:
+        nnz = data.vals.shape[-1]
+        temps = 3 * nnz * k + 2 * nnz
+    f_struct = Factors(jax.ShapeDtypeStruct((m, k), data.dtype), jax.ShapeDtypeStruct((k, n), data.dtype))
+    if job.cfg.biases:
+        f_struct = f_struct._replace(row_bias=jax.ShapeDtypeStruct((m,), data.dtype),
+                                     col_bias=jax.ShapeDtypeStruct((n,), data.dtype),
+                                     offset=jax.ShapeDtypeStruct((), data.dtype))
+    state = jax.eval_shape(lambda f, d: job.solver.init(f, d, jax.random.key(0)), f_struct, _one_matrix(job, data))
+    state_bytes = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(state))
+    return int(item * (4 * factor_elems + temps + n_checks(job.cfg) + 1) + 2 * state_bytes)
+
+
+def _member_work(job: Job, args: Args) -> int:
+    data = args.data
+    return (data.nnz if isinstance(data, Sparse) else math.prod(data.shape)) * job.cfg.width
+
+
+# -- pool safety ---------------------------------------------------------------------------
+
+# Custom calls that only annotate placement; everything else may run a foreign kernel.
+_PLACEMENT_CALLS = {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape", "annotate_device_placement"}
+_CUSTOM_CALL = re.compile(r"custom_call\s*@([\w.\-]+)")
+_blocking_cache: dict = {}
+
+
+def blocking_custom_calls(job: Job, args: Args) -> frozenset:
+    """Custom-call targets in one member's start, step and loss (lowered, not compiled).
+
+    XLA's own kernels never wait on its CPU worker pool, but custom calls
+    may (jaxlib's LAPACK kernels do), so a program with any of these must
+    not run concurrently with another on the same pool.
+    """
+
+    def one(x, axis):
+        return None if x is None else (x[0] if axis in job.axes else x)
+
+    member_args = (one(args.key, "restart"), one(args.rank, "rank"), args.factors0,
+                   _one_matrix(job, args.data), one(args.mask, "rank"))
+    structs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), member_args)
+    cache_key = (job, str(jax.tree_util.tree_structure(structs)),
+                 tuple((s.shape, str(s.dtype)) for s in jax.tree_util.tree_leaves(structs)))
+    if cache_key not in _blocking_cache:
+
+        def program(key, rank, factors0, data, mask):
+            f, s, _ = driver.start_member(job, key, rank, factors0, data)
+            f, s = job.solver.step(f, s, data, mask)
+            return job.solver.loss.value(f, data), s
+
+        text = jax.jit(program).lower(*structs).as_text()
+        _blocking_cache[cache_key] = frozenset(set(_CUSTOM_CALL.findall(text)) - _PLACEMENT_CALLS)
+    return _blocking_cache[cache_key]
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+# Per-member work (m n k, or nnz k) up to which XLA keeps a member's step on one core, so
+# that only splitting the members over devices puts a second core to work.
+SMALL_MEMBER_WORK = 1 << 17
+# Members each device needs before a split pays for itself (dispatch, vector width).
+_MIN_MEMBERS_PER_DEVICE = {"lanes": 256, "vmap": 64}
+
+
+def _auto_mesh(job: Job, args: Args, layout: str, n_outer: int, devices: Optional[int]):
+    """(mesh or None, reason) for a run without a caller's mesh; ``devices`` forces the device count."""
+    available = cpu_devices()
+    if devices is not None and devices > max(1, len(available)):
+        raise ValueError(f"plan['devices'] = {devices} but this process has {len(available)} CPU device(s)")
+    if devices == 1:
+        return None, "one device (plan)"
+    if len(available) < 2 or jax.default_backend() != "cpu":
+        return None, f"one device ({len(available)} CPU device(s) in this process)"
+    if not job.axes or n_outer < 2:
+        return None, "one device: nothing to split"
+    if devices is None:
+        if _member_work(job, args) > SMALL_MEMBER_WORK:
+            return None, "one device: members large enough for XLA to use every core"
+        per_device = _n_members(job, args) // _MIN_MEMBERS_PER_DEVICE[layout]
+        devices = min(len(available), per_device, n_outer)
+        if devices < 2:
+            return None, "one device: too few members to split"
+    calls = blocking_custom_calls(job, args)
+    if calls:
+        return None, f"one device: custom calls {sorted(calls)} may block XLA's CPU pool"
+    return Mesh(np.asarray(available[:devices]), ("members",)), f"{devices} CPU devices"
+
+
+def _process_cpu_devices_in(mesh: Mesh) -> int:
+    me = jax.process_index()
+    return sum(1 for d in mesh.devices.flat if d.platform == "cpu" and d.process_index == me)
+
+
+def make_plan(job: Job, args: Args, *, mesh: Optional[Mesh] = None, memory_budget: Optional[int] = None,
+              layout: Optional[str] = None, devices: Optional[int] = None,
+              lane_width: Optional[int] = None) -> Plan:
+    """Decide layout, devices and chunk size for a group run (nothing is compiled).
+
+    ``layout``, ``devices`` and ``lane_width`` override the automatic
+    choices (``fit_many(..., plan={...})``); a device split is still never
+    planned for programs with custom calls.
+    """
+    can_lane = lanes.eligible(job, args)
+    if layout is None:
+        layout = "lanes" if can_lane else "vmap"
+    elif layout == "lanes" and not can_lane:
+        raise ValueError("plan['layout'] = 'lanes' needs a batch of small dense matrices and an elementwise "
+                         "gradient solver with the Frobenius loss (e.g. jmf.solvers.adam)")
+    n_outer = _axis_len(args, job.axes[0]) if job.axes else 1
+    if mesh is not None and devices is not None:
+        raise ValueError("give mesh or plan['devices'], not both")
+    if mesh is not None:
+        _axis_name(mesh)
+        if not job.axes:
+            raise ValueError("mesh needs a batch to shard: give keys/n_restarts, ranks or a batch of matrices")
+        reason = f"the caller's mesh of {mesh.devices.size} device(s)"
+        if _process_cpu_devices_in(mesh) > 1 and blocking_custom_calls(job, args):
+            if is_global(args):
+                raise ValueError(
+                    f"solver {job.solver.name!r} uses custom calls {sorted(blocking_custom_calls(job, args))} that "
+                    "can deadlock when several CPU devices of one process run at once; give each process one "
+                    "CPU device (jax_num_cpu_devices=1) for multi-process runs of this solver")
+            mesh, reason = None, "one device (the mesh's CPU devices would block each other in custom calls)"
+    else:
+        mesh, reason = _auto_mesh(job, args, layout, n_outer, devices)
+    n_dev = 1 if mesh is None else mesh.devices.size
+    if is_global(args):
+        if mesh is None:
+            raise ValueError("data spans several processes; pass the mesh it is sharded over (mesh=...)")
+        if n_outer % n_dev:
+            raise ValueError(f"the {job.axes[0]} axis ({n_outer}) must be a multiple of the {n_dev} devices")
+        return Plan(layout, mesh, n_outer, n_outer, lane_width, reason)
+    if not job.axes:
+        return Plan(layout, None, 1, 1, lane_width, reason)
+    per_slice = member_bytes(job, args) * (_n_members(job, args) // n_outer)
+    if job.axes[0] == "matrix":
+        leaves = jax.tree_util.tree_leaves(args.data)
+        per_slice += sum(x.size * x.dtype.itemsize for x in leaves) // n_outer
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    fits = max(1, budget // max(per_slice, 1))
+    if fits >= n_outer:  # one chunk, padded to a multiple of the devices by repeating members
+        chunk = -(-n_outer // n_dev) * n_dev
+    else:
+        chunk = max(n_dev, fits // n_dev * n_dev)
+    return Plan(layout, mesh, n_outer, chunk, lane_width, reason)
+
+
+# -- programs ------------------------------------------------------------------------------
+
+_LAYOUTS = {
+    "vmap": (driver.start, driver.advance, None),
+    "lanes": (lanes.start, lanes.advance, lanes.finish),
+}
+
+
+def _layout_fns(plan: Plan):
+    start, advance, finish = _LAYOUTS[plan.layout]
+    if plan.layout == "lanes":
+        L = plan.lane_width
+        start = partial(start, L=L)
+        advance = partial(advance, L=L)
+        finish = partial(finish, L=L)
+    return start, advance, finish
+
+
+def _arg_specs(job: Job, name: str) -> Args:
+    """PartitionSpecs splitting the outermost member axis of every argument that varies along it."""
+    outer = job.axes[0]
+    varies = {"key": outer == "restart", "rank": outer == "rank", "mask": outer == "rank", "data": outer == "matrix"}
+    return Args(*(P(name) if varies.get(field, False) else P() for field in Args._fields))
+
+
+def _sharded(fn, plan: Plan, job: Job, *, carry_in: bool, scalar_counters_in: bool, scalar_counters_out: bool,
+             n_scalars: int = 0):
+    """``fn(args[, carry], *scalars)`` run on every device of the plan's mesh over its own members."""
+    if plan.mesh is None:
+        return fn
+    name = plan.mesh.axis_names[0]
+
+    def local(args, *rest):
+        if carry_in:
+            carry, *others = rest
+            if scalar_counters_in:
+                carry = carry._replace(it=carry.it[0], check=carry.check[0])
+            rest = (carry, *others)
+        out = fn(args, *rest)
+        if scalar_counters_out:
+            out = out._replace(it=out.it[None], check=out.check[None])
+        return out
+
+    in_specs = (_arg_specs(job, name),) + ((P(name),) if carry_in else ()) + (P(),) * n_scalars
+    # check_vma=False: members are independent, nothing is replicated across devices.
+    return jax.shard_map(local, mesh=plan.mesh, in_specs=in_specs, out_specs=P(name), check_vma=False)
+
+
+@partial(jax.jit, static_argnames=("job", "plan"))
+def _start_program(job: Job, plan: Plan, args: Args) -> Carry:
+    start, _, _ = _layout_fns(plan)
+    scalar = plan.layout == "vmap"
+    return _sharded(lambda a: start(job, a), plan, job, carry_in=False, scalar_counters_in=False,
+                    scalar_counters_out=scalar)(args)
+
+
+@partial(jax.jit, static_argnames=("job", "plan"), donate_argnames=("carry",))
+def _advance_program(job: Job, plan: Plan, args: Args, carry: Carry, stop_at) -> Carry:
+    _, advance, _ = _layout_fns(plan)
+    scalar = plan.layout == "vmap"
+    return _sharded(lambda a, c, s: advance(job, a, c, s), plan, job, carry_in=True, scalar_counters_in=scalar,
+                    scalar_counters_out=scalar, n_scalars=1)(args, carry, stop_at)
+
+
+@partial(jax.jit, static_argnames=("job", "plan"))
+def _finish_program(job: Job, plan: Plan, args: Args, carry: Carry) -> Carry:
+    _, _, finish = _layout_fns(plan)
+    return _sharded(lambda a, c: finish(job, a, c), plan, job, carry_in=True, scalar_counters_in=False,
+                    scalar_counters_out=True)(args, carry)
+
+
+def _finished(job: Job, plan: Plan, args: Args, carry: Carry) -> Carry:
+    """The member-first carry, with the shared counters as host integers."""
+    if plan.layout != "vmap":
+        carry = _finish_program(job, plan, args, carry)
+    return carry._replace(it=_local_max(carry.it), check=_local_max(carry.check))
+
+
+def _local_max(x) -> int:
+    """Largest value of a (possibly multi-process) counter array among this process's shards."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return max(int(np.max(np.asarray(s.data))) for s in x.addressable_shards)
+    return int(np.max(np.asarray(x)))
+
+
+@partial(jax.jit, static_argnames=("outer",))
+def _take_outer(args: Args, idx, outer: str) -> Args:
+    """The members of outer slices ``idx`` (one program for every chunk)."""
+    if outer == "matrix":
+        return args._replace(data=jax.tree_util.tree_map(lambda x: x[idx], args.data))
+    if outer == "rank":
+        return args._replace(rank=args.rank[idx], mask=args.mask[idx])
+    return args._replace(key=args.key[idx])
+
+
+@partial(jax.jit, static_argnames=("n_outer",))
+def _concatenate(members: list, n_outer: int):
+    """Chunks' member leaves joined along the outer axis, padding dropped."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0)[:n_outer], *members)
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def _progress_bar(progress, total, desc):
+    if progress is False or progress is None:
+        return None
+    from tqdm.auto import tqdm
+
+    # disable=None: tqdm switches itself off when stderr is not a terminal.
+    return tqdm(total=total, desc=desc, unit="it", disable=None if progress is True else False, leave=False)
+
+
+def _time_stops(cfg, chunk_size, n_hint=20) -> list[int]:
+    ce = cfg.check_every
+    if chunk_size is None:
+        chunk_size = max(ce, -(-cfg.max_iter // n_hint // ce) * ce)
+    else:
+        chunk_size = max(ce, -(-chunk_size // ce) * ce)
+    return list(range(chunk_size, cfg.max_iter, chunk_size)) + [cfg.max_iter]
+
+
+def _host_view(job: Job, plan: Plan, args: Args, carry: Carry, field: str, n_real: int) -> np.ndarray:
+    """A per-member carry field on the host, member-first, without padding members (no compilation)."""
+    x = np.asarray(getattr(carry, field))
+    if plan.layout == "lanes":
+        # (C, L) per device, concatenated over devices: each device's members in order, then padding.
+        per_device = x.reshape(plan.n_devices, -1)
+        n_local = _n_members(job, args) // plan.n_devices
+        x = per_device[:, :n_local].reshape(tuple(_axis_len(args, a) for a in job.axes))
+    return x[:n_real] if job.axes else x
+
+
+def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, chunk_size) -> Carry:
+    """Start, advance (in time chunks when someone watches) and finish one chunk of members.
+
+    ``n_real`` outer slices of ``args`` are real members, the rest repeat the last one.
+    """
+    cfg = job.cfg
+    carry = _start_program(job, plan, args)
+    # Processes of a multi-host run see only their own members: no live view.
+    watched = (callback is not None or (bar is not None and not bar.disable)) and not is_global(args)
+    stops = _time_stops(cfg, chunk_size) if watched else [cfg.max_iter]
+    done = 0
+    user_stop = False
+    for stop_at in stops:
+        carry = _advance_program(job, plan, args, carry, jnp.asarray(stop_at, jnp.int32))
+        if not watched:
+            break
+        status = _host_view(job, plan, args, carry, "status", n_real)
+        loss = _host_view(job, plan, args, carry, "loss_prev", n_real)
+        it = int(np.max(np.asarray(carry.it)))
+        if bar is not None:
+            bar.update(max(it - done, 0))
+            bar.set_postfix(loss=f"{float(np.nanmin(loss)):.4g}")
+        done = it
+        if callback is not None:
+            factors = _finished(job, plan, args, carry).factors if plan.layout != "vmap" else carry.factors
+            if job.axes:
+                factors = jax.tree_util.tree_map(lambda x: x[:n_real], factors)
+            info = ProgressInfo(it, loss, _host_view(job, plan, args, carry, "n_iter", n_real), status, factors)
+            user_stop = bool(callback(info))
+        if user_stop or not (status == RUNNING).any():
+            break
+    if bar is not None and done < cfg.max_iter:
+        bar.update(cfg.max_iter - done if watched else cfg.max_iter)
+    carry = _finished(job, plan, args, carry)
+    if user_stop:
+        carry = carry._replace(status=jnp.where(carry.status == RUNNING, Status.STOPPED.value, carry.status))
+    return carry
+
+
+def execute(job: Job, args: Args, plan: Plan, *, progress=True, callback=None, chunk_size=None,
+            desc: str = "fit") -> Carry:
+    """Run every member of ``args`` as ``plan`` says; returns the member-first carry (host int counters)."""
+    if callback is not None and is_global(args):
+        raise ValueError("callback is not supported for data spanning several processes")
+    bar = _progress_bar(progress, job.cfg.max_iter * plan.n_chunks, desc)
+    run = partial(_run_chunk, job, plan, bar=bar, callback=callback, chunk_size=chunk_size)
+    try:
+        if plan.n_chunks == 1 and plan.chunk == plan.n_outer:
+            return run(args, plan.n_outer)
+        carries = []
+        for c in range(plan.n_chunks):
+            # The last chunk is padded by repeating the last member, so every chunk has one shape.
+            first = c * plan.chunk
+            idx = np.minimum(np.arange(first, first + plan.chunk), plan.n_outer - 1).astype(np.int32)
+            carries.append(run(_take_outer(args, idx, job.axes[0]), min(plan.chunk, plan.n_outer - first)))
+    finally:
+        if bar is not None:
+            bar.close()
+    carry = _concatenate([c._replace(it=None, check=None) for c in carries], plan.n_outer)
+    return carry._replace(it=max(c.it for c in carries), check=max(c.check for c in carries))

@@ -1,0 +1,168 @@
+"""The execution plan: layouts, device splits and chunks give the results of one plain call, and never hang.
+
+Batches of small matrices are split over CPU devices, which run at once on
+XLA's CPU worker pool; LAPACK-backed custom calls block on that pool, so a
+split is planned only for programs without them.  The subprocess tests run
+every solver and data kind with the device counts users have (1 and 2 CPU
+devices, and 4), each under a timeout so that a deadlock fails the test.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import jmf
+from jmf._src.run.executor import blocking_custom_calls
+
+from .conftest import low_rank
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "execution_worker.py")
+
+
+def _run_worker(n_devices, tmp_cache, *flags, timeout=900):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if "xla_force_host_platform_device_count" not in f)
+    env["JMF_CPU_DEVICES"] = str(n_devices)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_cache)  # the three device counts share compiled programs
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, WORKER, str(n_devices), str(timeout - 30), *flags], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0 and "ALL DONE" in proc.stdout, (
+        f"worker on {n_devices} CPU device(s) failed (rc {proc.returncode}):\n"
+        f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax-cache")
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+@pytest.mark.timeout(960)
+def test_every_solver_and_data_kind_on_two_cpu_devices(shared_cache):
+    cases = _run_worker(2, shared_cache)
+    solvers = {c["solver"] for c in cases}
+    assert {"adam", "als", "hals", "mu", "svd", "ratings_als-cholesky", "implicit_als"} <= solvers
+    assert {(c["solver"], c["kind"]) for c in cases} >= {("als", "weighted"), ("als", "sparse"), ("adam", "dense")}
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("n_devices", [1, 4])
+def test_batched_als_that_deadlocked_finishes(shared_cache, n_devices):
+    _run_worker(n_devices, shared_cache, "--quick", timeout=380)
+
+
+# -- in-process: the plan changes nothing but speed --------------------------------------
+
+
+def _assert_same(a, b, rtol):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-12)
+
+
+def test_lapack_solvers_are_not_split_but_gradient_solvers_are():
+    A = low_rank(np.random.default_rng(0), 6, 5, 2)
+    from jmf._src.fit import fit_many  # noqa: F401  (the public path builds the same job)
+
+    seen = {}
+    import jmf._src.fit as fit_module
+
+    real = fit_module.make_plan
+
+    def spy(job, args, **kw):
+        plan = real(job, args, **kw)
+        seen[job.solver.name] = plan
+        return plan
+
+    fit_module.make_plan = spy
+    try:
+        jmf.fit_many(A, jmf.solvers.adam(1e-2), rank=2, n_restarts=4, key=0, max_iter=10, progress=False,
+                     plan={"devices": 2})
+        jmf.fit_many(A, jmf.solvers.als(l2=0.1), rank=2, n_restarts=4, key=0, max_iter=10, progress=False,
+                     plan={"devices": 2})
+    finally:
+        fit_module.make_plan = real
+    assert seen["adam"].n_devices == 2
+    assert seen["als"].n_devices == 1 and "custom calls" in seen["als"].reason
+
+
+def test_blocking_custom_calls_found_in_lowered_member_program():
+    from jmf._src.run.driver import Args, Job
+    from jmf._src.run.loop import RunConfig
+    from jmf._src.init import get_initializer
+
+    data = jmf.Dense(np.ones((5, 4)))
+    key = jax.random.split(jax.random.key(0), 2)
+
+    def calls(solver):
+        job = Job(solver, RunConfig(10, None, 5, 2, False), get_initializer("random"), ("restart",))
+        return blocking_custom_calls(job, Args(key, None, None, data, None))
+
+    assert calls(jmf.solvers.adam(1e-2)) == frozenset()
+    assert calls(jmf.solvers.hals()) == frozenset()
+    assert any("potrf" in c or "cholesky" in c.lower() for c in calls(jmf.solvers.als(l2=0.1)))
+
+
+@pytest.mark.parametrize("solver", ["adam", "hals"])
+def test_device_split_equals_one_device(rng, solver):
+    assert len(jax.devices()) >= 4, "conftest sets 4 simulated CPU devices"
+    A = np.abs(low_rank(rng, 7, 5, 2, noise=0.1))
+    s = jmf.solvers.adam(1e-2) if solver == "adam" else jmf.solvers.hals()
+    kw = dict(ranks=[1, 2], n_restarts=5, key=3, max_iter=200, tol=1e-4, progress=False)
+    split = jmf.fit_many(A, s, plan={"devices": 3}, **kw)  # the rank axis (2) padded to 3 devices
+    one = jmf.fit_many(A, s, plan={"devices": 1}, **kw)
+    _assert_same(split.result, one.result, rtol=1e-12)
+    assert len(np.unique(np.asarray(one.n_iter))) > 1  # members froze at different times
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_lanes_layout_equals_vmapped_layout(rng, weighted):
+    As = np.stack([low_rank(rng, 4, 3, 2, noise=0.1) for _ in range(3)])
+    data = jmf.Dense(As, weights=(rng.random(As.shape) < 0.8).astype(float) if weighted else None)
+    solver = jmf.solvers.adam(1e-2, loss=jmf.losses.frobenius(l2=(0.01, 0.02), l1=0.001))
+    kw = dict(ranks=[1, 2], n_restarts=3, key=0, max_iter=300, tol=1e-5, progress=False)
+    lanes = jmf.fit_many(data, solver, plan={"layout": "lanes", "lane_width": 4, "devices": 2}, **kw)
+    vmapped = jmf.fit_many(data, solver, plan={"layout": "vmap", "devices": 1}, **kw)
+    # Optax's step count is kept per lanes chunk, so a frozen member's count runs on (documented).
+    _assert_same(lanes.result._replace(state=None), vmapped.result._replace(state=None), rtol=1e-9)
+    floats = lambda s: [x for x in jax.tree_util.tree_leaves(s) if np.issubdtype(np.asarray(x).dtype, np.floating)]  # noqa: E731
+    _assert_same(floats(lanes.result.state), floats(vmapped.result.state), rtol=1e-9)
+    assert len(np.unique(np.asarray(vmapped.n_iter))) > 1  # members froze at different times
+
+
+def test_lanes_layout_refused_where_it_does_not_apply(rng):
+    with pytest.raises(ValueError, match="lanes"):
+        jmf.fit_many(low_rank(rng, 4, 3, 2), jmf.solvers.als(), rank=2, n_restarts=2, key=0,
+                     plan={"layout": "lanes"})
+
+
+@pytest.mark.parametrize("bad, match", [({"devices": 0}, "devices"), ({"layout": "rows"}, "layout"),
+                                         ({"colour": 1}, "unknown"), ("vmap", "dict"), ({"devices": 64}, "CPU device")])
+def test_bad_plan_is_refused(rng, bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        jmf.fit_many(low_rank(rng, 4, 3, 2), jmf.solvers.adam(1e-2), rank=2, n_restarts=2, key=0, max_iter=10,
+                     progress=False, plan=bad)
+
+
+def test_progress_and_callbacks_follow_the_silent_plan(rng):
+    """A live bar or a callback only cuts the iterations into calls of the same programs."""
+    A = np.abs(low_rank(rng, 4, 2, 2))
+    solver = jmf.solvers.adam(1e-2)
+    kw = dict(rank=2, n_restarts=300, key=4, max_iter=200, tol=1e-3)
+    silent = jmf.fit_many(A, solver, progress=False, **kw)
+    seen = []
+    watched = jmf.fit_many(A, solver, progress="always", callback=lambda info: seen.append(info.iteration),
+                           chunk_size=50, **kw)
+    _assert_same(silent.result, watched.result, rtol=0)
+    assert seen[:2] == [50, 100]
