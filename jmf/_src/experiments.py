@@ -146,10 +146,10 @@ def make_solver(name: str, **params):
         raise ValueError(f"bad hyperparameters for solver {name!r}: {exc}") from None
     try:
         solver = factory(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"bad hyperparameters for solver {name!r}: {exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"solver {name!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        # The factories name themselves ("als: l2 must be ..."); add the solver only where they did not.
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(f"{name}: ") else f"solver {name!r}: {msg}") from None
     if not isinstance(solver, Solver):
         raise ValueError(f"jmf.solvers.{name} is not a solver factory (it returned {type(solver).__name__})")
     return solver
