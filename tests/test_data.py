@@ -139,6 +139,8 @@ def test_sparse_duplicates_policies():
         ([0], [0], ["x"], (3, 3), TypeError, "numeric"),
         ([0], [0], [1.0], (0, 3), ValueError, "positive"),
         ([0], [0], [1.0], (3,), ValueError, "pair"),
+        ([0], [0], [1.0], (3.7, 3.2), TypeError, "pair \\(m, n\\) of ints"),  # was truncated to (3, 3)
+        ([0], [0], [1.0], ("3", 3), TypeError, "of ints"),
         ([[0]], [[0]], [[1.0]], (3, 3), ValueError, "1-D"),
     ],
 )

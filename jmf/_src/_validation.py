@@ -25,6 +25,7 @@ __all__ = [
     "check_fraction",
     "check_bool",
     "check_int",
+    "check_rank",
     "check_choice",
     "check_penalty",
     "check_tol",
@@ -127,6 +128,15 @@ def check_int(value, name: str, owner: Optional[str] = None, *, lo: Optional[int
         rng = f">= {lo}" if hi is None else (f"<= {hi}" if lo is None else f"in [{lo}, {hi}]")
         raise ValueError(f"{_who(name, owner)} must be an int {rng}, got {value!r}")
     return int(value)
+
+
+def check_rank(rank, shape, name: str = "rank", owner: Optional[str] = None) -> int:
+    """A rank ``k`` with ``1 <= k <= min(m, n)`` for a matrix of ``shape`` (m, n)."""
+    rank = check_int(rank, name, owner)
+    if rank > min(shape):
+        raise ValueError(f"{_who(name, owner)} {rank} is out of range: it must be between 1 and min(m, n) = "
+                         f"{min(shape)} for shape {tuple(shape)}")
+    return rank
 
 
 def check_choice(value, name: str, choices: Iterable, owner: Optional[str] = None):

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._validation import is_int
+
 __all__ = ["Dense", "Sparse", "as_data", "stack"]
 
 _DUPLICATE_POLICIES = ("error", "sum", "mean", "last")
@@ -426,9 +428,13 @@ class Sparse:
 
 def _check_shape(shape) -> tuple[int, int]:
     try:
-        m, n = (int(s) for s in shape)
+        m, n = shape
     except Exception:
         raise ValueError(f"shape must be a pair (m, n) of positive ints, got {shape!r}") from None
+    if not (is_int(m) and is_int(n)):
+        # int() would truncate (3.7, 3.2) to (3, 3) and silently drop the entries beyond it.
+        raise TypeError(f"shape must be a pair (m, n) of ints, got {shape!r}")
+    m, n = int(m), int(n)
     if m <= 0 or n <= 0:
         raise ValueError(f"shape must be positive, got {(m, n)}")
     if m >= 2**31 or n >= 2**31:

@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._validation import numpy_rng
 from .data import Dense, Sparse
 
 __all__ = [
@@ -124,6 +125,39 @@ def _freeze(value):
     return value
 
 
+def _factory(name):
+    import jmf.solvers as S
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"solver name must be a non-empty string, got {name!r}")
+    factory = getattr(S, name, None)
+    if name in _NOT_FACTORIES or name.startswith("_") or not callable(factory):
+        raise ValueError(f"unknown solver {name!r}; available: {', '.join(available_solvers())}")
+    return factory
+
+
+def solver_parameters(name: str) -> dict:
+    """The hyperparameters solver ``name`` accepts: ``{name: inspect.Parameter}``, in signature order.
+
+    Keyword arguments a factory forwards (``adam(..., **kwargs)`` passes them
+    to :func:`jmf.solvers.gradient`, declared by its ``forwards_to``
+    attribute) are included, except ``optimizer`` and ``name``, which the
+    shortcut sets itself.
+    """
+    factory = _factory(name)
+    params = {}
+    for p in inspect.signature(factory).parameters.values():
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            params[p.name] = p
+    forwarded = getattr(factory, "forwards_to", None)
+    if forwarded is not None:
+        for p in inspect.signature(forwarded).parameters.values():
+            if p.name not in params and p.name not in ("optimizer", "name") and p.kind not in (
+                    p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                params[p.name] = p
+    return params
+
+
 def make_solver(name: str, **params):
     """Build a solver from its name in :mod:`jmf.solvers` (looked up lazily) and hyperparameters.
 
@@ -131,15 +165,15 @@ def make_solver(name: str, **params):
     Names missing from this installation raise a :class:`ValueError` listing
     the available ones.
     """
-    import jmf.solvers as S
     from .solvers.base import Solver
 
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"solver name must be a non-empty string, got {name!r}")
-    factory = getattr(S, name, None)
-    if name in _NOT_FACTORIES or name.startswith("_") or not callable(factory):
-        raise ValueError(f"unknown solver {name!r}; available: {', '.join(available_solvers())}")
+    factory = _factory(name)
     kwargs = {**DEFAULT_PARAMS.get(name, {}), **{k: _freeze(v) for k, v in params.items()}}
+    known = solver_parameters(name)
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        raise ValueError(f"bad hyperparameters for solver {name!r}: unknown {', '.join(map(repr, unknown))} "
+                         f"(accepted: {', '.join(known)})")
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as exc:
@@ -185,15 +219,9 @@ class PreparedData(NamedTuple):
     singular_values: Optional[np.ndarray]
 
 
-def _np_rng(key) -> np.random.Generator:
-    """A numpy Generator whose seed is the bits of a jax key (so all randomness stems from keys)."""
-    bits = np.asarray(jax.random.key_data(key), dtype=np.uint32).ravel().tolist()
-    return np.random.default_rng(bits)
-
-
 def _low_rank(key, m: int = 200, n: int = 100, rank: int = 5, noise: float = 0.1):
     """``U V / sqrt(rank) + noise E``: entries of the clean part have unit variance, ``E ~ N(0, 1)``."""
-    rng = _np_rng(key)
+    rng = numpy_rng(key)
     U, V = rng.standard_normal((m, rank)), rng.standard_normal((rank, n))
     A = U @ V / math.sqrt(rank) + noise * rng.standard_normal((m, n))
     return A, {"true_rank": rank, "noise": noise}
@@ -201,7 +229,7 @@ def _low_rank(key, m: int = 200, n: int = 100, rank: int = 5, noise: float = 0.1
 
 def _nonnegative(key, m: int = 200, n: int = 100, rank: int = 5, noise: float = 0.05):
     """``U V / rank + noise |E|`` with ``U, V`` uniform on [0, 1): a nonnegative rank-``rank`` matrix."""
-    rng = _np_rng(key)
+    rng = numpy_rng(key)
     U, V = rng.random((m, rank)), rng.random((rank, n))
     A = U @ V / rank + noise * np.abs(rng.standard_normal((m, n)))
     return A, {"true_rank": rank, "noise": noise}
@@ -393,7 +421,7 @@ def make_dataset(spec: Mapping) -> PreparedData:
         vals = A.ravel()
         weights = None if weights_full is None else weights_full.ravel()
 
-    rng_missing, rng_holdout = _np_rng(k_missing), _np_rng(k_holdout)
+    rng_missing, rng_holdout = numpy_rng(k_missing), numpy_rng(k_holdout)
     keep = np.ones(len(vals), bool) if weights is None else weights > 0
     if config.get("missing"):
         _, hidden = _split_entries(rows, cols, vals, weights, config["missing"], rng_missing)

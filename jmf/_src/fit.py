@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._validation import as_key, check_tol
 from .data import Dense, Sparse, as_data
 from .driver import Args, Job, Status, _Config, _n_checks
 from .factors import Factors, rank_mask
@@ -127,25 +128,11 @@ def _check_rank(rank, shape, name="rank"):
 
 
 def _check_tol(tol):
-    if tol is None:
-        return None
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol >= 0) or math.isinf(tol):
-        raise ValueError(f"tol must be a nonnegative finite float or None, got {tol!r}")
-    return float(tol)
+    return check_tol(tol)
 
 
 def _as_key(key, name="key"):
-    if key is None:
-        raise TypeError(f"{name} is required: pass a PRNG key such as jax.random.key(0) (or an int seed)")
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        seed = int(key)
-        if 0 <= seed < 2**32 and jax.config.jax_default_prng_impl == "threefry2x32":
-            # Equal to jax.random.key(seed), without compiling the seeding function.
-            return jax.random.wrap_key_data(np.array([0, seed], np.uint32))
-        return jax.random.key(seed)
-    if isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape[-1:] == (2,)):
-        return key
-    raise TypeError(f"{name} must be a jax.random.key (or an int seed), got {type(key).__name__}")
+    return as_key(key, name)
 
 
 def _check_factors(f, data, biases):
