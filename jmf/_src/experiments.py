@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._validation import numpy_rng
+from ._validation import check_int, check_tol, numpy_rng
 from .data import Dense, Sparse
 
 __all__ = [
@@ -507,6 +507,16 @@ def _short(v) -> str:
     return str(v)
 
 
+def _tol_option(value, owner=None):
+    """``tol`` from a config: a nonnegative float, or None spelled None, "none" or false."""
+    if value is False or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    try:
+        return check_tol(value, owner=owner)
+    except TypeError as exc:
+        raise ValueError(f"{exc} (write tol = \"none\" to run max_iter iterations)") from None
+
+
 def _check_ranks(ranks) -> tuple:
     if isinstance(ranks, (int, np.integer)) and not isinstance(ranks, bool):
         ranks = [int(ranks)]
@@ -583,6 +593,7 @@ class Experiment:
             raise ValueError(f"restarts must be a positive int, got {self.restarts!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        self.fit_options({})  # max_iter, tol, check_every: refuse e.g. tol = "abc" now
 
     @classmethod
     def from_dict(cls, config: Mapping) -> "Experiment":
@@ -592,17 +603,24 @@ class Experiment:
         unknown = sorted(set(config) - fields - {"results", "factors", "out"})
         if unknown:
             raise ValueError(f"unknown experiment keys {unknown}; allowed: {sorted(fields)}")
-        for key in ("tol",):
-            if isinstance(config.get(key), str) and config[key].lower() == "none" or config.get(key) is False:
-                config[key] = None
-        for s in config.get("solvers", []):
-            if isinstance(s, dict) and (s.get("tol") is False or str(s.get("tol")).lower() == "none"):
-                s["tol"] = None
+        # TOML has no null: "none" (or false) spells tol=None.  Only a tol that is present is
+        # translated -- a solver without its own tol must inherit the experiment's, not None.
+        if "tol" in config:
+            config["tol"] = _tol_option(config["tol"])
+        solvers = config.get("solvers", [])
+        if isinstance(solvers, (list, tuple)):
+            config["solvers"] = [dict(s, tol=_tol_option(s["tol"])) if isinstance(s, Mapping) and "tol" in s else s
+                                 for s in solvers]
         return cls(**{k: v for k, v in config.items() if k in fields})
 
     def fit_options(self, spec: Mapping) -> dict:
+        """The fit options of one solver spec (the experiment's, overridden by the spec's), validated."""
         opts = {k: getattr(self, k) for k in FIT_OPTIONS}
         opts.update({k: spec[k] for k in FIT_OPTIONS if k in spec})
+        where = f"solver {spec.get('solver')!r}" if any(k in spec for k in FIT_OPTIONS) else None
+        opts["max_iter"] = check_int(opts["max_iter"], "max_iter", where)
+        opts["check_every"] = check_int(opts["check_every"], "check_every", where)
+        opts["tol"] = _tol_option(opts["tol"], where)
         return opts
 
     def cells(self) -> list[Cell]:
