@@ -244,6 +244,9 @@ def _cmd_fit(args, parser) -> int:
     problem = _compatibility(solver, prepared.train)
     if problem is not None:
         raise UsageError(f"solver {name!r} cannot fit this data: {problem}")
+    note = _underdetermined(name, params, prepared.train, args.rank)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
     label = name + ("(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
     if not args.json:
@@ -293,6 +296,37 @@ def _cmd_fit(args, parser) -> int:
             print(f"saved   {summary['saved']} (W {W.shape[0]}x{W.shape[1]}, H {H.shape[0]}x{H.shape[1]}"
                   f"{', biases' if res.factors.has_biases else ''}); load with jmf.io.load_factors")
     return 1 if res.status_name == "DIVERGED" else 0
+
+
+def _underdetermined(name: str, params: dict, data, rank: int) -> Optional[str]:
+    """A warning when plain ALS (no ridge) fits rows or columns that observe fewer entries than the rank.
+
+    Their normal equations are singular: the solver stays finite (a rounding-level floor), but
+    those factors are fitted to nothing, which shows as a training error far below the
+    held-out one -- or, before the floor, as a silent DIVERGED.
+    """
+    import numpy as np
+
+    from jmf._src.data import Dense
+
+    l2 = params.get("l2", 0.0)  # already checked by the solver factory: a number or a pair
+    if name != "als" or any(v > 0 for v in (l2 if isinstance(l2, (list, tuple)) else [l2])):
+        return None
+    if isinstance(data, Dense):
+        if data.weights is None:
+            return None
+        w = np.asarray(data.weights) > 0
+        per_row, per_col = w.sum(axis=1), w.sum(axis=0)
+    else:
+        live = np.ones(data.nnz, bool) if data.weights is None else np.asarray(data.weights) > 0
+        per_row = np.bincount(np.asarray(data.rows)[live], minlength=data.shape[0])
+        per_col = np.bincount(np.asarray(data.cols)[live], minlength=data.shape[1])
+    rows, cols = int((per_row < rank).sum()), int((per_col < rank).sum())
+    if not rows and not cols:
+        return None
+    return (f"als without a ridge penalty: {rows} rows and {cols} columns have fewer observed entries than "
+            f"rank {rank}, so their factors are not determined by the data (overfitting, or a singular "
+            "solve); add a penalty, e.g. -p l2=1")
 
 
 def _cmd_experiment(args, parser) -> int:

@@ -90,6 +90,20 @@ def test_fit_csv_mtx_and_ratings(capsys, tmp_path, matrix_file):
     assert f.row_bias is not None and list(meta["arrays"]["user_ids"][:3]) == ["u0", "u1", "u10"]
 
 
+def test_plain_als_on_sparse_ratings_warns_and_does_not_diverge(capsys, tmp_path):
+    # u1.base-like: a few users and items have fewer ratings than the rank.  Plain als (l2 = 0, the
+    # default solver) used to stop DIVERGED silently; now it stays finite and names the fix.
+    rng = np.random.default_rng(0)
+    rows = ["user,item,rating"] + [f"{u},{i},{rng.integers(1, 6)}" for u in range(30) for i in range(20)
+                                   if rng.random() < (0.1 if u < 5 or i < 3 else 0.6)]
+    (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
+    code, out, err = _run(capsys, "fit", tmp_path / "r.csv", "--rank", 4, "--max-iter", 30, "-q")
+    assert code == 0 and "DIVERGED" not in out, out
+    assert "note: als without a ridge penalty" in err and "-p l2=" in err
+    code, out, err = _run(capsys, "fit", tmp_path / "r.csv", "--rank", 4, "--max-iter", 30, "-q", "-p", "l2=1")
+    assert code == 0 and "note" not in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["fit", "{missing}", "--rank", "2"], "no such file"),
     (["fit", "{npy}", "--rank", "2", "--solver", "newton"], "unknown solver 'newton'; available: adam"),
