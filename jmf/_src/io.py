@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .data import Dense, Sparse
+from .data import Dense, Sparse, _check_fits
 from .factors import Factors
 
 __all__ = [
@@ -339,6 +339,7 @@ def load_matrix(path, *, format: str = "auto", dtype=np.float32):
             raise ValueError(f"{path!r} is not a readable Matrix Market file: {exc}") from None
         if sp.issparse(m):
             coo = m.tocoo()
+            _check_fits(coo.data, dtype, repr(path), _RANGE_HINT)
             info.update(kind="sparse", shape=tuple(coo.shape), nnz=int(coo.nnz))
             data = Sparse(coo.row, coo.col, coo.data.astype(dtype), coo.shape, duplicates="sum")
             return data, info
@@ -372,11 +373,15 @@ def load_matrix(path, *, format: str = "auto", dtype=np.float32):
     return _dense_from_array(arr, path, dtype, info)
 
 
+_RANGE_HINT = "rescale the data (or read it with load_matrix(..., dtype=np.float64) with JAX's x64 mode on)"
+
+
 def _dense_from_array(arr: np.ndarray, path: str, dtype, info: dict):
     if arr.dtype.kind not in "fiub":
         raise ValueError(f"{path!r} holds a {arr.dtype} array; expected numbers")
     if arr.ndim != 2:
         raise ValueError(f"{path!r} holds an array of shape {arr.shape}; expected a 2-D matrix")
+    _check_fits(arr, dtype, repr(path), _RANGE_HINT)
     arr = arr.astype(dtype)
     missing = int(np.isnan(arr).sum()) if arr.dtype.kind == "f" else 0
     info.update(kind="dense", shape=tuple(arr.shape), nnz=int(arr.size - missing), missing=missing)
@@ -391,6 +396,7 @@ def _load_npz_matrix(path: str, dtype, info: dict):
                 import scipy.sparse as sp
 
                 m = sp.load_npz(path).tocoo()
+                _check_fits(m.data, dtype, repr(path), _RANGE_HINT)
                 info.update(kind="sparse", shape=tuple(m.shape), nnz=int(m.nnz))
                 return Sparse(m.row, m.col, m.data.astype(dtype), m.shape, duplicates="sum"), info
             names = [f for f in files if f != _META]
