@@ -82,6 +82,9 @@ __all__ = [
     "register_dataset",
     "DATASETS",
     "ResultsWriter",
+    "plan",
+    "PlannedCell",
+    "solver_parameters",
 ]
 
 #: Solver names tried by :func:`available_solvers`; any other factory in
@@ -375,6 +378,10 @@ def make_dataset(spec: Mapping) -> PreparedData:
     -------
     PreparedData
     """
+    return _make_dataset(spec)
+
+
+def _make_dataset(spec: Mapping, svd: bool = True) -> PreparedData:
     config = _dataset_config(spec)
     seed = int(config.get("seed", 0))
     key = jax.random.key(seed)
@@ -444,7 +451,7 @@ def make_dataset(spec: Mapping) -> PreparedData:
         w = None if weights is None or np.all(weights[sel] == 1) else weights[sel].astype(dtype)
         train = Sparse(rows[sel], cols[sel], vals[sel].astype(dtype), shape, weights=w)
     sv = None
-    if dense is not None and full and shape[0] * shape[1] * min(shape) <= 4e9:  # a few seconds at most
+    if svd and dense is not None and full and shape[0] * shape[1] * min(shape) <= 4e9:  # a few seconds at most
         sv = np.linalg.svd(dense, compute_uv=False)
     info.update(shape=list(shape), n_observed=int(keep.sum()), n_test=0 if test is None else int(len(test[0])))
     return PreparedData(config["name"], config, train, test, _jsonable(info), sv)
@@ -1006,6 +1013,68 @@ def _compatibility(solver, data) -> Optional[str]:
     return None
 
 
+class PlannedCell(NamedTuple):
+    """What :func:`run` will do with one cell: ``todo`` fits to run, ``done`` already in the results, ``skipped``."""
+
+    cell: Cell
+    todo: int
+    done: int
+    skipped: int
+    reason: Optional[str] = None
+
+
+def _as_experiment(experiment) -> "Experiment":
+    if isinstance(experiment, (str, os.PathLike)):
+        experiment, _ = load_config(experiment)
+    elif isinstance(experiment, Mapping):
+        experiment = Experiment.from_dict(experiment)
+    if not isinstance(experiment, Experiment):
+        raise TypeError(f"experiment must be an Experiment, a dict or a TOML path, got {type(experiment).__name__}")
+    return experiment
+
+
+def _check_ranks_fit(cell: Cell, data: PreparedData) -> None:
+    too_big = [r for r in cell.ranks if r > min(data.train.shape)]
+    if too_big:
+        raise ValueError(f"ranks {too_big} exceed min(m, n) = {min(data.train.shape)} "
+                         f"of dataset {data.name!r} {data.train.shape}")
+
+
+def plan(experiment, results=None) -> list[PlannedCell]:
+    """What :func:`run` would do, cell by cell, without fitting anything.
+
+    Every dataset is generated (or read) once, as :func:`run` does, so the
+    problems :func:`run` would only meet on the way -- a missing or unreadable
+    file, a rank larger than a dataset, a solver that cannot fit a dataset
+    (skipped) -- are known before any fit starts.  Rows already in
+    ``results`` count as ``done``.
+
+    Raises
+    ------
+    ValueError, TypeError, FileNotFoundError
+        For an invalid experiment or dataset, or ranks that exceed a dataset's shape.
+    """
+    experiment = _as_experiment(experiment)
+    cells = experiment.cells()
+    have = {r.get("id") for r in read_rows(results)} if results is not None else set()
+    out, prepared = [], {}
+    for cell in cells:
+        ids = [rid for _, _, rid in cell.row_ids()]
+        done = sum(rid in have for rid in ids)
+        dkey = json.dumps(cell.dataset_config, sort_keys=True)
+        if dkey not in prepared:
+            prepared.clear()  # cells are dataset-major: keep one dataset in memory
+            prepared[dkey] = _make_dataset(cell.dataset, svd=False)
+        data = prepared[dkey]
+        problem = _compatibility(make_solver(cell.solver, **cell.params), data.train)
+        if problem is not None:
+            out.append(PlannedCell(cell, 0, done, len(ids) - done, problem))
+            continue
+        _check_ranks_fit(cell, data)
+        out.append(PlannedCell(cell, len(ids) - done, done, 0))
+    return out
+
+
 def run(
     experiment,
     results="results.jsonl",
@@ -1041,12 +1110,7 @@ def run(
     pandas.DataFrame
         The rows of this experiment found in ``results`` (see :func:`load_results`).
     """
-    if isinstance(experiment, (str, os.PathLike)):
-        experiment, _ = load_config(experiment)
-    elif isinstance(experiment, Mapping):
-        experiment = Experiment.from_dict(experiment)
-    if not isinstance(experiment, Experiment):
-        raise TypeError(f"experiment must be an Experiment, a dict or a TOML path, got {type(experiment).__name__}")
+    experiment = _as_experiment(experiment)
     if on_incompatible not in ("skip", "error"):
         raise ValueError(f"on_incompatible must be 'skip' or 'error', got {on_incompatible!r}")
     cells = experiment.cells()  # validates everything before any compute
@@ -1089,10 +1153,7 @@ def run(
                 # Refit the whole cell even if only some rows are missing: the same shapes as the first
                 # attempt hit the compilation caches (in-process and JAX's persistent cache).
                 ranks = cell.ranks
-                too_big = [r for r in ranks if r > min(data.train.shape)]
-                if too_big:
-                    raise ValueError(f"ranks {too_big} exceed min(m, n) = {min(data.train.shape)} "
-                                     f"of dataset {data.name!r} {data.train.shape}")
+                _check_ranks_fit(cell, data)
                 rows, (factors, _) = _run_cell(cell, data, solver, ranks)
                 todo_ids = {t[2] for t in todo}
                 for row in rows:
