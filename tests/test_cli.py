@@ -175,7 +175,7 @@ def test_bad_inputs_exit_2_with_one_line(capsys, tmp_path, argv, message):
     (None, None, "ranks = [50]", "ranks [50] exceed min(m, n) = 12"),
     ('kind = "file"\npath = "missing.csv"', None, None, "no such file"),
     ('kind = "file"\npath = "nan.csv"', None, None, "entirely NaN"),
-    (None, None, "ranks = [1]\nmax_iter = -1", "max_iter must be an int >= 1, got -1"),
+    (None, None, "ranks = [1]\nmax_iter = -1", "max_iter must be >= 1, got -1"),
     (None, 'solver = "adam"\nlearning_rate = "fast"', None, "adam: learning_rate must be a float, got 'fast'"),
 ])
 @pytest.mark.parametrize("dry_run", [True, False])

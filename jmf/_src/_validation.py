@@ -84,14 +84,15 @@ def check_float(value, name: str, *, owner: Optional[str] = None, lo: Optional[f
     if hi is not None and (v >= hi if hi_open else v > hi):
         bad = True
     if bad:
-        parts = []
-        if lo is not None:
-            parts.append(f"{'>' if lo_open else '>='} {lo:g}")
-        if hi is not None:
-            parts.append(f"{'<' if hi_open else '<='} {hi:g}")
-        rng = " and ".join(parts)
-        raise ValueError(f"{_who(name, owner)} must be a {'finite ' if finite else ''}number"
-                         f"{' ' + rng if rng else ''}, got {value!r}")
+        if lo is not None and hi is not None:
+            rng = f" in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        elif lo is not None:
+            rng = f" {'>' if lo_open else '>='} {lo:g}"
+        elif hi is not None:
+            rng = f" {'<' if hi_open else '<='} {hi:g}"
+        else:
+            rng = ""
+        raise ValueError(f"{_who(name, owner)} must be a {'finite ' if finite else ''}number{rng}, got {value!r}")
     return v
 
 
@@ -126,7 +127,7 @@ def check_int(value, name: str, owner: Optional[str] = None, *, lo: Optional[int
         raise TypeError(f"{_who(name, owner)} must be an int{' or None' if none_ok else ''}, got {_got(value)}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         rng = f">= {lo}" if hi is None else (f"<= {hi}" if lo is None else f"in [{lo}, {hi}]")
-        raise ValueError(f"{_who(name, owner)} must be an int {rng}, got {value!r}")
+        raise ValueError(f"{_who(name, owner)} must be {rng}, got {value!r}")
     return int(value)
 
 
@@ -147,8 +148,7 @@ def check_choice(value, name: str, choices: Iterable, owner: Optional[str] = Non
     except TypeError:  # unhashable / incomparable
         ok = False
     if not ok:
-        raise ValueError(f"{_who(name, owner)} must be one of {', '.join(repr(c) for c in choices)}, "
-                         f"got {value!r}")
+        raise ValueError(f"{_who(name, owner)} must be one of {list(choices)}, got {value!r}")
     return value
 
 
