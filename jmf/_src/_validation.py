@@ -108,6 +108,8 @@ def check_positive_float(value, name: str, owner: Optional[str] = None, *, none_
 
 def check_fraction(value, name: str, owner: Optional[str] = None) -> float:
     """A float in ``[0, 1)`` (e.g. a share of entries to hold out)."""
+    if is_real(value) and not 0 <= float(value) < 1:
+        raise ValueError(f"{_who(name, owner)} must be a fraction in [0, 1), got {value!r}")
     return check_float(value, name, owner=owner, lo=0.0, hi=1.0, hi_open=True)
 
 

@@ -63,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._validation import check_int, check_tol, numpy_rng
+from ._validation import check_fraction, check_int, check_tol, numpy_rng
 from .data import Dense, Sparse
 
 __all__ = [
@@ -296,12 +296,6 @@ def register_dataset(kind: str, generator: Callable) -> None:
     DATASETS[kind] = generator
 
 
-def _check_fraction(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
-        raise ValueError(f"dataset option {name} must be a fraction in [0, 1), got {value!r}")
-    return float(value)
-
-
 def _fingerprint(data) -> str:
     h = hashlib.sha1()
     for leaf in jax.tree_util.tree_leaves(data):
@@ -338,11 +332,11 @@ def _dataset_config(spec: Mapping) -> dict:
             raise ValueError(f"bad parameters for dataset kind {kind!r}: {exc}") from None
     for opt in ("missing", "holdout"):
         if opt in spec:
-            spec[opt] = _check_fraction(spec[opt], opt)
+            spec[opt] = check_fraction(spec[opt], f"dataset option {opt}")
     if "dtype" in spec and spec["dtype"] not in ("float32", "float64"):
         raise ValueError(f"dataset option dtype must be 'float32' or 'float64', got {spec['dtype']!r}")
-    if "seed" in spec and (isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int)):
-        raise ValueError(f"dataset option seed must be an int, got {spec['seed']!r}")
+    if "seed" in spec:
+        spec["seed"] = check_int(spec["seed"], "dataset option seed", lo=None)
     if "name" not in spec:
         extras = {k: v for k, v in spec.items() if k not in ("kind",)}
         spec["name"] = kind + (("-" + "-".join(f"{k}{v}" for k, v in sorted(extras.items()))) if extras else "")
@@ -596,11 +590,10 @@ class Experiment:
             if "solver" not in s:
                 raise ValueError(f"solvers[{i}] has no 'solver' name: {s}")
         self.ranks = _check_ranks(self.ranks)
-        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
-            raise ValueError(f"restarts must be a positive int, got {self.restarts!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
-        self.fit_options({})  # max_iter, tol, check_every: refuse e.g. tol = "abc" now
+        self.restarts = check_int(self.restarts, "restarts")
+        self.seed = check_int(self.seed, "seed", lo=None)
+        opts = self.fit_options({})  # max_iter, tol, check_every: refuse e.g. tol = "abc" now
+        self.max_iter, self.tol, self.check_every = opts["max_iter"], opts["tol"], opts["check_every"]
 
     @classmethod
     def from_dict(cls, config: Mapping) -> "Experiment":
