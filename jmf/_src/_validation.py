@@ -43,7 +43,7 @@ def _got(value) -> str:
 
 
 def is_real(value) -> bool:
-    """A real scalar (Python or numpy, or a 0-d numpy array), not a bool."""
+    """A real scalar (Python, numpy, or a 0-d numpy or concrete jax array), not a bool."""
     if isinstance(value, (bool, np.bool_)):
         return False
     if isinstance(value, np.ndarray) or _is_concrete_jax_scalar(value):
@@ -70,7 +70,7 @@ def is_int(value) -> bool:
 
 def check_float(value, name: str, *, owner: Optional[str] = None, lo: Optional[float] = None,
                 lo_open: bool = False, hi: Optional[float] = None, hi_open: bool = False,
-                none_ok: bool = False, finite: bool = True) -> Optional[float]:
+                none_ok: bool = False) -> Optional[float]:
     """``value`` as a Python float in the given interval (``None`` passes with ``none_ok``)."""
     if value is None and none_ok:
         return None
@@ -78,7 +78,7 @@ def check_float(value, name: str, *, owner: Optional[str] = None, lo: Optional[f
         what = "a float" + (" or None" if none_ok else "")
         raise TypeError(f"{_who(name, owner)} must be {what}, got {_got(value)}")
     v = float(value)
-    bad = math.isnan(v) or (finite and math.isinf(v))
+    bad = not math.isfinite(v)
     if lo is not None and (v <= lo if lo_open else v < lo):
         bad = True
     if hi is not None and (v >= hi if hi_open else v > hi):
@@ -92,7 +92,7 @@ def check_float(value, name: str, *, owner: Optional[str] = None, lo: Optional[f
             rng = f" {'<' if hi_open else '<='} {hi:g}"
         else:
             rng = ""
-        raise ValueError(f"{_who(name, owner)} must be a {'finite ' if finite else ''}number{rng}, got {value!r}")
+        raise ValueError(f"{_who(name, owner)} must be a finite number{rng}, got {value!r}")
     return v
 
 
