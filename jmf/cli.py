@@ -53,23 +53,92 @@ penalty); missing entries are ignored, never treated as zeros.
 """
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        low = text.lower()
-        if low in ("none", "null"):
-            return None
-        return text
-
-
 def _param(text: str):
+    """``KEY=VALUE`` as (key, raw text); the value is parsed once the solver, hence its type, is known."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     if not key.isidentifier():
         raise argparse.ArgumentTypeError(f"{key!r} is not a valid hyperparameter name")
-    return key, _parse_value(value)
+    return key, value
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _declared_types(param) -> tuple[set, bool]:
+    """The scalar types a factory parameter declares (annotation, else its default) and whether None is allowed."""
+    import re
+
+    ann = param.annotation
+    ann = "" if ann is param.empty else ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+    kinds = {k for k in ("bool", "int", "float", "str") if re.search(rf"\b{k}\b", ann)}
+    default = param.default
+    if not kinds and default is not param.empty and default is not None and type(default) in (bool, int, float, str):
+        kinds = {type(default).__name__}
+    none_ok = default is None or "Optional" in ann or re.search(r"\bNone\b", ann) is not None
+    return kinds, none_ok
+
+
+def _parse_param(key: str, text: str, param):
+    """Parse ``-p key=text`` by the declared type of the hyperparameter.
+
+    bool: true/false/1/0/yes/no/on/off; int; float; None/null only where the
+    default is None.  A JSON list gives a pair (``l2=[0.1,0.2]``).  A word
+    that is not a number stays a string for the factory to judge
+    (``inner=auto`` is valid, ``learning_rate=fast`` is refused there).
+    """
+    kinds, none_ok = _declared_types(param)
+    low = text.strip().lower()
+    where = f"-p {key}={text}"
+    if low in ("none", "null"):
+        if not none_ok:
+            raise UsageError(f"{where}: {key} does not accept None")
+        return None
+    if "bool" in kinds:
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise UsageError(f"{where}: expected a bool (true/false, 1/0, yes/no)")
+    if text.strip().startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise UsageError(f"{where}: not a valid list such as [0.1, 0.2]") from None
+    if "int" in kinds or "float" in kinds:
+        try:
+            return int(text) if "int" in kinds and "float" not in kinds else float(text)
+        except ValueError:
+            pass
+        try:
+            float(text)
+        except ValueError:
+            return text  # e.g. inner=auto, beta=kullback-leibler
+        raise UsageError(f"{where}: expected an int")
+    if kinds == {"str"}:
+        return text
+    try:  # undeclared type (e.g. bias_l2=None): a JSON number, list or bool, else the string
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _solver_params(name: str, pairs) -> dict:
+    """Typed hyperparameters of solver ``name`` from ``-p`` pairs; unknown keys and bad values are usage errors."""
+    import jmf.experiments as E
+
+    try:
+        declared = E.solver_parameters(name)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+    params = {}
+    for key, text in pairs:
+        if key not in declared:
+            raise UsageError(f"bad hyperparameters for solver {name!r}: unknown {key!r} "
+                             f"(accepted: {', '.join(declared)})")
+        params[key] = _parse_param(key, text, declared[key])
+    return params
 
 
 def _tol(text: str):
@@ -81,6 +150,16 @@ def _tol(text: str):
         raise argparse.ArgumentTypeError(f"tol must be a number or 'none', got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"tol must be >= 0, got {text!r}")
+    return value
+
+
+def _seed(text: str):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2**63:  # jax.random.key overflows beyond 64 bits
+        raise argparse.ArgumentTypeError(f"the seed must be in [0, 2**63), got {text}")
     return value
 
 
@@ -104,9 +183,17 @@ def _fraction(text: str):
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other error of the command."""
+
+    def error(self, message):
+        _print_error(self.prog, message)
+        self.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jmf", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="jmf", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the versions of jmf and JAX, and the devices")
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
 
@@ -129,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="iterations between loss checks (default 10)")
     fit.add_argument("--init", default="random",
                      help="initializer: random (default), normal, uniform, svd, nndsvd, ...")
-    fit.add_argument("--seed", type=int, default=0, help="random seed of the initialization (default 0)")
+    fit.add_argument("--seed", type=_seed, default=0, help="random seed of the initialization (default 0)")
     fit.add_argument("--biases", action="store_true",
                      help="also fit row and column biases and a global offset (ratings)")
     fit.add_argument("--holdout", type=_fraction, default=0.0, metavar="F",
@@ -191,8 +278,13 @@ class UsageError(Exception):
     """A problem with the user's input: reported in one line, exit status 2."""
 
 
+def _print_error(prog: str, message: str) -> None:
+    one_line = " ".join(str(message).split())  # messages quoting files or TOML may hold newlines
+    print(f"{prog}: error: {one_line} (see '{prog} --help')", file=sys.stderr)
+
+
 def _fail(parser: argparse.ArgumentParser, message: str) -> int:
-    print(f"{parser.prog}: error: {message}\n(see '{parser.prog} --help')", file=sys.stderr)
+    _print_error(parser.prog, message)
     return 2
 
 
@@ -211,7 +303,7 @@ def _cmd_fit(args, parser) -> int:
     from jmf._src.experiments import _member_metrics
 
     name = args.solver or _default_solver()
-    params = dict(args.param)
+    params = _solver_params(name, args.param)
     if args.biases:
         params.setdefault("biases", True)
     try:
@@ -238,12 +330,21 @@ def _cmd_fit(args, parser) -> int:
         jmf.init.get_initializer(args.init)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"--init: {exc}") from None
-    prepared = E.make_dataset({"name": os.path.basename(args.file), "data": data, "holdout": args.holdout})
+    if info.get("duplicates"):
+        print(f"note: {info['duplicates']} duplicate ratings (same user and item) in {args.file} were merged, "
+              "keeping the last one", file=sys.stderr)
+    try:
+        prepared = E.make_dataset({"name": os.path.basename(args.file), "data": data, "holdout": args.holdout})
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--holdout {args.holdout}: {exc}" if args.holdout else str(exc)) from None
     from jmf._src.experiments import _compatibility
 
     problem = _compatibility(solver, prepared.train)
     if problem is not None:
         raise UsageError(f"solver {name!r} cannot fit this data: {problem}")
+    note = _underdetermined(name, params, prepared.train, args.rank)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
     label = name + ("(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")
     if not args.json:
@@ -295,36 +396,81 @@ def _cmd_fit(args, parser) -> int:
     return 1 if res.status_name == "DIVERGED" else 0
 
 
+def _underdetermined(name: str, params: dict, data, rank: int) -> Optional[str]:
+    """A warning when plain ALS (no ridge) fits rows or columns that observe fewer entries than the rank.
+
+    Their normal equations are singular: the solver stays finite (a rounding-level floor), but
+    those factors are fitted to nothing, which shows as a training error far below the
+    held-out one -- or, before the floor, as a silent DIVERGED.
+    """
+    import numpy as np
+
+    from jmf._src.data import Dense
+
+    l2 = params.get("l2", 0.0)  # already checked by the solver factory: a number or a pair
+    if name != "als" or any(v > 0 for v in (l2 if isinstance(l2, (list, tuple)) else [l2])):
+        return None
+    if isinstance(data, Dense):
+        if data.weights is None:
+            return None
+        w = np.asarray(data.weights) > 0
+        per_row, per_col = w.sum(axis=1), w.sum(axis=0)
+    else:
+        live = np.ones(data.nnz, bool) if data.weights is None else np.asarray(data.weights) > 0
+        per_row = np.bincount(np.asarray(data.rows)[live], minlength=data.shape[0])
+        per_col = np.bincount(np.asarray(data.cols)[live], minlength=data.shape[1])
+    rows, cols = int((per_row < rank).sum()), int((per_col < rank).sum())
+    if not rows and not cols:
+        return None
+    return (f"als without a ridge penalty: {rows} rows and {cols} columns have fewer observed entries than "
+            f"rank {rank}, so their factors are not determined by the data (overfitting, or a singular "
+            "solve); add a penalty, e.g. -p l2=1")
+
+
 def _cmd_experiment(args, parser) -> int:
     import jmf.experiments as E
 
     try:
         exp, options = E.load_config(args.config)
-        cells = exp.cells()
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{args.config}: {exc}") from None
     out = args.out or options.get("out") or os.path.join("results", exp.name)
-    n_fits = sum(len(c.ranks) * c.restarts for c in cells)
-    print(f"experiment {exp.name!r}: {len(cells)} cells (dataset x solver x hyperparameters), {n_fits} fits "
-          f"-> {os.path.join(out, 'results.jsonl')}")
+    results = os.path.join(out, "results.jsonl")
+    # Build every solver and every dataset now (no fitting): what cannot run fails here, before
+    # the first fit, and the header says what will run and what will be skipped.
+    try:
+        planned = E.plan(exp, results)
+    except (ValueError, TypeError, OSError) as exc:
+        raise UsageError(f"{args.config}: {exc}") from None
+    todo, done, skipped = (sum(getattr(p, k) for p in planned) for k in ("todo", "done", "skipped"))
+    total = todo + done + skipped
+    print(f"experiment {exp.name!r}: {len(planned)} cells (dataset x solver x hyperparameters), {total} fits: "
+          f"{todo} to run, {done} already done, {skipped} skipped -> {results}")
+    for p in planned:
+        if p.reason is not None:
+            print(f"  skipping {p.cell.label} on {p.cell.dataset_config['name']}: {p.reason}")
     if args.dry_run:
-        for c in cells:
-            print(f"  {c.dataset_config['name']:<40} {c.label:<36} ranks {list(c.ranks)} x {c.restarts} restarts")
+        for p in planned:
+            c = p.cell
+            state = "skip" if p.reason else f"{p.todo} to run" + (f", {p.done} done" if p.done else "")
+            print(f"  {c.dataset_config['name']:<40} {c.label:<36} ranks {list(c.ranks)} x {c.restarts} restarts"
+                  f"  ({state})")
         return 0
     if args.compile_cache:
         import jax
 
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    results = os.path.join(out, "results.jsonl")
     factors_dir = os.path.join(out, "factors") if (args.factors or options.get("factors")) else None
     try:
-        df = E.run(exp, results, factors_dir=factors_dir, progress=not args.quiet,
-                   log=lambda msg: print("note:", msg, file=sys.stderr))
+        # Skips were listed with the header; the run does not repeat them.
+        df = E.run(exp, results, factors_dir=factors_dir, progress=not args.quiet, log=lambda msg: None)
     except RuntimeError as exc:  # another run holds the results file
         raise UsageError(str(exc)) from None
+    except (ValueError, TypeError, OSError) as exc:  # what only shows while running
+        raise UsageError(f"{args.config}: {exc}") from None
     import pandas as pd
 
     summ = E.summary(df)

@@ -8,6 +8,7 @@ from jmf._src.experiments import (
     DEFAULT_PARAMS,
     Cell,
     Experiment,
+    PlannedCell,
     PreparedData,
     ResultsWriter,
     available_solvers,
@@ -16,13 +17,15 @@ from jmf._src.experiments import (
     make_dataset,
     make_solver,
     markdown_table,
+    plan,
     read_rows,
     register_dataset,
     restart_keys,
     run,
+    solver_parameters,
     summary,
 )
 
 __all__ = ["Experiment", "Cell", "PreparedData", "run", "load_config", "read_rows", "load_results", "summary",
            "markdown_table", "make_solver", "available_solvers", "make_dataset", "register_dataset",
-           "restart_keys", "DATASETS", "DEFAULT_PARAMS", "ResultsWriter"]
+           "restart_keys", "DATASETS", "DEFAULT_PARAMS", "ResultsWriter", "plan", "PlannedCell", "solver_parameters"]

@@ -42,7 +42,6 @@ Dense fits (NMF, MatrixFactorization) are not padded: they match
 from __future__ import annotations
 
 import functools
-import numbers
 import warnings
 import numpy as np
 
@@ -66,6 +65,7 @@ import jax.numpy as jnp
 import scipy.sparse as sp
 
 import jmf
+from jmf._src._validation import check_choice, check_float, check_int, is_int as _is_int, is_real as _is_real
 
 __all__ = [
     "NMF",
@@ -82,44 +82,24 @@ _BETA_NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
 # -- parameter validation (at fit, never in __init__) ---------------------------------
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+# The checks themselves live in jmf._src._validation; these read the estimator's attribute and
+# name the estimator in the message.
 
 
 def _check_int(est, name, lo, hi=None, none_ok=False):
-    v = getattr(est, name)
-    if v is None and none_ok:
-        return None
-    if not _is_int(v):
-        raise TypeError(f"{type(est).__name__}: {name} must be an int, got {v!r} ({type(v).__name__})")
-    if v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{type(est).__name__}: {name} must be {rng}, got {v!r}")
-    return int(v)
+    return check_int(getattr(est, name), name, type(est).__name__, lo=lo, hi=hi, none_ok=none_ok)
 
 
 def _check_real(est, name, lo=0.0, hi=None, none_ok=False, value=None):
     v = getattr(est, name) if value is None else value
-    if v is None and none_ok:
-        return None
-    if not _is_real(v):
-        raise TypeError(f"{type(est).__name__}: {name} must be a real number, got {v!r} ({type(v).__name__})")
-    v = float(v)
-    if not np.isfinite(v) or v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{type(est).__name__}: {name} must be a finite number {rng}, got {v!r}")
-    return v
+    return check_float(v, name, owner=type(est).__name__, lo=lo, hi=hi, none_ok=none_ok)
 
 
 def _check_choice(est, name, choices):
     v = getattr(est, name)
-    if not isinstance(v, str) or v not in choices:
+    if not isinstance(v, str):
         raise ValueError(f"{type(est).__name__}: {name} must be one of {sorted(choices)}, got {v!r}")
-    return v
+    return check_choice(v, name, sorted(choices), type(est).__name__)
 
 
 def _check_verbose(est):

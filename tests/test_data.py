@@ -1,5 +1,7 @@
 """Data containers: construction, validation, pytree behaviour."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,6 +141,8 @@ def test_sparse_duplicates_policies():
         ([0], [0], ["x"], (3, 3), TypeError, "numeric"),
         ([0], [0], [1.0], (0, 3), ValueError, "positive"),
         ([0], [0], [1.0], (3,), ValueError, "pair"),
+        ([0], [0], [1.0], (3.7, 3.2), TypeError, "pair \\(m, n\\) of ints"),  # was truncated to (3, 3)
+        ([0], [0], [1.0], ("3", 3), TypeError, "of ints"),
         ([[0]], [[0]], [[1.0]], (3, 3), ValueError, "1-D"),
     ],
 )
@@ -222,3 +226,54 @@ def test_factors_predict_dense_and_entries():
     np.testing.assert_allclose(f.predict(rows, cols), full[rows, cols], rtol=1e-12)
     with pytest.raises(ValueError, match="both rows and cols"):
         f.predict(rows=rows)
+
+
+# -- dtypes and scales that fail quietly in compiled code ----------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16])
+def test_half_precision_is_refused(dtype):
+    A = np.ones((3, 2), dtype)
+    # float16 was accepted and crashed inside jaxlib after compiling; bfloat16 was "not numeric".
+    for build in (lambda: jmf.Dense(A), lambda: jmf.Sparse([0, 1], [0, 1], A[:2, 0], (3, 2)),
+                  lambda: jmf.fit(A, jmf.solvers.als(), rank=1, key=0)):
+        with pytest.raises(TypeError, match="float16/bfloat16 are not supported: use float32 or float64"):
+            build()
+
+
+@pytest.mark.parametrize("scale, match", [(1e20, "too large for float32: squared errors overflow"),
+                                          (1e-20, "too small for float32: squared errors underflow")])
+def test_float32_data_whose_squares_overflow_or_underflow_is_refused(scale, match):
+    A = (np.random.default_rng(0).standard_normal((6, 5)) * scale).astype(np.float32)
+    r, c = np.nonzero(np.ones_like(A))
+    for build in (lambda: jmf.Dense(A), lambda: jmf.Sparse(r, c, A[r, c], A.shape),
+                  lambda: jmf.fit(A, jmf.solvers.svd(), rank=2, key=0, progress=False)):  # fails before compute
+        with pytest.raises(ValueError, match=match) as info:
+            build()
+        assert "rescale the data" in str(info.value) and "jax_enable_x64" in str(info.value)
+    jmf.Dense((A / scale).astype(np.float32))  # ordinary scales pass
+    jmf.Dense(A.astype(np.float64))  # float64 has the range
+    # Only observed entries count (a huge value behind weight 0 is never fitted), and exact zeros are ignored.
+    B = np.ones((3, 3), np.float32)
+    B[0, 0] = 1e30
+    jmf.Dense(B, weights=(B < 10).astype(np.float32))
+    jmf.Dense(np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match="float64"):
+        jmf.Dense(np.full((2, 2), 1e160))
+
+
+def test_float64_input_without_x64(monkeypatch):
+    from jmf._src import data as D
+
+    monkeypatch.setattr(D, "_warned_x64", False)
+    A = np.random.default_rng(0).standard_normal((4, 3))
+    with jax.enable_x64(False):
+        with pytest.warns(UserWarning, match=r'jax.config.update\("jax_enable_x64", True\)'):
+            assert jmf.Dense(A).dtype == np.float32
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once per process
+            jmf.Sparse([0], [0], A[0, :1], (4, 3))
+        A[0, 0] = 1e300
+        with pytest.raises(ValueError, match="beyond float32's range") as info:  # was "contains 1 inf"
+            jmf.Dense(A)
+        assert "inf" not in str(info.value)

@@ -112,6 +112,55 @@ def test_download_rejects_wrong_digest(tmp_path):
     assert (tmp_path / "out.bin").read_bytes() == b"hello"
 
 
+@pytest.mark.parametrize("bad, exc, match", [("", ValueError, "sha256 is empty"),
+                                              ("abc", ValueError, "64 hex characters"),
+                                              (True, TypeError, "sha256 must be")])
+def test_empty_digest_is_an_error_not_no_check(tmp_path, monkeypatch, bad, exc, match):
+    """sha256="" used to skip the verification silently; only None means "no checksum"."""
+    import sys
+
+    from jmf.datasets import download
+
+    def no_network(*a, **k):
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(sys.modules["jmf._src.datasets.movielens"], "download", no_network)
+    if bad is not True:  # movielens_path's True means "the pinned digest"
+        with pytest.raises(exc, match=match):
+            movielens_path("100k", cache=str(tmp_path), sha256=bad)
+    src = tmp_path / "payload.bin"
+    src.write_bytes(b"hello")
+    with pytest.raises(exc, match=match):
+        download(src.as_uri(), str(tmp_path / "out.bin"), sha256=bad)
+    assert not (tmp_path / "out.bin").exists()
+
+
+def _zip_with(tmp_path, text):
+    z = tmp_path / f"a{len(text)}.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("ml-100k/u.data", text)
+    return z
+
+
+def test_extract_never_replaces_user_data(tmp_path):
+    dest = tmp_path / "home"
+    (dest / "ml-100k").mkdir(parents=True)
+    (dest / "ml-100k" / "my-notes.txt").write_text("mine")  # a folder jmf did not write
+    with pytest.raises(FileExistsError, match="not extracted by jmf"):
+        extract_zip(str(_zip_with(tmp_path, "1\t1\t5\t0\n")), str(dest))  # used to delete the folder
+    assert (dest / "ml-100k" / "my-notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(dest)) == ["ml-100k"]  # no temporary folder left
+
+
+def test_extract_replaces_its_own_previous_extraction(tmp_path):
+    dest = tmp_path / "home"
+    extract_zip(str(_zip_with(tmp_path, "1\t1\t5\t0\n")), str(dest))
+    assert (dest / "ml-100k" / ".jmf-extracted").exists()
+    extract_zip(str(_zip_with(tmp_path, "1\t1\t5\t0\n2\t2\t4\t0\n")), str(dest))
+    assert (dest / "ml-100k" / "u.data").read_text().count("\n") == 2
+    assert sorted(os.listdir(dest)) == ["ml-100k"]
+
+
 @pytest.mark.parametrize("member", ["../evil.txt", "/abs/evil.txt", "a/../../evil.txt"])
 def test_extract_refuses_path_traversal(tmp_path, member):
     z = tmp_path / "bad.zip"

@@ -156,6 +156,56 @@ def test_toml_config(tmp_path):
         E.load_config(tmp_path / "typo.toml")
 
 
+_TOL_TOML = """
+name = "tol"
+ranks = [2]
+tol = 1e-6
+[[datasets]]
+kind = "low_rank"
+[[solvers]]
+solver = "adam"
+[[solvers]]
+solver = "als"
+tol = "none"
+"""
+
+
+def test_top_level_tol_reaches_solvers_without_their_own(tmp_path):
+    # A solver without its own tol used to get tol=None: every fit ran to max_iter, "converged 0".
+    (tmp_path / "tol.toml").write_text(_TOL_TOML)
+    as_dict = dict(name="tol", ranks=[2], tol=1e-6, datasets=[{"kind": "low_rank"}],
+                   solvers=[{"solver": "adam"}, {"solver": "als", "tol": "none"}])
+    for exp in (E.load_config(tmp_path / "tol.toml")[0], E.Experiment.from_dict(as_dict)):
+        tols = {c.solver: c.fit_options["tol"] for c in exp.cells()}
+        assert tols == {"adam": 1e-6, "als": None}
+    assert {c.fit_options["tol"] for c in E.Experiment.from_dict({**as_dict, "tol": None}).cells()} == {None}
+
+
+@pytest.mark.parametrize("where", ["top", "solver"])
+def test_bad_tol_is_refused(tmp_path, where):
+    text = _TOL_TOML.replace("tol = 1e-6", 'tol = "abc"') if where == "top" else _TOL_TOML.replace(
+        'tol = "none"', 'tol = "abc"')
+    (tmp_path / "bad.toml").write_text(text)
+    with pytest.raises(ValueError, match="tol must be a nonnegative finite float or None, got the string 'abc'"):
+        E.load_config(tmp_path / "bad.toml")[0].cells()
+    with pytest.raises(ValueError, match="max_iter"):
+        E.Experiment.from_dict(dict(name="x", datasets=[{"kind": "low_rank"}], solvers=["als"], max_iter=-1))
+
+
+def test_help_example_converges(tmp_path):
+    from jmf.cli import _EXAMPLE_TOML
+
+    toml = textwrap.dedent(_EXAMPLE_TOML.split("\n", 1)[1])  # drop the "example CONFIG.toml:" title
+    (tmp_path / "example.toml").write_text(toml)
+    exp, _ = E.load_config(tmp_path / "example.toml")
+    assert all(c.fit_options["tol"] == 1e-6 for c in exp.cells())
+    df = E.run(exp, tmp_path / "r.jsonl", progress=False)
+    converged = df.groupby("solver")["status"].apply(lambda s: (s == "CONVERGED").mean())
+    # Before the fix every fit ran to max_iter ("converged 0"); now most stop at the tolerance.
+    assert len(df) == 27 and (df["status"] != "DIVERGED").all()
+    assert (converged > 0).all() and (df["status"] == "CONVERGED").mean() > 0.5, converged
+
+
 def test_resume_skips_rows_and_repairs_torn_line(tmp_path):
     path = tmp_path / "r.jsonl"
     exp = _small(ranks=[1, 2])

@@ -222,11 +222,17 @@ def test_progress_bar_runs(rng, capsys):
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
-        (dict(rank=0), ValueError, "rank must be an int >= 1"),
+        (dict(rank=0), ValueError, "rank must be >= 1"),
         (dict(rank=9), ValueError, "out of range"),
-        (dict(rank=2.5), ValueError, "rank must be an int"),
+        (dict(rank=2.5), TypeError, "rank must be an int"),
         (dict(rank=2, key=None), TypeError, "key is required"),
         (dict(rank=2, key="seed"), TypeError, "key must be"),
+        (dict(rank=2, key=1.5), TypeError, "key must be"),
+        (dict(rank=2, key=np.array([1, 2, 3])), TypeError, r"key must be .* int64 array of shape \(3,\)"),
+        (dict(rank=2, key=jnp.array([1.0, 2.0])), TypeError, "key must be"),  # failed inside JAX
+        (dict(rank=2, key=jax.random.split(jax.random.key(0), 3)), TypeError, "single PRNG key"),
+        (dict(rank=2, key=2**70), ValueError, "does not fit in 64 bits"),  # was an OverflowError
+        (dict(rank=2, tol="abc"), TypeError, "tol must be"),
         (dict(rank=2, max_iter=0), ValueError, "max_iter"),
         (dict(rank=2, tol=-1.0), ValueError, "tol"),
         (dict(rank=2, check_every=0), ValueError, "check_every"),
@@ -234,6 +240,7 @@ def test_progress_bar_runs(rng, capsys):
         (dict(init=jmf.Factors(jnp.ones((3, 2)), jnp.ones((2, 5)))), ValueError, "init factors"),
         (dict(ranks=[2, 0]), ValueError, r"ranks\[i\]"),
         (dict(rank=2, keys=jnp.ones((3,))), ValueError, "keys must be"),
+        (dict(rank=2, keys=jnp.ones((3, 2))), TypeError, "keys must be"),  # float "keys" failed inside JAX
     ],
 )
 def test_fit_argument_errors(kwargs, exc, match):
@@ -244,6 +251,15 @@ def test_fit_argument_errors(kwargs, exc, match):
         kwargs.pop("key")
     with pytest.raises(exc, match=match):
         fn(A, jmf.solvers.adam(1e-2), progress=False, **kwargs)
+
+
+def test_numpy_tol_and_raw_uint32_key_are_accepted():
+    A = low_rank(np.random.default_rng(0), 6, 5, 2)
+    ref = jmf.fit(A, jmf.solvers.adam(1e-2), rank=2, key=3, max_iter=20, tol=1e-4, progress=False)
+    res = jmf.fit(A, jmf.solvers.adam(1e-2), rank=2, key=np.array([0, 3], np.uint32), max_iter=20,
+                  tol=np.float32(1e-4), progress=False)  # np.float32 tol was refused
+    np.testing.assert_array_equal(np.asarray(res.factors.W), np.asarray(ref.factors.W))
+    assert int(res.n_iter) == int(ref.n_iter)
 
 
 def test_solver_type_and_hyperparameter_errors():

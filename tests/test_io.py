@@ -130,6 +130,97 @@ def test_load_matrix_errors(tmp_path):
     np.save(tmp_path / "v.npy", np.ones(3))
     with pytest.raises(ValueError, match="2-D"):
         load_matrix(tmp_path / "v.npy")
-    (tmp_path / "h.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="non-numeric"):
+    (tmp_path / "h.csv").write_text("a,b\n1,2\n3,4,5\n")
+    with pytest.raises(ValueError, match="not a rectangular numeric table"):
         load_matrix(tmp_path / "h.csv")
+    (tmp_path / "empty.npy").write_bytes(b"")  # was a raw EOFError
+    with pytest.raises(ValueError, match="empty.npy.*not a readable .npy file"):
+        load_matrix(tmp_path / "empty.npy")
+    np.save(tmp_path / "big.npy", np.array([[1e300, 1.0]]))  # was "contains 1 inf values"
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        load_matrix(tmp_path / "big.npy")
+
+
+def test_dense_csv_header_is_skipped(tmp_path):
+    (tmp_path / "h.csv").write_text("# a comment\nalpha,beta,gamma\n1,2,3\n4,,6\n")  # was refused
+    data, info = load_matrix(tmp_path / "h.csv")
+    assert info["shape"] == (2, 3) and info["header"] == ["alpha", "beta", "gamma"] and info["missing"] == 1
+    np.testing.assert_array_equal(np.asarray(data.A), [[1, 2, 3], [4, 0, 6]])
+
+
+def test_duplicate_ratings_are_counted(tmp_path):
+    (tmp_path / "r.csv").write_text("user,item,rating\n1,1,4\n1,1,5\n2,1,3\n1,1,2\n")
+    data, info = load_matrix(tmp_path / "r.csv")
+    assert info["duplicates"] == 2 and data.nnz == 2
+    np.testing.assert_allclose(data.to_scipy().toarray(), [[2.0], [3.0]])  # the last one is kept
+
+
+def _corrupt(tmp_path, rng, how):
+    path = save_factors(tmp_path / "m.npz", _factors(rng, biases=True))
+    raw = bytearray(open(path, "rb").read())
+    if how == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif how == "empty":
+        raw = b""
+    else:  # a flipped byte inside W's data: zip's CRC catches it
+        raw[120] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "tampered", "empty"])
+def test_corrupt_npz_is_a_clear_value_error(tmp_path, rng, how):
+    path = _corrupt(tmp_path, rng, how)  # raised BadZipFile / EOFError
+    for load in (load_factors, load_result, load_matrix):
+        with pytest.raises(ValueError, match=r"m\.npz.*not a readable \.npz archive"):
+            load(path)
+
+
+@pytest.mark.parametrize("arrays, match", [
+    (dict(W=np.ones((5, 2)), H=np.ones((3, 4))), r"W \(5, 2\) and H \(3, 4\) do not form"),
+    (dict(W=np.ones(5), H=np.ones((2, 4))), "do not form"),
+    (dict(W=np.ones((5, 2)), H=np.ones((2, 4)), row_bias=np.ones(4)), r"row_bias has shape \(4,\); expected \(5,\)"),
+    (dict(W=np.ones((5, 2)), H=np.ones((2, 4)), col_bias=np.ones((4, 1))), "col_bias"),
+    (dict(W=np.ones((5, 2)), H=np.ones((2, 4)), offset=np.ones(2)), "offset"),
+    (dict(W=np.array([["a", "b"]]), H=np.ones((2, 4))), "expected numbers"),
+])
+def test_loaded_factor_shapes_are_checked(tmp_path, arrays, match):
+    np.savez(tmp_path / "f.npz", **arrays)
+    with pytest.raises(ValueError, match=match):
+        load_factors(tmp_path / "f.npz")
+
+
+def test_load_finds_the_npz_suffix_save_added(tmp_path, rng):
+    save_factors(tmp_path / "x", _factors(rng))  # writes x.npz
+    assert load_factors(tmp_path / "x").W.shape == (5, 2)  # was "no such file"
+    save_result(tmp_path / "r", jmf.fit(np.eye(3), jmf.solvers.svd(), rank=1, key=0, progress=False))
+    assert load_result(tmp_path / "r").factors.W.shape == (3, 1)
+
+
+def test_saved_files_follow_the_umask(tmp_path, rng):
+    old = os.umask(0o022)
+    try:
+        path = save_factors(tmp_path / "u.npz", _factors(rng))
+        assert os.stat(path).st_mode & 0o777 == 0o644  # was 0o600 (mkstemp)
+        os.umask(0o077)
+        path = save_factors(tmp_path / "v.npz", _factors(rng))
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_stale_temp_files_of_a_killed_save_are_removed(tmp_path, rng):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has exited
+    stale = tmp_path / f".m.npz.tmp-{pid}-0123abcd"
+    live = tmp_path / f".m.npz.tmp-{os.getppid()}-0123abcd"  # a live process: maybe still writing
+    other = tmp_path / f".other.npz.tmp-{pid}-0123abcd"  # another target's
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    save_factors(tmp_path / "m.npz", _factors(rng))
+    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.npz", live.name, other.name])
+

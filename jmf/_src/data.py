@@ -19,11 +19,14 @@ transformations (``tree_unflatten``) skips validation.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ._validation import is_int
 
 __all__ = ["Dense", "Sparse", "as_data", "stack"]
 
@@ -34,16 +37,85 @@ def _is_tracer(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+_HALF = (np.dtype(np.float16), np.dtype(jnp.bfloat16))
+
+
+def _check_not_half(dtype, name: str) -> None:
+    # float16 was accepted and then crashed inside jaxlib after compiling, and bfloat16 was refused
+    # as "not numeric"; neither has the range for squared errors or the precision for the solves.
+    if np.dtype(dtype) in _HALF:
+        raise TypeError(f"{name} has dtype {np.dtype(dtype)}: float16/bfloat16 are not supported: "
+                        "use float32 or float64")
+
+
 def _float_dtype(dtype) -> np.dtype:
     """Floating dtype used to store values of ``dtype`` (ints/bools become the default float)."""
     dtype = np.dtype(dtype)
-    if dtype.kind == "f" or dtype == jnp.bfloat16:
+    _check_not_half(dtype, "data")
+    if dtype.kind == "f":
         if dtype == np.float64 and not jax.config.jax_enable_x64:
             return np.dtype(np.float32)
         return dtype
     if dtype.kind in "iub":
         return np.dtype(jnp.zeros((), dtype=float).dtype)
     raise TypeError(f"unsupported dtype {dtype}")
+
+
+_warned_x64 = False
+
+
+def _check_fits(arr: np.ndarray, target, name: str, why: str) -> None:
+    """Refuse finite values that a cast to ``target`` would turn into inf (reported as "contains inf" later)."""
+    target = np.dtype(target)
+    if arr.dtype.kind != "f" or target.kind != "f" or np.finfo(arr.dtype).max <= np.finfo(target).max:
+        return
+    big = np.finfo(target).max
+    finite = np.isfinite(arr)
+    if arr.size and np.any(np.abs(np.where(finite, arr, 0)) > big):
+        top = float(np.max(np.abs(arr[finite])))
+        raise ValueError(f"{name} has values up to {top:.3g}, beyond {target}'s range ({big:.3g}); {why}")
+
+
+def _check_cast(arr: np.ndarray, target, name: str) -> None:
+    """Before storing float64 values as float32 (JAX's x64 mode off): refuse what does not fit, say it once."""
+    global _warned_x64
+    if arr.dtype != np.float64 or np.dtype(target) != np.float32:
+        return
+    _check_fits(arr, target, name, "float64 input is stored as float32 because JAX's x64 mode is off: enable "
+                "float64 with jax.config.update(\"jax_enable_x64\", True), or rescale the data")
+    if not _warned_x64:
+        _warned_x64 = True
+        warnings.warn(f"{name} is float64 but JAX's x64 mode is off, so jmf computes in float32 (about 7 "
+                      "significant digits); to keep float64 call jax.config.update(\"jax_enable_x64\", True) "
+                      "at startup (this warning is shown once)", UserWarning, stacklevel=4)
+
+
+def check_scale(values: np.ndarray, dtype, name: str = "data") -> None:
+    """Refuse observed values whose squares overflow or underflow ``dtype`` (before any compute).
+
+    Fits of data scaled by about 1e20 reported DIVERGED at iteration 0 (the squared residuals are
+    inf in float32) and data scaled by 1e-20 reported CONVERGED with garbage (they are subnormal
+    or 0).  The thresholds keep a margin of 1e3 on the value (1e6 on its square) for residuals,
+    penalties and sums.  Exact zeros are ignored; ``values`` holds the observed entries.
+    """
+    if values.size == 0:
+        return
+    top = float(np.max(np.abs(values)))
+    if top == 0 or not np.isfinite(top):
+        return
+    fi = np.finfo(dtype)
+    hi, lo = float(np.sqrt(fi.max)) / 1e3, float(np.sqrt(fi.tiny)) * 1e3
+    if lo <= top <= hi:
+        return
+    x64 = ("" if np.dtype(dtype) == np.float64 else
+           ", or enable float64 with jax.config.update(\"jax_enable_x64\", True)")
+    if top > hi:
+        what = f"too large for {np.dtype(dtype)}: squared errors overflow (largest {np.dtype(dtype)} {fi.max:.3g})"
+    else:
+        what = (f"too small for {np.dtype(dtype)}: squared errors underflow to subnormal numbers (smallest "
+                f"normal {fi.tiny:.3g}) and a fit would stop on noise")
+    raise ValueError(f"{name}: the largest observed |value| is {top:.3g}, {what}; rescale the data "
+                     f"(e.g. divide it by {top:.3g}){x64}")
 
 
 def _as_float_array(x, name: str, *, dtype=None):
@@ -56,11 +128,15 @@ def _as_float_array(x, name: str, *, dtype=None):
         arr = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic inputs
         raise TypeError(f"{name} could not be converted to an array: {exc}") from None
+    if dtype is None:
+        _check_not_half(arr.dtype, name)
     if arr.dtype == object or arr.dtype.kind not in "fiub":
         if arr.dtype.kind == "c":
             raise TypeError(f"{name} has complex dtype {arr.dtype}; jmf factorizes real matrices")
         raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
     target = _float_dtype(arr.dtype) if dtype is None else np.dtype(dtype)
+    if dtype is None:
+        _check_cast(arr, target, name)
     return jnp.asarray(arr, dtype=target)
 
 
@@ -142,6 +218,9 @@ class Dense:
                     A = jnp.where(jnp.asarray(weights) > 0, A, 0)
         else:
             _check_finite(A, "A", "NaN or inf (use jmf.Dense.from_nan(A) to treat NaN as missing)")
+        if not _is_tracer(A) and not _is_tracer(weights):
+            a = np.asarray(A)
+            check_scale(a if weights is None else a[np.asarray(weights) > 0], A.dtype, "A")
         self.A = A
         self.weights = weights
 
@@ -251,6 +330,7 @@ class Sparse:
         r = _as_index_array(rows, "rows")
         c = _as_index_array(cols, "cols")
         v = np.asarray(vals)
+        _check_not_half(v.dtype, "vals")
         if v.dtype == object or v.dtype.kind not in "fiub":
             if v.dtype.kind == "c":
                 raise TypeError(f"vals has complex dtype {v.dtype}; jmf factorizes real matrices")
@@ -280,6 +360,8 @@ class Sparse:
                 raise ValueError(f"{name} index {int(arr.max())} is out of range for shape {shape} ({axis} = {bound})")
         r, c, v, w = _canonicalize(r, c, v, w, n, duplicates)
         fdt = _float_dtype(v.dtype)
+        _check_cast(v, fdt, "vals")
+        check_scale(v if w is None else v[w > 0], fdt, "vals")
         self.rows = jnp.asarray(r, dtype=jnp.int32)
         self.cols = jnp.asarray(c, dtype=jnp.int32)
         self.vals = jnp.asarray(v, dtype=fdt)
@@ -426,9 +508,13 @@ class Sparse:
 
 def _check_shape(shape) -> tuple[int, int]:
     try:
-        m, n = (int(s) for s in shape)
+        m, n = shape
     except Exception:
         raise ValueError(f"shape must be a pair (m, n) of positive ints, got {shape!r}") from None
+    if not (is_int(m) and is_int(n)):
+        # int() would truncate (3.7, 3.2) to (3, 3) and silently drop the entries beyond it.
+        raise TypeError(f"shape must be a pair (m, n) of ints, got {shape!r}")
+    m, n = int(m), int(n)
     if m <= 0 or n <= 0:
         raise ValueError(f"shape must be positive, got {(m, n)}")
     if m >= 2**31 or n >= 2**31:

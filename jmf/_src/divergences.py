@@ -36,6 +36,7 @@ import numpy as np
 
 from .data import Dense
 from .factors import Factors, matmul, predict_entries
+from ._validation import check_float, is_real
 from .losses import Loss, _pair, _penalty_grad, penalty
 
 __all__ = ["beta_divergence", "elementwise_beta_divergence", "check_beta", "DEFAULT_EPS"]
@@ -46,27 +47,24 @@ DEFAULT_EPS = float(np.finfo(np.float32).eps)
 _NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "kl": 1.0, "itakura-saito": 0.0, "is": 0.0}
 
 
-def check_beta(beta) -> float:
+def check_beta(beta, owner=None) -> float:
     """``beta`` as a float; accepts the names ``"frobenius"`` (2), ``"kullback-leibler"`` (1), ``"itakura-saito"`` (0)."""
     if isinstance(beta, str):
         key = beta.lower()
         if key not in _NAMES:
-            raise ValueError(f"beta must be a number or one of 'frobenius', 'kullback-leibler', 'itakura-saito', got {beta!r}")
+            raise ValueError(f"{owner + ': ' if owner else ''}beta must be a number or one of 'frobenius', "
+                             f"'kullback-leibler', 'itakura-saito', got {beta!r}")
         return _NAMES[key]
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.integer, np.floating)):
-        raise TypeError(f"beta must be a float or a name such as 'kullback-leibler', got {type(beta).__name__}")
-    beta = float(beta)
-    if not np.isfinite(beta):
-        raise ValueError(f"beta must be finite, got {beta}")
-    return beta
+    if not is_real(beta):
+        raise TypeError(f"{owner + ': ' if owner else ''}beta must be a float or a name such as "
+                        f"'kullback-leibler', got {type(beta).__name__}")
+    return check_float(beta, "beta", owner=owner)
 
 
-def _check_eps(eps) -> float:
+def _check_eps(eps, owner=None) -> float:
     if eps is None:
         return DEFAULT_EPS
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 < eps < 1):
-        raise ValueError(f"eps must be a float in (0, 1), got {eps!r}")
-    return float(eps)
+    return check_float(eps, "eps", owner=owner, lo=0.0, lo_open=True, hi=1.0, hi_open=True)
 
 
 def elementwise_beta_divergence(a, y, beta: float, eps: float = DEFAULT_EPS):

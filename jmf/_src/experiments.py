@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._validation import check_fraction, check_int, check_tol, numpy_rng
 from .data import Dense, Sparse
 
 __all__ = [
@@ -81,6 +82,9 @@ __all__ = [
     "register_dataset",
     "DATASETS",
     "ResultsWriter",
+    "plan",
+    "PlannedCell",
+    "solver_parameters",
 ]
 
 #: Solver names tried by :func:`available_solvers`; any other factory in
@@ -124,6 +128,39 @@ def _freeze(value):
     return value
 
 
+def _factory(name):
+    import jmf.solvers as S
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"solver name must be a non-empty string, got {name!r}")
+    factory = getattr(S, name, None)
+    if name in _NOT_FACTORIES or name.startswith("_") or not callable(factory):
+        raise ValueError(f"unknown solver {name!r}; available: {', '.join(available_solvers())}")
+    return factory
+
+
+def solver_parameters(name: str) -> dict:
+    """The hyperparameters solver ``name`` accepts: ``{name: inspect.Parameter}``, in signature order.
+
+    Keyword arguments a factory forwards (``adam(..., **kwargs)`` passes them
+    to :func:`jmf.solvers.gradient`, declared by its ``forwards_to``
+    attribute) are included, except ``optimizer`` and ``name``, which the
+    shortcut sets itself.
+    """
+    factory = _factory(name)
+    params = {}
+    for p in inspect.signature(factory).parameters.values():
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            params[p.name] = p
+    forwarded = getattr(factory, "forwards_to", None)
+    if forwarded is not None:
+        for p in inspect.signature(forwarded).parameters.values():
+            if p.name not in params and p.name not in ("optimizer", "name") and p.kind not in (
+                    p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                params[p.name] = p
+    return params
+
+
 def make_solver(name: str, **params):
     """Build a solver from its name in :mod:`jmf.solvers` (looked up lazily) and hyperparameters.
 
@@ -131,25 +168,25 @@ def make_solver(name: str, **params):
     Names missing from this installation raise a :class:`ValueError` listing
     the available ones.
     """
-    import jmf.solvers as S
     from .solvers.base import Solver
 
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"solver name must be a non-empty string, got {name!r}")
-    factory = getattr(S, name, None)
-    if name in _NOT_FACTORIES or name.startswith("_") or not callable(factory):
-        raise ValueError(f"unknown solver {name!r}; available: {', '.join(available_solvers())}")
+    factory = _factory(name)
     kwargs = {**DEFAULT_PARAMS.get(name, {}), **{k: _freeze(v) for k, v in params.items()}}
+    known = solver_parameters(name)
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        raise ValueError(f"bad hyperparameters for solver {name!r}: unknown {', '.join(map(repr, unknown))} "
+                         f"(accepted: {', '.join(known)})")
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as exc:
         raise ValueError(f"bad hyperparameters for solver {name!r}: {exc}") from None
     try:
         solver = factory(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"bad hyperparameters for solver {name!r}: {exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"solver {name!r}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        # The factories name themselves ("als: l2 must be ..."); add the solver only where they did not.
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith(f"{name}: ") else f"solver {name!r}: {msg}") from None
     if not isinstance(solver, Solver):
         raise ValueError(f"jmf.solvers.{name} is not a solver factory (it returned {type(solver).__name__})")
     return solver
@@ -185,15 +222,9 @@ class PreparedData(NamedTuple):
     singular_values: Optional[np.ndarray]
 
 
-def _np_rng(key) -> np.random.Generator:
-    """A numpy Generator whose seed is the bits of a jax key (so all randomness stems from keys)."""
-    bits = np.asarray(jax.random.key_data(key), dtype=np.uint32).ravel().tolist()
-    return np.random.default_rng(bits)
-
-
 def _low_rank(key, m: int = 200, n: int = 100, rank: int = 5, noise: float = 0.1):
     """``U V / sqrt(rank) + noise E``: entries of the clean part have unit variance, ``E ~ N(0, 1)``."""
-    rng = _np_rng(key)
+    rng = numpy_rng(key)
     U, V = rng.standard_normal((m, rank)), rng.standard_normal((rank, n))
     A = U @ V / math.sqrt(rank) + noise * rng.standard_normal((m, n))
     return A, {"true_rank": rank, "noise": noise}
@@ -201,7 +232,7 @@ def _low_rank(key, m: int = 200, n: int = 100, rank: int = 5, noise: float = 0.1
 
 def _nonnegative(key, m: int = 200, n: int = 100, rank: int = 5, noise: float = 0.05):
     """``U V / rank + noise |E|`` with ``U, V`` uniform on [0, 1): a nonnegative rank-``rank`` matrix."""
-    rng = _np_rng(key)
+    rng = numpy_rng(key)
     U, V = rng.random((m, rank)), rng.random((rank, n))
     A = U @ V / rank + noise * np.abs(rng.standard_normal((m, n)))
     return A, {"true_rank": rank, "noise": noise}
@@ -265,12 +296,6 @@ def register_dataset(kind: str, generator: Callable) -> None:
     DATASETS[kind] = generator
 
 
-def _check_fraction(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1):
-        raise ValueError(f"dataset option {name} must be a fraction in [0, 1), got {value!r}")
-    return float(value)
-
-
 def _fingerprint(data) -> str:
     h = hashlib.sha1()
     for leaf in jax.tree_util.tree_leaves(data):
@@ -307,11 +332,11 @@ def _dataset_config(spec: Mapping) -> dict:
             raise ValueError(f"bad parameters for dataset kind {kind!r}: {exc}") from None
     for opt in ("missing", "holdout"):
         if opt in spec:
-            spec[opt] = _check_fraction(spec[opt], opt)
+            spec[opt] = check_fraction(spec[opt], f"dataset option {opt}")
     if "dtype" in spec and spec["dtype"] not in ("float32", "float64"):
         raise ValueError(f"dataset option dtype must be 'float32' or 'float64', got {spec['dtype']!r}")
-    if "seed" in spec and (isinstance(spec["seed"], bool) or not isinstance(spec["seed"], int)):
-        raise ValueError(f"dataset option seed must be an int, got {spec['seed']!r}")
+    if "seed" in spec:
+        spec["seed"] = check_int(spec["seed"], "dataset option seed", lo=None)
     if "name" not in spec:
         extras = {k: v for k, v in spec.items() if k not in ("kind",)}
         spec["name"] = kind + (("-" + "-".join(f"{k}{v}" for k, v in sorted(extras.items()))) if extras else "")
@@ -347,6 +372,10 @@ def make_dataset(spec: Mapping) -> PreparedData:
     -------
     PreparedData
     """
+    return _make_dataset(spec)
+
+
+def _make_dataset(spec: Mapping, svd: bool = True) -> PreparedData:
     config = _dataset_config(spec)
     seed = int(config.get("seed", 0))
     key = jax.random.key(seed)
@@ -393,7 +422,7 @@ def make_dataset(spec: Mapping) -> PreparedData:
         vals = A.ravel()
         weights = None if weights_full is None else weights_full.ravel()
 
-    rng_missing, rng_holdout = _np_rng(k_missing), _np_rng(k_holdout)
+    rng_missing, rng_holdout = numpy_rng(k_missing), numpy_rng(k_holdout)
     keep = np.ones(len(vals), bool) if weights is None else weights > 0
     if config.get("missing"):
         _, hidden = _split_entries(rows, cols, vals, weights, config["missing"], rng_missing)
@@ -416,7 +445,7 @@ def make_dataset(spec: Mapping) -> PreparedData:
         w = None if weights is None or np.all(weights[sel] == 1) else weights[sel].astype(dtype)
         train = Sparse(rows[sel], cols[sel], vals[sel].astype(dtype), shape, weights=w)
     sv = None
-    if dense is not None and full and shape[0] * shape[1] * min(shape) <= 4e9:  # a few seconds at most
+    if svd and dense is not None and full and shape[0] * shape[1] * min(shape) <= 4e9:  # a few seconds at most
         sv = np.linalg.svd(dense, compute_uv=False)
     info.update(shape=list(shape), n_observed=int(keep.sum()), n_test=0 if test is None else int(len(test[0])))
     return PreparedData(config["name"], config, train, test, _jsonable(info), sv)
@@ -477,6 +506,16 @@ def _short(v) -> str:
     if isinstance(v, (list, tuple)):
         return "(" + ",".join(_short(x) for x in v) + ")"
     return str(v)
+
+
+def _tol_option(value, owner=None):
+    """``tol`` from a config: a nonnegative float, or None spelled None, "none" or false."""
+    if value is False or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    try:
+        return check_tol(value, owner=owner)
+    except TypeError as exc:
+        raise ValueError(f"{exc} (write tol = \"none\" to run max_iter iterations)") from None
 
 
 def _check_ranks(ranks) -> tuple:
@@ -551,10 +590,10 @@ class Experiment:
             if "solver" not in s:
                 raise ValueError(f"solvers[{i}] has no 'solver' name: {s}")
         self.ranks = _check_ranks(self.ranks)
-        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or self.restarts < 1:
-            raise ValueError(f"restarts must be a positive int, got {self.restarts!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        self.restarts = check_int(self.restarts, "restarts")
+        self.seed = check_int(self.seed, "seed", lo=None)
+        opts = self.fit_options({})  # max_iter, tol, check_every: refuse e.g. tol = "abc" now
+        self.max_iter, self.tol, self.check_every = opts["max_iter"], opts["tol"], opts["check_every"]
 
     @classmethod
     def from_dict(cls, config: Mapping) -> "Experiment":
@@ -564,17 +603,24 @@ class Experiment:
         unknown = sorted(set(config) - fields - {"results", "factors", "out"})
         if unknown:
             raise ValueError(f"unknown experiment keys {unknown}; allowed: {sorted(fields)}")
-        for key in ("tol",):
-            if isinstance(config.get(key), str) and config[key].lower() == "none" or config.get(key) is False:
-                config[key] = None
-        for s in config.get("solvers", []):
-            if isinstance(s, dict) and (s.get("tol") is False or str(s.get("tol")).lower() == "none"):
-                s["tol"] = None
+        # TOML has no null: "none" (or false) spells tol=None.  Only a tol that is present is
+        # translated -- a solver without its own tol must inherit the experiment's, not None.
+        if "tol" in config:
+            config["tol"] = _tol_option(config["tol"])
+        solvers = config.get("solvers", [])
+        if isinstance(solvers, (list, tuple)):
+            config["solvers"] = [dict(s, tol=_tol_option(s["tol"])) if isinstance(s, Mapping) and "tol" in s else s
+                                 for s in solvers]
         return cls(**{k: v for k, v in config.items() if k in fields})
 
     def fit_options(self, spec: Mapping) -> dict:
+        """The fit options of one solver spec (the experiment's, overridden by the spec's), validated."""
         opts = {k: getattr(self, k) for k in FIT_OPTIONS}
         opts.update({k: spec[k] for k in FIT_OPTIONS if k in spec})
+        where = f"solver {spec.get('solver')!r}" if any(k in spec for k in FIT_OPTIONS) else None
+        opts["max_iter"] = check_int(opts["max_iter"], "max_iter", where)
+        opts["check_every"] = check_int(opts["check_every"], "check_every", where)
+        opts["tol"] = _tol_option(opts["tol"], where)
         return opts
 
     def cells(self) -> list[Cell]:
@@ -960,6 +1006,68 @@ def _compatibility(solver, data) -> Optional[str]:
     return None
 
 
+class PlannedCell(NamedTuple):
+    """What :func:`run` will do with one cell: ``todo`` fits to run, ``done`` already in the results, ``skipped``."""
+
+    cell: Cell
+    todo: int
+    done: int
+    skipped: int
+    reason: Optional[str] = None
+
+
+def _as_experiment(experiment) -> "Experiment":
+    if isinstance(experiment, (str, os.PathLike)):
+        experiment, _ = load_config(experiment)
+    elif isinstance(experiment, Mapping):
+        experiment = Experiment.from_dict(experiment)
+    if not isinstance(experiment, Experiment):
+        raise TypeError(f"experiment must be an Experiment, a dict or a TOML path, got {type(experiment).__name__}")
+    return experiment
+
+
+def _check_ranks_fit(cell: Cell, data: PreparedData) -> None:
+    too_big = [r for r in cell.ranks if r > min(data.train.shape)]
+    if too_big:
+        raise ValueError(f"ranks {too_big} exceed min(m, n) = {min(data.train.shape)} "
+                         f"of dataset {data.name!r} {data.train.shape}")
+
+
+def plan(experiment, results=None) -> list[PlannedCell]:
+    """What :func:`run` would do, cell by cell, without fitting anything.
+
+    Every dataset is generated (or read) once, as :func:`run` does, so the
+    problems :func:`run` would only meet on the way -- a missing or unreadable
+    file, a rank larger than a dataset, a solver that cannot fit a dataset
+    (skipped) -- are known before any fit starts.  Rows already in
+    ``results`` count as ``done``.
+
+    Raises
+    ------
+    ValueError, TypeError, FileNotFoundError
+        For an invalid experiment or dataset, or ranks that exceed a dataset's shape.
+    """
+    experiment = _as_experiment(experiment)
+    cells = experiment.cells()
+    have = {r.get("id") for r in read_rows(results)} if results is not None else set()
+    out, prepared = [], {}
+    for cell in cells:
+        ids = [rid for _, _, rid in cell.row_ids()]
+        done = sum(rid in have for rid in ids)
+        dkey = json.dumps(cell.dataset_config, sort_keys=True)
+        if dkey not in prepared:
+            prepared.clear()  # cells are dataset-major: keep one dataset in memory
+            prepared[dkey] = _make_dataset(cell.dataset, svd=False)
+        data = prepared[dkey]
+        problem = _compatibility(make_solver(cell.solver, **cell.params), data.train)
+        if problem is not None:
+            out.append(PlannedCell(cell, 0, done, len(ids) - done, problem))
+            continue
+        _check_ranks_fit(cell, data)
+        out.append(PlannedCell(cell, len(ids) - done, done, 0))
+    return out
+
+
 def run(
     experiment,
     results="results.jsonl",
@@ -995,12 +1103,7 @@ def run(
     pandas.DataFrame
         The rows of this experiment found in ``results`` (see :func:`load_results`).
     """
-    if isinstance(experiment, (str, os.PathLike)):
-        experiment, _ = load_config(experiment)
-    elif isinstance(experiment, Mapping):
-        experiment = Experiment.from_dict(experiment)
-    if not isinstance(experiment, Experiment):
-        raise TypeError(f"experiment must be an Experiment, a dict or a TOML path, got {type(experiment).__name__}")
+    experiment = _as_experiment(experiment)
     if on_incompatible not in ("skip", "error"):
         raise ValueError(f"on_incompatible must be 'skip' or 'error', got {on_incompatible!r}")
     cells = experiment.cells()  # validates everything before any compute
@@ -1043,10 +1146,7 @@ def run(
                 # Refit the whole cell even if only some rows are missing: the same shapes as the first
                 # attempt hit the compilation caches (in-process and JAX's persistent cache).
                 ranks = cell.ranks
-                too_big = [r for r in ranks if r > min(data.train.shape)]
-                if too_big:
-                    raise ValueError(f"ranks {too_big} exceed min(m, n) = {min(data.train.shape)} "
-                                     f"of dataset {data.name!r} {data.train.shape}")
+                _check_ranks_fit(cell, data)
                 rows, (factors, _) = _run_cell(cell, data, solver, ranks)
                 todo_ids = {t[2] for t in todo}
                 for row in rows:

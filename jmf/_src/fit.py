@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._validation import as_key, check_int, check_rank, check_tol
 from .data import Dense, Sparse, _rebuild, as_data
 from .factors import Factors, rank_mask
 from .init import get_initializer
@@ -103,41 +104,6 @@ def _check_solver(solver, data):
                              "fits a nonnegative model and needs nonnegative data")
 
 
-def _check_int(value, name, lo=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-    return int(value)
-
-
-def _check_rank(rank, shape, name="rank"):
-    rank = _check_int(rank, name)
-    if rank > min(shape):
-        raise ValueError(f"{name} {rank} is out of range: it must be between 1 and min(m, n) = {min(shape)} for shape {shape}")
-    return rank
-
-
-def _check_tol(tol):
-    if tol is None:
-        return None
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (tol >= 0) or math.isinf(tol):
-        raise ValueError(f"tol must be a nonnegative finite float or None, got {tol!r}")
-    return float(tol)
-
-
-def _as_key(key, name="key"):
-    if key is None:
-        raise TypeError(f"{name} is required: pass a PRNG key such as jax.random.key(0) (or an int seed)")
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        seed = int(key)
-        if 0 <= seed < 2**32 and jax.config.jax_default_prng_impl == "threefry2x32":
-            # Equal to jax.random.key(seed), without compiling the seeding function.
-            return jax.random.wrap_key_data(np.array([0, seed], np.uint32))
-        return jax.random.key(seed)
-    if isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape[-1:] == (2,)):
-        return key
-    raise TypeError(f"{name} must be a jax.random.key (or an int seed), got {type(key).__name__}")
-
-
 def _check_factors(f, data, biases):
     if not isinstance(f, Factors):
         raise TypeError(f"init must be a name, a callable or a jmf.Factors, got {type(f).__name__}")
@@ -169,7 +135,7 @@ def _check_plan(plan) -> dict:
         raise ValueError(f"plan['layout'] must be 'vmap' or 'lanes', got {out['layout']!r}")
     for name in ("devices", "lane_width"):
         if name in out:
-            out[name] = _check_int(out[name], f"plan[{name!r}]")
+            out[name] = check_int(out[name], f"plan[{name!r}]")
     return out
 
 
@@ -398,9 +364,9 @@ def fit_many(
                          chunk_size=chunk_size, mesh=mesh, memory_budget=memory_budget, plan=plan)
     data = as_data(data)
     _check_solver(solver, data)
-    max_iter = _check_int(max_iter, "max_iter")
-    check_every = _check_int(check_every, "check_every")
-    tol = _check_tol(tol)
+    max_iter = check_int(max_iter, "max_iter")
+    check_every = check_int(check_every, "check_every")
+    tol = check_tol(tol)
     if biases is None:
         biases = solver.biases
     axes: list[str] = []
@@ -418,7 +384,7 @@ def fit_many(
         if rank is not None and rank != factors0.W.shape[1]:
             raise ValueError(f"rank={rank} does not match the init factors' rank {factors0.W.shape[1]}")
         width = factors0.W.shape[1]
-        key = jax.random.key(0) if key is None else _as_key(key)
+        key = jax.random.key(0) if key is None else as_key(key)
     else:
         init_fn = get_initializer(init)
 
@@ -427,7 +393,7 @@ def fit_many(
     if ranks is not None:
         if rank is not None:
             raise ValueError("give rank or ranks, not both")
-        ranks_np = np.asarray([_check_rank(r, data.shape, "ranks[i]") for r in ranks], dtype=np.int32)
+        ranks_np = np.asarray([check_rank(r, data.shape, "ranks[i]") for r in ranks], dtype=np.int32)
         if ranks_np.size == 0:
             raise ValueError("ranks is empty")
         width = int(ranks_np.max())
@@ -436,7 +402,7 @@ def fit_many(
     elif factors0 is None:
         if rank is None:
             raise TypeError("rank is required (or pass ranks=[...] or init=Factors)")
-        width = _check_rank(rank, data.shape)
+        width = check_rank(rank, data.shape)
 
     if keys is not None:
         if key is not None or n_restarts is not None:
@@ -447,23 +413,26 @@ def fit_many(
                 raise ValueError(f"keys must be a 1-D array of keys, got shape {keys.shape}")
         elif keys.ndim != 2 or keys.shape[-1] != 2:
             raise ValueError(f"keys must be jax.random.split(key, S) (typed keys or uint32 (S, 2)), got shape {keys.shape}")
+        elif keys.dtype != jnp.uint32:
+            raise TypeError(f"keys must be typed PRNG keys or uint32 key data (jax.random.split(key, S)), "
+                            f"got an array of {keys.dtype}")
         if keys.shape[0] == 0:
             raise ValueError("keys is empty")
         key_arg = keys
         axes.append("restart")
     elif n_restarts is not None:
-        n_restarts = _check_int(n_restarts, "n_restarts")
-        key_arg = jax.random.split(_as_key(key), n_restarts)
+        n_restarts = check_int(n_restarts, "n_restarts")
+        key_arg = jax.random.split(as_key(key), n_restarts)
         axes.append("restart")
     else:
-        key_arg = _as_key(key) if factors0 is None else key
+        key_arg = as_key(key) if factors0 is None else key
 
     cfg = RunConfig(max_iter, tol, check_every, width, bool(biases))
     mask = None if rank_arr is None else jax.vmap(lambda r: rank_mask(r, width, data.dtype))(rank_arr)
     job = Job(solver, cfg, init_fn, tuple(axes))
     args = Args(key_arg, rank_arr, factors0, data, mask)
     if memory_budget is not None:
-        memory_budget = _check_int(memory_budget, "memory_budget")
+        memory_budget = check_int(memory_budget, "memory_budget")
     run_plan = make_plan(job, args, mesh=mesh, memory_budget=memory_budget, **_check_plan(plan))
     carry = execute(job, args, run_plan, progress=progress, callback=callback, chunk_size=chunk_size,
                     desc=solver.name)

@@ -18,14 +18,17 @@ tables).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import tempfile
+import secrets
+import zipfile
+import zlib
 from typing import Any, Optional
 
 import numpy as np
 
-from .data import Dense, Sparse
+from .data import Dense, Sparse, _check_fits
 from .factors import Factors
 
 __all__ = [
@@ -65,7 +68,8 @@ def atomic_write(path: str, mode: str = "wb", overwrite: bool = True):
         raise FileNotFoundError(f"directory {directory!r} does not exist (needed to write {path!r})")
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    _remove_stale_temps(directory, os.path.basename(path))
+    fd, tmp = _create_temp(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -79,6 +83,63 @@ def atomic_write(path: str, mode: str = "wb", overwrite: bool = True):
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}.tmp-"
+
+
+def _create_temp(directory: str, name: str) -> tuple[int, str]:
+    """A new temporary file ``.{name}.tmp-{pid}-{random}`` beside the target.
+
+    Created with mode 0666 so the kernel applies the user's umask, as for any
+    ordinary file (``tempfile.mkstemp`` forces 0600, which the rename then
+    gave the saved model).  The pid in the name lets a later save recognize
+    the leftovers of a process that was killed mid-write.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f"{_temp_prefix(name)}{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file for {name!r} in {directory!r}")  # pragma: no cover
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError as exc:  # pragma: no cover - e.g. platforms without signals
+        return exc.errno != errno.ESRCH
+    return True
+
+
+def _remove_stale_temps(directory: str, name: str) -> None:
+    """Delete temporary files of the same target left by processes that no longer exist (a killed save).
+
+    Files of live processes (a concurrent save) and of this process are left alone; so is
+    anything whose name does not follow the pattern exactly.
+    """
+    prefix = _temp_prefix(name)
+    try:
+        entries = os.listdir(directory)
+    except OSError:  # pragma: no cover
+        return
+    for entry in entries:
+        if not entry.startswith(prefix):
+            continue
+        pid, _, token = entry[len(prefix):].partition("-")
+        if not (pid.isdigit() and len(token) == 8 and all(c in "0123456789abcdef" for c in token)):
+            continue
+        if int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            os.unlink(os.path.join(directory, entry))
 
 
 def _fsync_dir(directory: str) -> None:
@@ -131,19 +192,68 @@ def _write_npz(path: str, arrays: dict, meta: dict, overwrite: bool, compress: b
     return path
 
 
-def _read_npz(path) -> tuple[dict, dict]:
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path!r}")
+# What numpy/zipfile raise for a truncated or tampered file: reported as a ValueError naming it.
+_CORRUPT = (ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, OSError)
+
+
+def _load_npz(path: str) -> dict:
+    """All arrays of an ``.npz`` archive (no pickle), or a ValueError saying what is wrong with the file."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("it is a single .npy array, not an .npz archive")
+            return {k: z[k] for k in z.files}
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
     except ValueError as exc:
-        raise ValueError(f"{path!r} is not a pickle-free .npz archive: {exc}") from None
+        if "pickle" in str(exc):
+            raise ValueError(f"{path!r} is not a pickle-free .npz archive: {exc}") from None
+        raise ValueError(f"{path!r} is not a readable .npz archive (truncated or corrupted?): {exc}") from None
+    except _CORRUPT as exc:
+        raise ValueError(f"{path!r} is not a readable .npz archive (truncated or corrupted?): "
+                         f"{type(exc).__name__}: {exc}") from None
+
+
+def _existing_npz(path) -> str:
+    """``path``, or ``path + ".npz"`` when only that exists (``save_factors("x")`` writes ``x.npz``)."""
+    path = os.fspath(path)
+    if not os.path.exists(path) and not path.endswith(".npz") and os.path.exists(path + ".npz"):
+        return path + ".npz"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    return path
+
+
+def _read_npz(path) -> tuple[dict, dict]:
+    path = _existing_npz(path)
+    arrays = _load_npz(path)
     meta = {}
     if _META in arrays:
-        meta = json.loads(str(arrays.pop(_META)))
+        try:
+            meta = json.loads(str(arrays.pop(_META)))
+        except ValueError as exc:
+            raise ValueError(f"{path!r}: its metadata is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path!r}: its metadata is not a JSON object")
     return arrays, meta
+
+
+def _check_factor_arrays(arrays: dict, path: str) -> None:
+    """Shapes of loaded factors: W (..., m, k), H (..., k, n), row_bias (..., m), col_bias (..., n), offset (...)."""
+    for name in _FACTOR_LEAVES:
+        a = arrays.get(name)
+        if a is not None and a.dtype.kind not in "fiu":
+            raise ValueError(f"{path!r}: {name} has dtype {a.dtype}; expected numbers")
+    W, H = arrays["W"], arrays["H"]
+    if W.ndim < 2 or H.ndim != W.ndim or W.shape[:-2] != H.shape[:-2] or W.shape[-1] != H.shape[-2]:
+        raise ValueError(f"{path!r}: W {W.shape} and H {H.shape} do not form a factorization "
+                         "(expected W (m, k) and H (k, n), with the same leading axes if batched)")
+    lead, (m, n) = W.shape[:-2], (W.shape[-2], H.shape[-1])
+    expect = {"row_bias": lead + (m,), "col_bias": lead + (n,), "offset": lead}
+    for name, shape in expect.items():
+        a = arrays.get(name)
+        if a is not None and a.shape != shape:
+            raise ValueError(f"{path!r}: {name} has shape {a.shape}; expected {shape} for W {W.shape} and H {H.shape}")
 
 
 # -- factors and results ----------------------------------------------------------------
@@ -198,6 +308,7 @@ def load_factors(path, *, with_metadata: bool = False):
     arrays, meta = _read_npz(path)
     if "W" not in arrays or "H" not in arrays:
         raise ValueError(f"{os.fspath(path)!r} holds no factors (arrays: {sorted(arrays)}); expected W and H")
+    _check_factor_arrays(arrays, os.fspath(path))
     factors = Factors(*(arrays.get(name) for name in _FACTOR_LEAVES))
     if with_metadata:
         md = dict(meta.get("metadata", {}))
@@ -244,6 +355,7 @@ def load_result(path, *, with_metadata: bool = False):
     missing = [k for k in ("W", "H", "loss", "loss_history", "iterations", "n_iter", "status") if k not in arrays]
     if missing:
         raise ValueError(f"{os.fspath(path)!r} is not a saved jmf result (missing {missing})")
+    _check_factor_arrays(arrays, os.fspath(path))
     factors = Factors(*(arrays.get(name) for name in _FACTOR_LEAVES))
     res = FitResult(factors, arrays["loss"], arrays["loss_history"], arrays["iterations"], arrays["n_iter"],
                     arrays["status"], None)
@@ -285,7 +397,8 @@ def load_matrix(path, *, format: str = "auto", dtype=np.float32):
         ``.npy`` (one 2-D array), ``.npz`` (one 2-D array, or a
         ``scipy.sparse.save_npz`` file), ``.mtx`` (Matrix Market, sparse or
         dense), ``.csv``/``.tsv``/``.txt`` (a dense numeric table; NaN or an
-        empty field marks a missing entry), or a ratings table
+        empty field marks a missing entry; a non-numeric first row is a
+        header and is skipped), or a ratings table
         (``user, item, rating[, timestamp]`` rows; ``.data``/``.dat``/``.base``/
         ``.test`` files such as MovieLens' ``u.data`` and ``ratings.dat``).
     format : {"auto", "dense", "ratings"}
@@ -301,14 +414,17 @@ def load_matrix(path, *, format: str = "auto", dtype=np.float32):
         ``0..m-1`` / ``0..n-1`` in order of first appearance of the sorted ids.
     info : dict
         ``{"path", "kind", "shape", "nnz", ...}``; ratings add ``"user_ids"``
-        and ``"item_ids"`` (the raw id of each row/column).
+        and ``"item_ids"`` (the raw id of each row/column) and ``"duplicates"``
+        (repeated user/item pairs, merged keeping the last rating); a dense
+        table with a header adds ``"header"``.
 
     Raises
     ------
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the suffix is unknown or the content is not a numeric matrix.
+        If the suffix is unknown, the file is empty, truncated or corrupted,
+        or the content is not a numeric matrix.
     """
     path = os.fspath(path)
     if format not in ("auto", "dense", "ratings"):
@@ -325,7 +441,12 @@ def load_matrix(path, *, format: str = "auto", dtype=np.float32):
         try:
             arr = np.load(path, allow_pickle=False)
         except ValueError as exc:
-            raise ValueError(f"{path!r} is not a pickle-free numeric .npy file: {exc}") from None
+            if "pickle" in str(exc):
+                raise ValueError(f"{path!r} is not a pickle-free numeric .npy file: {exc}") from None
+            raise ValueError(f"{path!r} is not a readable .npy file (truncated or corrupted?): {exc}") from None
+        except (EOFError, OSError) as exc:  # a zero-byte file raises EOFError
+            raise ValueError(f"{path!r} is not a readable .npy file (empty, truncated or corrupted?): "
+                             f"{type(exc).__name__}: {exc}") from None
         return _dense_from_array(arr, path, dtype, info)
     if suffix == ".npz":
         return _load_npz_matrix(path, dtype, info)
@@ -339,14 +460,15 @@ def load_matrix(path, *, format: str = "auto", dtype=np.float32):
             raise ValueError(f"{path!r} is not a readable Matrix Market file: {exc}") from None
         if sp.issparse(m):
             coo = m.tocoo()
+            _check_fits(coo.data, dtype, repr(path), _RANGE_HINT)
             info.update(kind="sparse", shape=tuple(coo.shape), nnz=int(coo.nnz))
             data = Sparse(coo.row, coo.col, coo.data.astype(dtype), coo.shape, duplicates="sum")
             return data, info
         return _dense_from_array(np.asarray(m), path, dtype, info)
     # text
     with open(path, "r", encoding="utf-8", errors="replace") as fh:
-        first = ""
-        for line in fh:
+        first, first_line = "", 0
+        for first_line, line in enumerate(fh, 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 first = line.strip()
                 break
@@ -360,16 +482,19 @@ def load_matrix(path, *, format: str = "auto", dtype=np.float32):
         ratings_header or suffix in (".data", ".dat", ".base", ".test")))
     if is_ratings:
         return _load_ratings(path, delim, has_header, dtype, info)
+    # A non-numeric first row of a dense table is a header (column names): skip it.
     if has_header:
-        raise ValueError(f"{path!r} has a non-numeric first line {first[:60]!r}; a dense CSV must be all numbers "
-                         "(for a ratings table, name the columns user,item,rating or pass --format ratings)")
+        info["header"] = [t.strip().strip('"') for t in (first.split(delim) if delim else first.split())]
     try:
         arr = np.genfromtxt(path, delimiter=delim if delim != "::" else None, dtype=np.float64, comments="#",
-                            filling_values=np.nan, invalid_raise=True)
+                            filling_values=np.nan, invalid_raise=True, skip_header=first_line if has_header else 0)
     except ValueError as exc:
         raise ValueError(f"{path!r} is not a rectangular numeric table: {exc}") from None
     arr = np.atleast_2d(arr)
     return _dense_from_array(arr, path, dtype, info)
+
+
+_RANGE_HINT = "rescale the data (or read it with load_matrix(..., dtype=np.float64) with JAX's x64 mode on)"
 
 
 def _dense_from_array(arr: np.ndarray, path: str, dtype, info: dict):
@@ -377,6 +502,7 @@ def _dense_from_array(arr: np.ndarray, path: str, dtype, info: dict):
         raise ValueError(f"{path!r} holds a {arr.dtype} array; expected numbers")
     if arr.ndim != 2:
         raise ValueError(f"{path!r} holds an array of shape {arr.shape}; expected a 2-D matrix")
+    _check_fits(arr, dtype, repr(path), _RANGE_HINT)
     arr = arr.astype(dtype)
     missing = int(np.isnan(arr).sum()) if arr.dtype.kind == "f" else 0
     info.update(kind="dense", shape=tuple(arr.shape), nnz=int(arr.size - missing), missing=missing)
@@ -384,23 +510,24 @@ def _dense_from_array(arr: np.ndarray, path: str, dtype, info: dict):
 
 
 def _load_npz_matrix(path: str, dtype, info: dict):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            files = list(z.files)
-            if {"format", "shape", "data"}.issubset(files):  # scipy.sparse.save_npz
-                import scipy.sparse as sp
+    arrays = _load_npz(path)
+    if {"format", "shape", "data"}.issubset(arrays):  # scipy.sparse.save_npz
+        import scipy.sparse as sp
 
-                m = sp.load_npz(path).tocoo()
-                info.update(kind="sparse", shape=tuple(m.shape), nnz=int(m.nnz))
-                return Sparse(m.row, m.col, m.data.astype(dtype), m.shape, duplicates="sum"), info
-            names = [f for f in files if f != _META]
-            key = "A" if "A" in names else names[0] if len(names) == 1 else None
-            if key is None:
-                raise ValueError(f"{path!r} holds several arrays {names}; name the matrix 'A' or save only one")
-            arr = z[key]
-    except ValueError as exc:
-        raise ValueError(f"{path!r}: {exc}") from None
-    return _dense_from_array(arr, path, dtype, info)
+        try:
+            m = sp.load_npz(path).tocoo()
+        except _CORRUPT as exc:
+            raise ValueError(f"{path!r} is not a readable scipy.sparse .npz file: {type(exc).__name__}: {exc}") from None
+        _check_fits(m.data, dtype, repr(path), _RANGE_HINT)
+        info.update(kind="sparse", shape=tuple(m.shape), nnz=int(m.nnz))
+        return Sparse(m.row, m.col, m.data.astype(dtype), m.shape, duplicates="sum"), info
+    names = [f for f in arrays if f != _META]
+    if not names:
+        raise ValueError(f"{path!r} holds no arrays")
+    key = "A" if "A" in names else names[0] if len(names) == 1 else None
+    if key is None:
+        raise ValueError(f"{path!r} holds several arrays {names}; name the matrix 'A' or save only one")
+    return _dense_from_array(arrays[key], path, dtype, info)
 
 
 def _load_ratings(path: str, delim, has_header: bool, dtype, info: dict):
@@ -411,11 +538,13 @@ def _load_ratings(path: str, delim, has_header: bool, dtype, info: dict):
     if read_ratings is not None:
         try:
             df = read_ratings(path)
+            # Repeated (user, item) pairs are merged keeping the last; count them so callers can say so.
+            duplicates = int(df.duplicated(subset=["user", "item"]).sum())
             table = index_ratings(df, duplicates="last", dtype=dtype)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path!r} is not a readable ratings table: {exc}") from None
         users, items = np.asarray(table.users), np.asarray(table.items)
-        info.update(kind="ratings", shape=tuple(table.data.shape), nnz=int(table.data.nnz),
+        info.update(kind="ratings", shape=tuple(table.data.shape), nnz=int(table.data.nnz), duplicates=duplicates,
                     user_ids=users.astype(str) if users.dtype == object else users,
                     item_ids=items.astype(str) if items.dtype == object else items)
         return table.data, info
@@ -448,5 +577,6 @@ def _load_ratings(path: str, delim, has_header: bool, dtype, info: dict):
     item_ids = item_ids.astype(str) if item_ids.dtype == object else item_ids
     shape = (len(user_ids), len(item_ids))
     data = Sparse(rows.ravel(), cols_.ravel(), vals.astype(dtype), shape, duplicates="last")
-    info.update(kind="ratings", shape=shape, nnz=int(data.nnz), user_ids=user_ids, item_ids=item_ids)
+    info.update(kind="ratings", shape=shape, nnz=int(data.nnz), duplicates=int(len(vals) - data.nnz),
+                user_ids=user_ids, item_ids=item_ids)
     return data, info

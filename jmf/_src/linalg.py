@@ -20,8 +20,8 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from ._validation import as_key, check_int, check_rank
 from .data import Dense, Sparse, _rebuild, as_data
 
 __all__ = ["SVDResult", "randomized_svd", "truncated_svd", "flip_signs", "operator"]
@@ -64,14 +64,6 @@ def operator(data) -> tuple[Callable, Callable]:
         return jax.ops.segment_sum(vals[:, None] * Y[rows], cols, num_segments=n)
 
     return A_mul, At_mul
-
-
-def _check_rank(rank, shape, name="rank"):
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise ValueError(f"{name} must be a positive int, got {rank!r}")
-    if rank > min(shape):
-        raise ValueError(f"{name} {rank} is out of range: it must be between 1 and min(m, n) = {min(shape)} for shape {shape}")
-    return int(rank)
 
 
 def _randomized(data, rank: int, key, n_oversamples: int, n_power_iter: int) -> SVDResult:
@@ -129,14 +121,10 @@ def randomized_svd(A, rank: int, *, key, n_oversamples: int = 10, n_power_iter: 
     (``rank`` and the counts are static).
     """
     data = _as_matrix(A)
-    rank = _check_rank(rank, data.shape)
-    for name, v in (("n_oversamples", n_oversamples), ("n_power_iter", n_power_iter)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"{name} must be a nonnegative int, got {v!r}")
-    if key is None:
-        raise TypeError("key is required: pass a PRNG key such as jax.random.key(0)")
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        key = jax.random.key(int(key))
+    rank = check_rank(rank, data.shape)
+    n_oversamples = check_int(n_oversamples, "n_oversamples", lo=0)
+    n_power_iter = check_int(n_power_iter, "n_power_iter", lo=0)
+    key = as_key(key)
     return _randomized(data, rank, key, int(n_oversamples), int(n_power_iter))
 
 
@@ -148,7 +136,7 @@ def truncated_svd(A, rank: int) -> SVDResult:
     count as zero.  Signs as in :func:`randomized_svd`.
     """
     data = _as_matrix(A)
-    rank = _check_rank(rank, data.shape)
+    rank = check_rank(rank, data.shape)
     return _exact(data, rank)
 
 

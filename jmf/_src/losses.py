@@ -33,6 +33,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ._validation import check_penalty
 from .data import Dense, Sparse
 from .factors import Factors, matmul, predict_entries
 
@@ -75,18 +76,14 @@ def squared_error(f: Factors, data) -> jax.Array:
     return jnp.sum(r * r)
 
 
-def _pair(x, name: str):
-    """A penalty given as one value (both factors) or a ``(W value, H value)`` pair."""
-    if isinstance(x, (tuple, list)):
-        if len(x) != 2:
-            raise ValueError(f"{name} must be a number or a pair (for W, for H), got {x!r}")
-        pair = (x[0], x[1])
-    else:
-        pair = (x, x)
-    for v in pair:
-        if isinstance(v, (int, float)) and (v < 0 or v != v or v == float("inf")):
-            raise ValueError(f"{name} must be nonnegative and finite, got {x!r}")
-    return pair
+def _pair(x, name: str, owner=None):
+    """A penalty given as one value (both factors) or a ``(W value, H value)`` pair, as a pair of floats."""
+    return check_penalty(x, name, owner)
+
+
+def _same_form(x, pair):
+    """The checked ``pair`` in the form ``x`` was given (one value or a pair): numpy scalars become floats."""
+    return pair if isinstance(x, (tuple, list)) else pair[0]
 
 
 def penalty(f: Factors, l2=0.0, l1=0.0, bias_l2=0.0) -> jax.Array:
@@ -232,10 +229,10 @@ def frobenius(l2=0.0, l1=0.0, bias_l2=None) -> Loss:
         ``value(f, data) = (sum w (a - yhat)^2 + penalty) / N`` and its
         hand-derived gradient (dense, weighted dense and sparse paths).
     """
-    _pair(l2, "l2"), _pair(l1, "l1")
+    l2, l1 = _same_form(l2, _pair(l2, "l2", "frobenius")), _same_form(l1, _pair(l1, "l1", "frobenius"))
     if bias_l2 is None:
         bias_l2 = _pair(l2, "l2")[0]
-    _pair(bias_l2, "bias_l2")
+    bias_l2 = _same_form(bias_l2, _pair(bias_l2, "bias_l2", "frobenius"))
 
     def value(f: Factors, data):
         return (squared_error(f, data) + penalty(f, l2, l1, bias_l2)) / data.n_observed()

@@ -15,17 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._validation import as_key
 from .data import Sparse, _rebuild
 
 __all__ = ["train_test_split", "leave_k_out", "kfold", "subset"]
-
-
-def _key(key):
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if isinstance(key, jax.Array):
-        return key
-    raise TypeError(f"key must be a jax.random.key or an int seed, got {type(key).__name__}")
 
 
 def _check(data):
@@ -77,7 +70,7 @@ def train_test_split(data: Sparse, test_size: float = 0.2, key=0):
         raise TypeError(f"test_size must be a float fraction or an int count, got {test_size!r}")
     if not 1 <= n_test < nnz:
         raise ValueError(f"test_size gives {n_test} test entries out of {nnz}; need between 1 and nnz - 1")
-    perm = np.asarray(jax.random.permutation(_key(key), nnz))
+    perm = np.asarray(jax.random.permutation(as_key(key), nnz))
     return subset(data, perm[n_test:]), subset(data, perm[:n_test])
 
 
@@ -95,7 +88,7 @@ def leave_k_out(data: Sparse, k: int = 1, key=0, min_train: int = 1):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
     rows = np.asarray(data.rows).astype(np.int64)
-    u = np.asarray(jax.random.uniform(_key(key), (data.nnz,)))
+    u = np.asarray(jax.random.uniform(as_key(key), (data.nnz,)))
     order = np.lexsort((u, rows))  # by row, random within row
     m = data.shape[0]
     counts = np.bincount(rows, minlength=m)
@@ -120,7 +113,7 @@ def kfold(data: Sparse, n_splits: int = 5, key=0) -> Iterator:
     _check(data)
     if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or not 2 <= n_splits <= data.nnz:
         raise ValueError(f"n_splits must be an int in [2, nnz={data.nnz}], got {n_splits!r}")
-    perm = np.asarray(jax.random.permutation(_key(key), data.nnz))
+    perm = np.asarray(jax.random.permutation(as_key(key), data.nnz))
     folds = np.array_split(perm, n_splits)
 
     def gen():

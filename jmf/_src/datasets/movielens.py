@@ -83,6 +83,23 @@ def _find_ratings_file(folder: str, v: str) -> Optional[str]:
     return None
 
 
+def _check_digest(sha256, name: str = "sha256") -> Optional[str]:
+    """A SHA-256 hex digest (lower-cased), or None to skip the check; an empty or malformed string is an error.
+
+    ``sha256=""`` (e.g. an unset variable) used to mean "no check" silently.
+    """
+    if sha256 is None:
+        return None
+    if not isinstance(sha256, str):
+        raise TypeError(f"{name} must be a hex digest string or None, got {type(sha256).__name__}")
+    digest = sha256.strip().lower()
+    if not digest:
+        raise ValueError(f"{name} is empty: give the archive's SHA-256 hex digest, or None to skip the check knowingly")
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"{name} must be a SHA-256 hex digest (64 hex characters), got {sha256!r}")
+    return digest
+
+
 def sha256sum(path: str, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -103,6 +120,7 @@ def download(url: str, dest: str, sha256: Optional[str], size: Optional[int] = N
     """
     import urllib.request
 
+    sha256 = _check_digest(sha256)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(dest)), suffix=".part")
     try:
@@ -128,15 +146,24 @@ def download(url: str, dest: str, sha256: Optional[str], size: Optional[int] = N
     return dest
 
 
+#: Written into every folder :func:`extract_zip` creates; only such folders are ever replaced.
+EXTRACT_MARKER = ".jmf-extracted"
+
+
 def extract_zip(archive: str, dest: str) -> None:
     """Extract ``archive`` into ``dest``, refusing absolute paths, ``..`` components and links.
 
-    Members are written into a temporary folder first and moved into place,
-    so an interrupted extraction never leaves a half-written dataset behind.
+    Members are written into a temporary folder beside their final place and
+    renamed into it, so an interrupted extraction never leaves a half-written
+    dataset behind.  Each extracted top-level folder gets a marker file
+    (:data:`EXTRACT_MARKER`); an existing folder of the same name is replaced
+    only if it carries that marker -- anything else (user data) makes the
+    extraction fail with :class:`FileExistsError` before anything is written.
     """
     dest = os.path.abspath(dest)
     os.makedirs(dest, exist_ok=True)
     with zipfile.ZipFile(archive) as zf:
+        tops = set()
         for info in zf.infolist():
             name = info.filename
             parts = name.replace("\\", "/").split("/")
@@ -148,16 +175,34 @@ def extract_zip(archive: str, dest: str) -> None:
             target = os.path.abspath(os.path.join(dest, name))
             if os.path.commonpath([dest, target]) != dest:
                 raise ValueError(f"{archive}: member {name!r} escapes the destination; refusing to extract")
+            tops.add(parts[0])
+        for top in sorted(tops):
+            final = os.path.join(dest, top)
+            if os.path.lexists(final) and not _extracted_by_jmf(final):
+                raise FileExistsError(f"{final!r} exists and was not extracted by jmf; refusing to replace it "
+                                      f"with the contents of {archive} (move it away, or pass its folder as path)")
         tmp = tempfile.mkdtemp(dir=dest, prefix=".extract-")
         try:
             zf.extractall(tmp)
             for entry in os.listdir(tmp):
+                new = os.path.join(tmp, entry)
+                if os.path.isdir(new) and not os.path.islink(new):
+                    with open(os.path.join(new, EXTRACT_MARKER), "w") as fh:
+                        fh.write(f"extracted by jmf from {os.path.basename(archive)}\n")
                 final = os.path.join(dest, entry)
-                if os.path.exists(final):
-                    shutil.rmtree(final) if os.path.isdir(final) else os.unlink(final)
-                os.replace(os.path.join(tmp, entry), final)
+                old = None
+                if os.path.lexists(final):  # a previous extraction (checked above): set it aside, then drop it
+                    old = os.path.join(tmp, ".old-" + entry)
+                    os.replace(final, old)
+                os.replace(new, final)
+                if old is not None:
+                    shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.unlink(old)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extracted_by_jmf(path: str) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path) and os.path.isfile(os.path.join(path, EXTRACT_MARKER))
 
 
 def movielens_path(variant: str, path: Optional[str] = None, *, download_if_missing: bool = True,
@@ -169,8 +214,8 @@ def movielens_path(variant: str, path: Optional[str] = None, *, download_if_miss
     (:func:`data_home`); if absent and ``download_if_missing``, downloads the
     official archive into the cache, verifies it and extracts it.
 
-    ``sha256=True`` uses the pinned digest, a string overrides it, ``None``
-    skips the check (not recommended).
+    ``sha256=True`` uses the pinned digest, a hex digest string overrides it,
+    ``None`` skips the check (not recommended); an empty string is an error.
     """
     v = _variant(variant)
     if path is not None:
@@ -196,7 +241,7 @@ def movielens_path(variant: str, path: Optional[str] = None, *, download_if_miss
             raise ValueError(f"no pinned SHA-256 for MovieLens {v}; pass sha256='<hex digest>' "
                              "(or sha256=None to skip the check knowingly)")
     else:
-        digest = sha256 or None
+        digest = _check_digest(sha256)
         size = None
     zpath = os.path.join(home, archive)
     if not (os.path.isfile(zpath) and (digest is None or sha256sum(zpath) == digest)):

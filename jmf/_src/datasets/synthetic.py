@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import numpy as np
 
+from .._validation import numpy_rng
 from ..data import Sparse
 from ..factors import Factors
 from .ratings import Ratings
@@ -35,17 +35,6 @@ class SyntheticRatings(NamedTuple):
 
     def as_ratings(self) -> Ratings:
         return Ratings(self.data, self.users, self.items)
-
-
-def _numpy_rng(key) -> np.random.Generator:
-    """A numpy Generator seeded from a jax key (or an int seed)."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        key = jax.random.key(int(key))
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"key must be a jax.random.key or an int seed, got {type(key).__name__}")
-    if jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return np.random.default_rng(np.asarray(key, dtype=np.uint32).ravel().tolist())
 
 
 def synthetic_ratings(key=0, n_users: int = 2000, n_items: int = 1000, n_ratings: int = 100_000, rank: int = 10,
@@ -92,7 +81,7 @@ def synthetic_ratings(key=0, n_users: int = 2000, n_items: int = 1000, n_ratings
     lo, hi = float(scale[0]), float(scale[1])
     if not lo < hi:
         raise ValueError(f"scale must be (low, high) with low < high, got {scale}")
-    rng = _numpy_rng(key)
+    rng = numpy_rng(key)
 
     p = rng.permutation(np.arange(1, m + 1, dtype=np.float64) ** -float(user_exponent))
     q = rng.permutation(np.arange(1, n + 1, dtype=np.float64) ** -float(item_exponent))

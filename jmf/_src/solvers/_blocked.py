@@ -35,6 +35,8 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from ._normal import ridge_floor
+
 __all__ = ["Side", "side_layout", "bucketed_rows", "bucketed_solve", "bucketed_cg", "cg_solve", "cholesky_solve", "segment_counts"]
 
 
@@ -67,7 +69,9 @@ def _cg_iteration(matvec: Callable, state):
 
 
 def cholesky_solve(A, b):
-    """Exact batched SPD solve by Cholesky factorization."""
+    """Exact batched SPD solve by Cholesky factorization (with the rounding-level floor of ``ridge_floor``)."""
+    # A singular system (a tiny l2 on rows with few entries) must not turn into NaN either.
+    A = A + ridge_floor(A)[..., None, None] * jnp.eye(A.shape[-1], dtype=A.dtype)
     c = jnp.linalg.cholesky(A)
     y = jax.scipy.linalg.solve_triangular(c, b[..., None], lower=True)
     return jax.scipy.linalg.solve_triangular(c, y, lower=True, trans=1)[..., 0]

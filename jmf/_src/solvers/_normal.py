@@ -211,21 +211,18 @@ def solve_spd(G, b, ridge):
         Diagonal added to ``G`` (ridge penalties, and 1 for masked-out
         columns so that padded ranks stay nonsingular).
 
-    A relative jitter of ``eps * trace(G) / q`` keeps exactly singular PSD
-    blocks (zero penalty, rank-deficient data) from breaking the Cholesky
-    factorization; it is at the level of rounding and does not move the
-    solution of well-posed problems.  Empty groups (zero block, zero ridge)
-    get ``x = 0``.
+    A relative floor of ``eps * trace(G)`` (:func:`ridge_floor`) keeps
+    singular PSD blocks (zero penalty, rank-deficient data) from breaking
+    the Cholesky factorization; it is at the level of rounding and does not
+    move the solution of well-posed problems beyond it.  Empty groups (zero
+    block, zero ridge) get ``x = 0``.
     """
     q = b.shape[-1]
-    eps = jnp.finfo(G.dtype).eps
     eye = jnp.eye(q, dtype=G.dtype)
 
     def one_batch(Gb, bb, rb):
         Gr = Gb + rb[..., :, None] * eye
-        tr = jnp.trace(Gr, axis1=-2, axis2=-1)
-        jitter = jnp.where(tr > 0, eps * tr / q, 1)
-        Gr = Gr + jitter[..., None, None] * eye
+        Gr = Gr + ridge_floor(Gr)[..., None, None] * eye
         # Gr is symmetric: factor its transpose, which in LAPACK's column-major
         # layout is Gr's row-major memory as is.  Otherwise XLA copies all
         # (g, q, q) blocks into column-major order before the batch loop.
@@ -237,8 +234,7 @@ def solve_spd(G, b, ridge):
         if ridge.ndim == 2:
             # Different ridge per group with a shared Gram: batch the blocks.
             return _batched_solve(one_batch, jnp.broadcast_to(G, (b.shape[0], q, q)), b, ridge)
-        tr = jnp.trace(Gr)
-        Gr = Gr + jnp.where(tr > 0, eps * tr / q, 1) * eye
+        Gr = Gr + ridge_floor(Gr) * eye
         L = lax.linalg.cholesky(Gr, symmetrize_input=False)
         # x_i = (G^-1 b_i): solve for all rows at once with the columns of b^T.
         y = lax.linalg.triangular_solve(L, b.T, left_side=True, lower=True)
@@ -246,6 +242,27 @@ def solve_spd(G, b, ridge):
         return x.T
     ridge = jnp.broadcast_to(ridge, b.shape)
     return _batched_solve(one_batch, G, b, ridge)
+
+
+def ridge_floor(G):
+    """Diagonal to add to Gram block(s) ``G`` (..., q, q) so that Cholesky cannot break down: ``eps * trace(G)``.
+
+    When the rank exceeds the data's effective rank (or a sparse row has
+    fewer entries than the rank), ``G`` is singular and its computed
+    eigenvalues scatter around 0 by rounding errors of the order of ``eps``
+    times its scale -- some come out negative, Cholesky returns NaN and the
+    fit stops DIVERGED with its initial factors.  The floor must cover that
+    scatter: ``eps * trace(G) / q`` (the earlier value) did not (ALS at rank
+    6 on rank-3 float32 data diverged for 9 of 10 seeds), ``eps * trace(G)``
+    did for every case tried (float32 and float64, dense, weighted and
+    sparse, q up to 60, 1500 summed rows).  It moves the solution of a
+    well-posed system by about ``eps * q * cond(G)`` relative -- rounding
+    level -- and leaves the loss unchanged to second order.  An all-zero
+    block (an empty row) gets 1, so its solution is 0.
+    """
+    eps = jnp.finfo(G.dtype).eps
+    tr = jnp.trace(G, axis1=-2, axis2=-1)
+    return jnp.where(tr > 0, eps * tr, 1).astype(G.dtype)
 
 
 def _cho_solve(L, b):

@@ -33,6 +33,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from .._validation import check_bool, check_nonneg_float
 from ..data import Dense
 from ..factors import Factors
 from ..losses import Loss, _pair, custom, frobenius, squared_error
@@ -65,8 +66,8 @@ def row_scaled_frobenius(l2=0.0, bias_l2=None) -> Loss:
     ``n_i`` (``n_j``) is the sum of the weights of row ``i`` (column ``j``);
     biases get ``bias_l2 n_i b_i^2`` (default ``bias_l2 = l2``).  Gradient by autodiff.
     """
-    l2W, l2H = _pair(l2, "l2")
-    bias_l2 = l2W if bias_l2 is None else bias_l2
+    l2W, l2H = _pair(l2, "l2", "row_scaled_frobenius")
+    bias_l2 = l2W if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", "row_scaled_frobenius")
 
     def value(f: Factors, data):
         cr, cc = _counts(data)
@@ -130,14 +131,10 @@ def als(l2=0.0, biases: bool = False, bias_l2=None, row_scaled_l2: bool = False)
     get 1 on the Gram diagonal of their inactive columns, so their systems
     stay nonsingular and those columns stay exactly 0.
     """
-    l2W, l2H = _pair(l2, "l2")
-    if bias_l2 is None:
-        bias_l2 = l2W
-    _pair(bias_l2, "bias_l2")
-    if not isinstance(biases, bool):
-        raise TypeError(f"biases must be a bool, got {type(biases).__name__}")
-    if not isinstance(row_scaled_l2, bool):
-        raise TypeError(f"row_scaled_l2 must be a bool, got {type(row_scaled_l2).__name__}")
+    l2W, l2H = _pair(l2, "l2", "als")
+    bias_l2 = l2W if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", "als")
+    biases = check_bool(biases, "biases", "als")
+    row_scaled_l2 = check_bool(row_scaled_l2, "row_scaled_l2", "als")
     loss = row_scaled_frobenius((l2W, l2H), bias_l2) if row_scaled_l2 else frobenius((l2W, l2H), bias_l2=bias_l2)
 
     def init(f: Factors, data, key=None) -> ALSState:

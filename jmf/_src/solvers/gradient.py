@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._validation import check_bool, check_choice, check_float, check_int, check_nonneg_float, check_positive_float
 from ..data import Sparse, _rebuild
 from ..factors import Factors, apply_rank_mask
 from ..losses import Loss, frobenius
@@ -128,19 +129,22 @@ def gradient(
     -------
     Solver
     """
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"gradient: name must be a non-empty string or None, got {name!r}")
+    who = name or "gradient"
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+        raise TypeError(f"{who}: optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
     loss = frobenius() if loss is None else loss
     if not isinstance(loss, Loss):
-        raise TypeError(f"loss must be a jmf.losses.Loss (see jmf.losses.custom), got {type(loss).__name__}")
+        raise TypeError(f"{who}: loss must be a jmf.losses.Loss (see jmf.losses.custom), got {type(loss).__name__}")
     if isinstance(projection, str):
-        if projection not in _PROJECTIONS:
-            raise ValueError(f"projection must be one of {sorted(_PROJECTIONS)} or a callable, got {projection!r}")
+        check_choice(projection, "projection", sorted(_PROJECTIONS), who)
         projection = _PROJECTIONS[projection]
     elif projection is not None and not callable(projection):
-        raise TypeError(f"projection must be callable or a name, got {type(projection).__name__}")
-    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+        raise TypeError(f"{who}: projection must be callable or a name, got {type(projection).__name__}")
+    batch_size = check_int(batch_size, "batch_size", who, none_ok=True)
+    biases = check_bool(biases, "biases", who)
+    elementwise = check_bool(elementwise, "elementwise", who)
 
     def init(f: Factors, data, key=None):
         if batch_size is not None and key is None:
@@ -181,7 +185,9 @@ def gradient(
 @cached_factory
 def sgd(learning_rate: float, momentum: Optional[float] = None, nesterov: bool = False, **kwargs) -> Solver:
     """:func:`gradient` with ``optax.sgd`` (keyword arguments go to :func:`gradient`)."""
-    _check_lr(learning_rate)
+    learning_rate = _check_lr(learning_rate, "sgd")
+    momentum = check_nonneg_float(momentum, "momentum", "sgd", none_ok=True)
+    nesterov = check_bool(nesterov, "nesterov", "sgd")
     kwargs.setdefault("elementwise", True)
     return gradient(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov), name="sgd", **kwargs)
 
@@ -189,11 +195,21 @@ def sgd(learning_rate: float, momentum: Optional[float] = None, nesterov: bool =
 @cached_factory
 def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, **kwargs) -> Solver:
     """:func:`gradient` with ``optax.adam`` (keyword arguments go to :func:`gradient`)."""
-    _check_lr(learning_rate)
+    learning_rate = _check_lr(learning_rate, "adam")
+    b1 = check_float(b1, "b1", owner="adam", lo=0.0, hi=1.0, hi_open=True)
+    b2 = check_float(b2, "b2", owner="adam", lo=0.0, hi=1.0, hi_open=True)
+    eps = check_nonneg_float(eps, "eps", "adam")
     kwargs.setdefault("elementwise", True)
     return gradient(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), name="adam", **kwargs)
 
 
-def _check_lr(lr) -> None:
-    if isinstance(lr, (int, float)) and not (lr > 0 and lr < float("inf")):
-        raise ValueError(f"learning_rate must be a positive finite number, got {lr}")
+# sgd and adam pass their extra keyword arguments to gradient: tools that list or parse a
+# factory's hyperparameters (the jmf command's -p KEY=VALUE) look there too.
+sgd.forwards_to = adam.forwards_to = gradient
+
+
+def _check_lr(lr, owner: str):
+    """A positive finite learning rate, or an Optax schedule (a callable of the step count)."""
+    if callable(lr):
+        return lr
+    return check_positive_float(lr, "learning_rate", owner)

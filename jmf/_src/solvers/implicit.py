@@ -27,12 +27,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .._validation import check_choice, check_int, check_nonneg_float
 from ..data import Sparse
 from ..factors import Factors
 from ..losses import Loss
 from ._blocked import Side, bucketed_cg, bucketed_solve, cg_solve, cholesky_solve, side_layout
 from .base import Solver, cached_factory
-from .ratings import _check_chunk, _check_reg, chunked_entry_sum
+from .ratings import chunked_entry_sum
 
 __all__ = ["implicit_als", "implicit_loss", "ImplicitLayout"]
 
@@ -52,9 +53,9 @@ def implicit_loss(alpha: float = 1.0, l2: float = 0.0, chunk_size: int = 1 << 16
     ``value`` and ``grad`` cost ``O(nnz k + (m + n) k^2)`` and stream over
     chunks of observed entries; weight-0 entries are ignored.
     """
-    alpha = _check_reg("alpha", alpha)
-    l2 = _check_reg("l2", l2)
-    chunk_size = _check_chunk(chunk_size)
+    alpha = check_nonneg_float(alpha, "alpha", "implicit_loss")
+    l2 = check_nonneg_float(l2, "l2", "implicit_loss")
+    chunk_size = check_int(chunk_size, "chunk_size", "implicit_loss")
 
     def value(f: Factors, data):
         f = jax.tree_util.tree_map(jnp.asarray, f)
@@ -159,14 +160,14 @@ def implicit_als(l2: float = 1.0, alpha: float = 2.0, solve: str = "cg", cg_step
         evaluate with :func:`jmf.metrics.ranking_metrics`.  The loss
         recorded by ``fit`` is :func:`implicit_loss`.  No biases.
     """
-    l2 = _check_reg("l2", l2)
-    alpha = _check_reg("alpha", alpha)
+    who = "implicit_als"
+    l2 = check_nonneg_float(l2, "l2", who)
+    alpha = check_nonneg_float(alpha, "alpha", who)
     if l2 == 0:
-        raise ValueError("l2 must be > 0 for implicit ALS")
-    if solve not in ("cg", "cholesky"):
-        raise ValueError(f"solve must be 'cg' or 'cholesky', got {solve!r}")
-    if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
-        raise ValueError(f"cg_steps must be a positive int, got {cg_steps!r}")
+        raise ValueError(f"{who}: l2 must be > 0 for implicit ALS")
+    check_choice(solve, "solve", ("cg", "cholesky"), who)
+    cg_steps = check_int(cg_steps, "cg_steps", who)
+    chunk_size = check_int(chunk_size, "chunk_size", who)
     loss = implicit_loss(alpha, l2, chunk_size)
 
     def init(f: Factors, data, key=None):

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .._validation import check_fraction, check_int, is_int
 from ..data import Dense
 from ..divergences import _check_eps, beta_divergence, check_beta
 from ..factors import Factors, predict_entries
@@ -172,11 +173,11 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
     from a positive initialization (``"random"``, ``"nndsvda"``), not ``"nndsvd"``.
     Inactive (rank-masked) columns have zero numerator and stay 0.
     """
-    beta = check_beta(beta)
-    eps = _check_eps(eps)
-    l1W, l1H = _pair(l1, "l1")
-    l2W, l2H = _pair(l2, "l2")
-    _check_inner(inner, inner_tol)
+    beta = check_beta(beta, "mu")
+    eps = _check_eps(eps, "mu")
+    l1W, l1H = _pair(l1, "l1", "mu")
+    l2W, l2H = _pair(l2, "l2", "mu")
+    inner, inner_tol = _check_inner(inner, inner_tol, "mu")
     gamma = _gamma(beta)
     if beta == 2:
         loss = frobenius((l2W, l2H), (l1W, l1H))
@@ -296,11 +297,14 @@ def _repeated(sweep, X, max_sweeps, rel_tol: float):
     return lax.while_loop(cond, body, (jnp.ones((), jnp.int32), X1, d0))[1]
 
 
-def _check_inner(inner, inner_tol):
-    if not (inner == "auto" or (isinstance(inner, int) and not isinstance(inner, bool) and inner >= 1)):
-        raise ValueError(f"inner must be a positive int or 'auto', got {inner!r}")
-    if not (isinstance(inner_tol, (int, float)) and not isinstance(inner_tol, bool) and 0 <= inner_tol < 1):
-        raise ValueError(f"inner_tol must be in [0, 1), got {inner_tol!r}")
+def _check_inner(inner, inner_tol, owner: str):
+    """``inner`` (a positive int or "auto") and ``inner_tol`` (in [0, 1)), normalized."""
+    if isinstance(inner, str) or not is_int(inner):
+        if inner != "auto":
+            raise ValueError(f"{owner}: inner must be a positive int or 'auto', got {inner!r}")
+    else:
+        inner = check_int(inner, "inner", owner)
+    return inner, check_fraction(inner_tol, "inner_tol", owner)
 
 
 # The "auto" rule's cost model.  A sweep also pays a fixed cost (a handful of small kernels in
@@ -379,9 +383,9 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
     cost: ``4 m n k + 2 (m + n) k^2`` FLOPs per step; weighted dense adds the
     Gram blocks (``2 m n k^2``); sparse ``O(nnz k^2)``.
     """
-    l1W, l1H = _pair(l1, "l1")
-    l2W, l2H = _pair(l2, "l2")
-    _check_inner(inner, inner_tol)
+    l1W, l1H = _pair(l1, "l1", "hals")
+    l2W, l2H = _pair(l2, "l2", "hals")
+    inner, inner_tol = _check_inner(inner, inner_tol, "hals")
     loss = frobenius((l2W, l2H), (l1W, l1H))
 
     def init(f: Factors, data, key=None) -> HALSState:

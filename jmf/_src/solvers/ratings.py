@@ -28,6 +28,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from .._validation import check_bool, check_choice, check_int, check_nonneg_float
 from ..data import Sparse
 from ..factors import Factors
 from ..losses import Loss
@@ -36,18 +37,6 @@ from .base import Solver, cached_factory
 
 __all__ = ["ratings_loss", "ratings_als", "ratings_gradient", "RatingsLayout", "RatingsGradientState",
            "chunked_entry_sum"]
-
-
-def _check_reg(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0) or v == float("inf"):
-        raise ValueError(f"{name} must be a nonnegative finite number, got {v!r}")
-    return float(v)
-
-
-def _check_chunk(chunk_size):
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    return chunk_size
 
 
 def chunked_entry_sum(nnz: int, chunk_size: int, fn, init):
@@ -138,9 +127,10 @@ def ratings_loss(l2: float = 0.0, bias_l2: Optional[float] = None, count_scaled:
         accumulated with sorted scatter-adds, that of ``H`` with scatter-adds)
         for :class:`jmf.Sparse` data.
     """
-    l2 = _check_reg("l2", l2)
-    bias_l2 = l2 if bias_l2 is None else _check_reg("bias_l2", bias_l2)
-    chunk_size = _check_chunk(chunk_size)
+    l2 = check_nonneg_float(l2, "l2", "ratings_loss")
+    bias_l2 = l2 if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", "ratings_loss")
+    count_scaled = check_bool(count_scaled, "count_scaled", "ratings_loss")
+    chunk_size = check_int(chunk_size, "chunk_size", "ratings_loss")
 
     def value(f: Factors, data):
         f = jax.tree_util.tree_map(jnp.asarray, f)
@@ -309,14 +299,17 @@ def ratings_als(l2: float = 0.1, bias_l2: Optional[float] = None, count_scaled: 
     Solver
         For :class:`jmf.Sparse` data; supports rank masks (:func:`jmf.fit_many`).
     """
-    l2 = _check_reg("l2", l2)
-    bias_l2 = l2 if bias_l2 is None else _check_reg("bias_l2", bias_l2)
+    who = "ratings_als"
+    l2 = check_nonneg_float(l2, "l2", who)
+    bias_l2 = l2 if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", who)
     if l2 == 0:
-        raise ValueError("l2 must be > 0 for ALS (rows with fewer ratings than the rank make the solves singular)")
-    if solve not in ("cg", "cholesky"):
-        raise ValueError(f"solve must be 'cg' or 'cholesky', got {solve!r}")
-    if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
-        raise ValueError(f"cg_steps must be a positive int, got {cg_steps!r}")
+        raise ValueError(f"{who}: l2 must be > 0 for ALS (rows with fewer ratings than the rank make the solves "
+                         "singular)")
+    count_scaled = check_bool(count_scaled, "count_scaled", who)
+    biases = check_bool(biases, "biases", who)
+    check_choice(solve, "solve", ("cg", "cholesky"), who)
+    cg_steps = check_int(cg_steps, "cg_steps", who)
+    chunk_size = check_int(chunk_size, "chunk_size", who)
     loss = ratings_loss(l2, bias_l2, count_scaled, chunk_size)
 
     def init(f: Factors, data, key=None):
@@ -410,10 +403,16 @@ def ratings_gradient(optimizer, l2: float = 0.1, bias_l2: Optional[float] = None
     biases : bool
         Fit row/column biases and the offset.
     """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"ratings_gradient: name must be a non-empty string, got {name!r}")
+    who = name
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
-    l2 = _check_reg("l2", l2)
-    bias_l2 = l2 if bias_l2 is None else _check_reg("bias_l2", bias_l2)
+        raise TypeError(f"{who}: optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+    l2 = check_nonneg_float(l2, "l2", who)
+    bias_l2 = l2 if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", who)
+    count_scaled = check_bool(count_scaled, "count_scaled", who)
+    biases = check_bool(biases, "biases", who)
+    chunk_size = check_int(chunk_size, "chunk_size", who)
     loss = ratings_loss(l2, bias_l2, count_scaled, chunk_size)
 
     def init(f: Factors, data, key=None):

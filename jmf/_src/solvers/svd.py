@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from .._validation import check_choice, check_int
 from ..data import Dense
 from ..factors import Factors
 from ..linalg import _exact, _randomized
@@ -65,11 +65,9 @@ def svd(method: str = "auto", n_oversamples: int = 10, n_power_iter: int = 4) ->
     The decomposition is computed in ``init`` from the solver key (used by
     the randomized method only); ``step`` costs nothing.
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-    for name, v in (("n_oversamples", n_oversamples), ("n_power_iter", n_power_iter)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-            raise ValueError(f"{name} must be a nonnegative int, got {v!r}")
+    check_choice(method, "method", _METHODS, "svd")
+    n_oversamples = check_int(n_oversamples, "n_oversamples", "svd", lo=0)
+    n_power_iter = check_int(n_power_iter, "n_power_iter", "svd", lo=0)
 
     def init(f: Factors, data, key=None) -> SVDState:
         if f.has_biases:
