@@ -19,9 +19,9 @@ from jmf._src.consensus import Alignment, align_restarts, match_components
 from jmf import sharding
 from jmf import init, losses, solvers
 from jmf import cf, datasets, metrics, model_selection
-from jmf import experiments, io
+from jmf import compress, experiments, io
 
-__version__ = "0.1.0"
+from jmf._version import __version__
 
 __all__ = [
     "Dense",
@@ -51,4 +51,5 @@ __all__ = [
     "model_selection",
     "experiments",
     "io",
+    "compress",
 ]
