@@ -139,6 +139,19 @@ def _check_plan(plan) -> dict:
     return out
 
 
+def _refuse_tracers(fname: str, **args) -> None:
+    """Clear error for ``fit``/``fit_many`` called under ``jax.jit``/``vmap``/``grad`` (traced inputs)."""
+    for name, value in args.items():
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)):
+            raise TypeError(
+                f"jmf.{fname} was called inside a JAX transformation (jax.jit, vmap, grad, scan...): its "
+                f"argument {name!r} is a traced value.  {fname} validates its inputs on the host and compiles "
+                "its own loop, so it cannot be traced.  To batch fits, give the batch to jmf.fit_many "
+                "(restarts, ranks and stacked matrices in one compiled call) instead of vmapping; to run "
+                "iterations inside your own jit/scan, call the solver's pure functions: "
+                "state = solver.init(factors, data); factors, state = solver.step(factors, state, data).")
+
+
 # -- public API ---------------------------------------------------------------------
 
 
@@ -199,6 +212,7 @@ def fit(
     FitResult
         ``factors``, ``loss``, ``loss_history``, ``iterations``, ``n_iter``, ``status``, ``state``.
     """
+    _refuse_tracers("fit", data=data, rank=rank, key=key, init=init)
     data = as_data(data)
     if data.batch_shape:
         raise ValueError(f"data is a batch {data.batch_shape} of matrices; use jmf.fit_many for batches")
@@ -355,6 +369,7 @@ def fit_many(
         Leaves with leading member axes ``axes`` (see :class:`FitManyResult`);
         ``best()`` picks the lowest final loss over restarts.
     """
+    _refuse_tracers("fit_many", data=data, rank=rank, ranks=ranks, key=key, keys=keys, init=init)
     if isinstance(data, (list, tuple)):
         if isinstance(init, Factors):
             raise ValueError("init=Factors starts a single fit; it cannot be combined with a list of matrices")
