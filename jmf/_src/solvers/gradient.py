@@ -33,6 +33,31 @@ def optax_update(optimizer, grads, opt_state, params):
         return optimizer.update(grads, opt_state, params)
 
 
+def _reject_value_transforms(optimizer, who: str) -> None:
+    """Refuse Optax transforms whose ``update`` needs the loss value (``optax.lbfgs``, polyak_sgd, reduce_on_plateau...).
+
+    The update is traced once with :func:`jax.eval_shape` on tiny dummy factors: such transforms
+    fail with a ``TypeError`` about missing ``value``/``grad``/``value_fn`` keyword arguments.
+    Any other failure is left to surface where it happens.
+    """
+    import re
+
+    dummy = Factors(W=jax.ShapeDtypeStruct((2, 1), jnp.float32), H=jax.ShapeDtypeStruct((1, 2), jnp.float32))
+    try:
+        with jax.numpy_dtype_promotion("standard"):
+            jax.eval_shape(lambda f: optimizer.update(f, optimizer.init(f), f), dummy)
+    except TypeError as e:
+        if re.search(r"missing \d+ required (keyword-only )?arguments?:.*'(value|grad|value_fn)'", str(e)):
+            raise ValueError(
+                f"{who}: this Optax transformation needs the loss value in update(..., value=, grad=, value_fn=) "
+                f"({e}); jmf's gradient solver calls optimizer.update(grads, state, params) with the gradient "
+                "only.  Line-search methods such as optax.lbfgs need the loss value: use adam/sgd/any "
+                "elementwise transform, or run L-BFGS yourself with solver.loss.value and optax's "
+                "value_and_grad_from_state around your own loop.") from None
+    except Exception:  # noqa: BLE001 - only the missing-value case is this check's business
+        pass
+
+
 class GradientState(NamedTuple):
     opt_state: optax.OptState
     key: jax.Array
@@ -134,6 +159,7 @@ def gradient(
     who = name or "gradient"
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(f"{who}: optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+    _reject_value_transforms(optimizer, who)
     loss = frobenius() if loss is None else loss
     if not isinstance(loss, Loss):
         raise TypeError(f"{who}: loss must be a jmf.losses.Loss (see jmf.losses.custom), got {type(loss).__name__}")
