@@ -85,3 +85,79 @@ def test_plot_errors():
         P.error_vs_rank(df, metric="test_mae")
     with pytest.raises(ValueError, match="x must be"):
         P.loss_curves(df, x="epochs")
+
+
+# -- figures of fit results and images ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fits():
+    import jax
+
+    import jmf
+
+    A = np.random.default_rng(0).random((20, 12))
+    one = jmf.fit(A, jmf.solvers.als(), rank=3, key=0, max_iter=60, tol=1e-2, progress=False)
+    many = jmf.fit_many(A, jmf.solvers.adam(0.05), ranks=[2, 3], n_restarts=3, key=jax.random.key(1),
+                        max_iter=80, tol=1e-3, progress=False)
+    return one, many
+
+
+def test_plot_loss_single_drops_the_nan_tail(fits):
+    one, _ = fits
+    fig = P.plot_loss(one, label="als")
+    ax = fig.axes[0]
+    assert len(fig.axes) == 1 and len(ax.lines) == 1 and ax.get_yscale() == "log"
+    hist = np.asarray(one.loss_history)
+    n = int(np.isfinite(hist).sum())
+    assert n < hist.size  # converged before max_iter: a NaN tail exists ...
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), hist[:n])  # ... and is not drawn
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), np.asarray(one.iterations)[:n])
+    assert ax.get_legend().get_texts()[0].get_text() == "als"
+
+
+def test_plot_loss_many_members_lines_and_band(fits):
+    _, many = fits
+    fig = P.plot_loss(many, style="lines")
+    assert len(fig.axes[0].lines) == 6  # 2 ranks x 3 restarts
+    fig = P.plot_loss(many, style="band", label="adam", logy=False)
+    ax = fig.axes[0]
+    assert len(ax.lines) == 1 and len(ax.collections) == 1 and ax.get_yscale() == "linear"
+    hist = np.asarray(many.loss_history).reshape(6, -1)
+    assert ax.lines[0].get_ydata()[0] == pytest.approx(np.median(hist[:, 0]))
+    fig2 = P.plot_loss(many.best(), ax=ax)  # overlay into existing axes
+    assert fig2 is fig and len(ax.lines) == 3
+    with pytest.raises(ValueError, match="style"):
+        P.plot_loss(many, style="dots")
+    with pytest.raises(TypeError, match="FitResult"):
+        P.plot_loss(np.zeros(3))
+
+
+def test_plot_components_grid():
+    H = np.random.default_rng(0).random((5, 64))
+    fig = P.plot_components(H, (8, 8))
+    assert len(fig.axes) == 5
+    np.testing.assert_allclose(fig.axes[2].images[0].get_array(), H[2].reshape(8, 8))
+    fig = P.plot_components(H.T, (8, 8), n_cols=5, titles=False)  # W: components as columns
+    assert len(fig.axes) == 5 and fig.axes[0].get_title() == ""
+    with pytest.raises(ValueError, match="prod"):
+        P.plot_components(H, (7, 7))
+
+
+def test_plot_reconstructions_titles_psnr(tmp_path):
+    from jmf.compress import psnr
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((16, 24, 3)) * 255).astype(np.uint8)
+    recs = {"rank 1": img * 0.9, "rank 5": img.astype(float) + 1.0}
+    fig = P.plot_reconstructions(img, recs)
+    assert len(fig.axes) == 3
+    assert fig.axes[0].get_title() == "original"
+    assert fig.axes[2].get_title() == f"rank 5\nPSNR {psnr(img, recs['rank 5']):.1f} dB"
+    gray = P.plot_reconstructions(img[..., 0] / 255, {"a": img[..., 0] / 255}, show_psnr=False, n_cols=1)
+    assert len(gray.axes) == 2 and gray.axes[1].get_title() == "a"
+    assert P.save(fig, tmp_path / "rec", formats=("png",))[0].endswith("rec.png")
+    with pytest.raises(ValueError, match="shape"):
+        P.plot_reconstructions(img, {"bad": img[:2]})
+    with pytest.raises(TypeError, match="dict"):
+        P.plot_reconstructions(img, [img])

@@ -1,7 +1,7 @@
-"""Figures for experiment results (matplotlib, no pyplot state).
+"""Figures for experiment results, fit results and images (matplotlib, no pyplot state).
 
-Every function takes the DataFrame of :func:`jmf.experiments.load_results`
-(one row per fit) and returns a :class:`matplotlib.figure.Figure` built
+The experiment figures take the DataFrame of :func:`jmf.experiments.load_results`
+(one row per fit); every function returns a :class:`matplotlib.figure.Figure` built
 without :mod:`matplotlib.pyplot`, so nothing depends on the interactive
 backend and figures render with Agg when saved.  :func:`save` writes PNG
 and SVG.  Colours are stable per solver label across figures.
@@ -13,16 +13,25 @@ and SVG.  Colours are stable per solver label across figures.
 * :func:`accuracy_vs_time` -- final error against time per fit;
 * :func:`timing` -- time per fit and compilation time per solver;
 * :func:`overview` -- the four panels in one figure.
+
+For results and images (no experiment table needed):
+
+* :func:`plot_loss` -- the loss curve of a :class:`jmf.FitResult`, or of
+  every member of a :class:`jmf.FitManyResult` (lines or a band);
+* :func:`plot_components` -- a grid of components as images (NMF parts);
+* :func:`plot_reconstructions` -- an image beside its reconstructions, with PSNR.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["loss_curves", "error_vs_rank", "accuracy_vs_time", "timing", "overview", "save", "solver_colors"]
+__all__ = ["loss_curves", "error_vs_rank", "accuracy_vs_time", "timing", "overview", "save", "solver_colors",
+           "plot_loss", "plot_components", "plot_reconstructions"]
 
 _METRIC_LABELS = {
     "rel_error": "relative error  ‖A − WH‖$_F$ / ‖A‖$_F$ (training entries)",
@@ -294,3 +303,209 @@ def save(fig, path, formats: Sequence[str] = ("png", "svg"), dpi: int = 120) -> 
             fig.savefig(fh, format=fmt, dpi=dpi)
         out.append(target)
     return out
+
+
+# -- figures of fit results and images ----------------------------------------------------
+
+
+def _histories(res):
+    """``(iterations (T,), histories (M, T))`` of a FitResult / FitManyResult, members flattened."""
+    if not hasattr(res, "loss_history") or not hasattr(res, "iterations"):
+        raise TypeError(f"expected a jmf FitResult or FitManyResult, got {type(res).__name__}")
+    its = np.asarray(res.iterations, dtype=float)
+    hist = np.asarray(res.loss_history, dtype=float)
+    if its.ndim != 1 or hist.shape[-1] != its.shape[0]:
+        raise ValueError(f"loss_history {hist.shape} does not match iterations {its.shape}")
+    return its, hist.reshape(-1, its.shape[0])
+
+
+def _finite_prefix(x, y):
+    """The points before the NaN tail of a stopped member (and any other non-finite point)."""
+    keep = np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def plot_loss(result, ax=None, *, style: str = "auto", label: Optional[str] = None, color=None,
+              logy: bool = True, title: Optional[str] = None):
+    """Loss against iteration for a :class:`jmf.FitResult` or a :class:`jmf.FitManyResult`.
+
+    The history is recorded every ``check_every`` iterations; the NaN tail
+    after a member stopped is dropped.  A result with several members (a
+    :func:`jmf.fit_many` result, all axes flattened) is drawn as one thin
+    line per member (``style="lines"``) or as the median with a min--max
+    band (``style="band"``; a stopped member keeps its final loss).
+    ``"auto"`` draws lines for up to 10 members and a band beyond.
+
+    Parameters
+    ----------
+    result : FitResult or FitManyResult
+    ax : matplotlib Axes, optional
+        Draw into it (e.g. to overlay several solvers); default a new figure.
+    style : {"auto", "lines", "band"}
+    label, color : optional
+        Legend label and colour of the curve(s).
+    logy : bool, default True
+        Log-scale loss axis.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if style not in ("auto", "lines", "band"):
+        raise ValueError(f"style must be 'auto', 'lines' or 'band', got {style!r}")
+    its, hist = _histories(result)
+    n = hist.shape[0]
+    if style == "auto":
+        style = "lines" if n <= 10 else "band"
+    fig, ax = _figure(ax)
+    if n == 1 or style == "lines":
+        for i in range(n):
+            x, y = _finite_prefix(its, hist[i])
+            (line,) = ax.plot(x, y, color=color, lw=1.6 if n == 1 else 0.9, alpha=1.0 if n == 1 else 0.7,
+                              label=(label if i == 0 else None))
+            color = line.get_color() if color is None else color
+    else:
+        filled = hist.copy()
+        for row in filled:  # a stopped member keeps its final loss
+            ok = np.isfinite(row)
+            if ok.any():
+                last = np.flatnonzero(ok)[-1]
+                row[last + 1:] = row[last]
+        alive = np.isfinite(hist).any(axis=0)
+        x = its[alive]
+        with warnings.catch_warnings():  # columns where every member diverged are all-NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(filled[:, alive], axis=0)
+            lo = np.nanmin(filled[:, alive], axis=0)
+            hi = np.nanmax(filled[:, alive], axis=0)
+        (line,) = ax.plot(x, med, color=color, lw=1.6, label=f"{label or 'median'} ({n} members)")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.25, lw=0)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (mean over observed entries)")
+    if title is not None:
+        ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def plot_components(factor, shape, *, n_cols: Optional[int] = None, cmap: str = "gray",
+                    titles: bool = True, size: float = 1.2, title: Optional[str] = None):
+    """A grid of components as images, e.g. NMF parts of digits.
+
+    Parameters
+    ----------
+    factor : array, (k, prod(shape)) or (prod(shape), k)
+        ``H`` (components as rows) or ``W`` (components as columns); the
+        axis of length ``prod(shape)`` is the image.
+    shape : tuple of int
+        Image shape of one component, e.g. ``(8, 8)`` for digits.
+    n_cols : int, optional
+        Images per row (default about ``sqrt(k)``, at most 10).
+    cmap : str, default "gray"
+    titles : bool, default True
+        Label each image with its component index.
+    size : float
+        Inches per image.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With one axes per component.
+    """
+    from matplotlib.figure import Figure
+
+    F = np.asarray(factor, dtype=float)
+    pixels = int(np.prod(shape))
+    if F.ndim != 2:
+        raise ValueError(f"factor must be a 2-D array (H or W), got shape {F.shape}")
+    if F.shape[1] == pixels:
+        comps = F
+    elif F.shape[0] == pixels:
+        comps = F.T
+    else:
+        raise ValueError(f"neither axis of factor {F.shape} has prod(shape) = {pixels} entries")
+    k = comps.shape[0]
+    n_cols = int(n_cols) if n_cols else min(10, int(np.ceil(np.sqrt(k))))
+    n_rows = int(np.ceil(k / n_cols))
+    fig = Figure(figsize=(size * n_cols, size * n_rows + (0.4 if title else 0.0)), layout="constrained")
+    for i in range(k):
+        ax = fig.add_subplot(n_rows, n_cols, i + 1)
+        ax.imshow(comps[i].reshape(shape), cmap=cmap, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if titles:
+            ax.set_title(str(i), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _as_image(x):
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.integer):
+        return np.clip(x, 0, 255).astype(np.uint8)
+    x = x.astype(float)
+    if np.nanmax(x) > 1.0 + 1e-6:  # 0..255 floats
+        return np.clip(x, 0, 255).astype(np.uint8)
+    return np.clip(x, 0.0, 1.0)
+
+
+def plot_reconstructions(original, reconstructions: dict, *, n_cols: Optional[int] = None,
+                         show_psnr: bool = True, data_range: Optional[float] = None, cmap: Optional[str] = None,
+                         size: float = 3.0, title: Optional[str] = None):
+    """The original image beside its reconstructions (e.g. one per rank), each titled with its PSNR.
+
+    Parameters
+    ----------
+    original : array, (h, w) or (h, w, 3)
+        Integer images are shown as 0..255; float images as 0..1, or as
+        0..255 when their values exceed 1.
+    reconstructions : dict of label -> array
+        Same shape as ``original``; drawn in the dict's order.
+    n_cols : int, optional
+        Images per row (default: all in one row, at most 4).
+    show_psnr : bool, default True
+        Add ``PSNR xx.x dB`` (:func:`jmf.compress.psnr`) to each title.
+    data_range : float, optional
+        For the PSNR (see :func:`jmf.compress.psnr`).
+    cmap : str, optional
+        For 2-D images (default "gray").
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With ``1 + len(reconstructions)`` axes.
+    """
+    from matplotlib.figure import Figure
+
+    from .compress import psnr
+
+    if not isinstance(reconstructions, dict):
+        raise TypeError(f"reconstructions must be a dict of label -> image, got {type(reconstructions).__name__}")
+    original = np.asarray(original)
+    items = [("original", original, None)]
+    for lab, rec in reconstructions.items():
+        rec = np.asarray(rec)
+        if rec.shape != original.shape:
+            raise ValueError(f"reconstruction {lab!r} has shape {rec.shape}, the original {original.shape}")
+        score = psnr(original, rec, data_range) if show_psnr else None
+        items.append((str(lab), rec, score))
+    n = len(items)
+    n_cols = int(n_cols) if n_cols else min(n, 4)
+    n_rows = int(np.ceil(n / n_cols))
+    h, w = original.shape[:2]
+    fig = Figure(figsize=(size * n_cols, size * n_rows * h / w + 0.35 * n_rows + (0.4 if title else 0.0)),
+                 layout="constrained")
+    for i, (lab, img, score) in enumerate(items):
+        ax = fig.add_subplot(n_rows, n_cols, i + 1)
+        ax.imshow(_as_image(img), cmap=cmap or ("gray" if img.ndim == 2 else None), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(lab if score is None else f"{lab}\nPSNR {score:.1f} dB", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
