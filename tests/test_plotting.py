@@ -120,6 +120,11 @@ def test_plot_loss_many_members_lines_and_band(fits):
     _, many = fits
     fig = P.plot_loss(many, style="lines")
     assert len(fig.axes[0].lines) == 6  # 2 ranks x 3 restarts
+    names = [f"rank {r} restart {s}" for r in (2, 3) for s in range(3)]
+    fig = P.plot_loss(many, style="lines", labels=names)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == names
+    with pytest.raises(ValueError, match="labels"):
+        P.plot_loss(many, labels=["one"])
     fig = P.plot_loss(many, style="band", label="adam", logy=False)
     ax = fig.axes[0]
     assert len(ax.lines) == 1 and len(ax.collections) == 1 and ax.get_yscale() == "linear"

@@ -283,11 +283,14 @@ def overview(df, *, dataset: Optional[str] = None, rank: Optional[int] = None, m
     return fig
 
 
-def save(fig, path, formats: Sequence[str] = ("png", "svg"), dpi: int = 120) -> list[str]:
+def save(fig, path, formats: Sequence[str] = ("png", "svg"), dpi: int = 120,
+         png_colors: Optional[int] = None) -> list[str]:
     """Save ``fig`` as ``path.png`` and ``path.svg`` (``path`` without extension); returns the paths.
 
     Each file is written to a temporary name and renamed, so an existing
-    figure is only replaced by a complete one.
+    figure is only replaced by a complete one.  ``png_colors`` (e.g. 256)
+    stores the PNG with a palette of that many colours (needs pillow):
+    several times smaller files for figures committed to a repository.
     """
     from .io import atomic_write
 
@@ -300,7 +303,18 @@ def save(fig, path, formats: Sequence[str] = ("png", "svg"), dpi: int = 120) -> 
     for fmt in formats:
         target = f"{path}.{fmt}"
         with atomic_write(target, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=dpi)
+            if fmt == "png" and png_colors:
+                import io
+
+                from PIL import Image
+
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", dpi=dpi)
+                buf.seek(0)
+                img = Image.open(buf).convert("RGB").quantize(colors=int(png_colors), method=Image.Quantize.MEDIANCUT)
+                img.save(fh, format="png", optimize=True)
+            else:
+                fig.savefig(fh, format=fmt, dpi=dpi)
         out.append(target)
     return out
 
@@ -326,7 +340,7 @@ def _finite_prefix(x, y):
 
 
 def plot_loss(result, ax=None, *, style: str = "auto", label: Optional[str] = None, color=None,
-              logy: bool = True, title: Optional[str] = None):
+              labels: Optional[Sequence[str]] = None, logy: bool = True, title: Optional[str] = None):
     """Loss against iteration for a :class:`jmf.FitResult` or a :class:`jmf.FitManyResult`.
 
     The history is recorded every ``check_every`` iterations; the NaN tail
@@ -343,7 +357,11 @@ def plot_loss(result, ax=None, *, style: str = "auto", label: Optional[str] = No
         Draw into it (e.g. to overlay several solvers); default a new figure.
     style : {"auto", "lines", "band"}
     label, color : optional
-        Legend label and colour of the curve(s).
+        Legend label and colour of the curve(s); without a colour, the
+        member lines take the colours of matplotlib's cycle, one each.
+    labels : sequence of str, optional
+        ``style="lines"``: one legend label per member (in the flattened
+        member order, e.g. ``[f"rank {k}" for k in ranks]``).
     logy : bool, default True
         Log-scale loss axis.
 
@@ -358,12 +376,13 @@ def plot_loss(result, ax=None, *, style: str = "auto", label: Optional[str] = No
     if style == "auto":
         style = "lines" if n <= 10 else "band"
     fig, ax = _figure(ax)
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"labels has {len(labels)} entries for {n} members")
     if n == 1 or style == "lines":
         for i in range(n):
             x, y = _finite_prefix(its, hist[i])
-            (line,) = ax.plot(x, y, color=color, lw=1.6 if n == 1 else 0.9, alpha=1.0 if n == 1 else 0.7,
-                              label=(label if i == 0 else None))
-            color = line.get_color() if color is None else color
+            lab = labels[i] if labels is not None else (label if i == 0 else None)
+            ax.plot(x, y, color=color, lw=1.6 if n == 1 else 1.0, alpha=1.0 if n == 1 else 0.8, label=lab)
     else:
         filled = hist.copy()
         for row in filled:  # a stopped member keeps its final loss
@@ -455,15 +474,18 @@ def _as_image(x):
 
 
 def plot_reconstructions(original, reconstructions: dict, *, n_cols: Optional[int] = None,
-                         show_psnr: bool = True, data_range: Optional[float] = None, cmap: Optional[str] = None,
-                         size: float = 3.0, title: Optional[str] = None):
+                         show_psnr: bool = True, data_range: Optional[float] = None, cmap: str = "gray",
+                         vmin: Optional[float] = None, vmax: Optional[float] = None, size: float = 3.0,
+                         original_label: str = "original", title: Optional[str] = None):
     """The original image beside its reconstructions (e.g. one per rank), each titled with its PSNR.
 
     Parameters
     ----------
     original : array, (h, w) or (h, w, 3)
-        Integer images are shown as 0..255; float images as 0..1, or as
-        0..255 when their values exceed 1.
+        A matrix or grey image ``(h, w)`` is drawn with ``cmap`` on one
+        colour scale for all panels (``vmin``/``vmax``, default the
+        original's range).  Colour images: integer ones as 0..255, float ones
+        as 0..1, or as 0..255 when their values exceed 1 (clipped).
     reconstructions : dict of label -> array
         Same shape as ``original``; drawn in the dict's order.
     n_cols : int, optional
@@ -472,8 +494,10 @@ def plot_reconstructions(original, reconstructions: dict, *, n_cols: Optional[in
         Add ``PSNR xx.x dB`` (:func:`jmf.compress.psnr`) to each title.
     data_range : float, optional
         For the PSNR (see :func:`jmf.compress.psnr`).
-    cmap : str, optional
-        For 2-D images (default "gray").
+    cmap, vmin, vmax : optional
+        Colour map and scale of 2-D panels.
+    original_label : str, default "original"
+        Title of the first panel (e.g. "clean").
 
     Returns
     -------
@@ -487,7 +511,7 @@ def plot_reconstructions(original, reconstructions: dict, *, n_cols: Optional[in
     if not isinstance(reconstructions, dict):
         raise TypeError(f"reconstructions must be a dict of label -> image, got {type(reconstructions).__name__}")
     original = np.asarray(original)
-    items = [("original", original, None)]
+    items = [(original_label, original, None)]
     for lab, rec in reconstructions.items():
         rec = np.asarray(rec)
         if rec.shape != original.shape:
@@ -502,7 +526,12 @@ def plot_reconstructions(original, reconstructions: dict, *, n_cols: Optional[in
                  layout="constrained")
     for i, (lab, img, score) in enumerate(items):
         ax = fig.add_subplot(n_rows, n_cols, i + 1)
-        ax.imshow(_as_image(img), cmap=cmap or ("gray" if img.ndim == 2 else None), interpolation="nearest")
+        if img.ndim == 2:
+            lo = float(np.nanmin(original)) if vmin is None else vmin
+            hi = float(np.nanmax(original)) if vmax is None else vmax
+            ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+        else:
+            ax.imshow(_as_image(img), interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(lab if score is None else f"{lab}\nPSNR {score:.1f} dB", fontsize=9)
