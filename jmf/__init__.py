@@ -3,8 +3,11 @@
 Factorize ``A (m x n) ~ W (m x k) H (k x n)`` with pure-functional solvers,
 compiled once and vmapped over restarts, ranks and matrices.
 
->>> import jax, jmf
->>> res = jmf.fit(jmf.Dense(A), jmf.solvers.adam(1e-2), rank=2, key=jax.random.key(0))  # doctest: +SKIP
+>>> import jax, numpy as np, jmf
+>>> A = np.array([[5, 3], [3, 2], [2, 1], [1, 1]], dtype=np.float32)
+>>> res = jmf.fit(jmf.Dense(A), jmf.solvers.als(), rank=1, key=jax.random.key(0), progress=False)
+>>> res.status_name, res.factors.W.shape, res.factors.H.shape
+('CONVERGED', (4, 1), (1, 2))
 """
 
 from jmf._src.sharding import configure_cpu_devices as _configure_cpu_devices

@@ -294,6 +294,10 @@ class Dense:
 class Sparse:
     """Observed entries of an ``(m, n)`` matrix in coordinate form.
 
+    Entries are stored sorted row-major (by ``row``, then ``col``); indices
+    are int32.  A batch of ``B`` sparse matrices with a common ``nnz`` (see
+    :func:`jmf.stack`) has leaves of shape ``(B, nnz)``.
+
     Parameters
     ----------
     rows, cols : array_like of int, shape (nnz,)
@@ -311,10 +315,6 @@ class Sparse:
         them, since a silently summed rating is usually a data bug; "sum"
         follows scipy's COO convention, "mean" averages, "last" keeps the
         final occurrence.
-
-    Entries are stored sorted row-major (by ``row``, then ``col``); indices
-    are int32.  A batch of ``B`` sparse matrices with a common ``nnz`` (see
-    :func:`jmf.stack`) has leaves of shape ``(B, nnz)``.
     """
 
     __slots__ = ("rows", "cols", "vals", "weights", "shape")

@@ -1,8 +1,12 @@
 """Datasets: MovieLens (local folder, cache or verified download), ratings files, synthetic ratings.
 
+>>> import jax, jmf
 >>> r = jmf.datasets.movielens("100k", path="ml-100k")     # doctest: +SKIP
->>> r.data, r.users, r.items                                # Sparse (943, 1682) and the raw ids
->>> s = jmf.datasets.synthetic_ratings(jax.random.key(0))   # built-in default with a known truth
+>>> r.data, r.users, r.items                                # doctest: +SKIP
+(Sparse (943, 1682), the raw user ids, the raw item ids)
+>>> s = jmf.datasets.synthetic_ratings(jax.random.key(0), n_users=50, n_items=40, n_ratings=400)
+>>> s.data.shape, s.data.nnz                                # built-in data with a known truth
+((50, 40), 400)
 """
 
 from jmf._src.datasets import (

@@ -139,8 +139,12 @@ def index_ratings(df, user=None, item=None, rating=None, duplicates: str = "erro
 
     Examples
     --------
-    >>> r = index_ratings(pd.DataFrame({"user": ["b", "a"], "item": [10, 30], "rating": [4.0, 3.5]}))  # doctest: +SKIP
-    >>> r.users, r.items                      # (['a', 'b'], [10, 30])  # doctest: +SKIP
+    >>> import pandas as pd
+    >>> r = index_ratings(pd.DataFrame({"user": ["b", "a"], "item": [10, 30], "rating": [4.0, 3.5]}))
+    >>> r.users.tolist(), r.items.tolist()
+    (['a', 'b'], [10, 30])
+    >>> r.data.shape, r.data.nnz
+    ((2, 2), 2)
     """
     user, item, rating = _columns(df, user, item, rating)
     if len(df) == 0:
