@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jmf-installed
+DOCS_STAMP := $(VENV)/.jmf-docs-installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test docs bench install clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,5 +25,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
+# The documentation site in site/ (mkdocs-material + mkdocstrings): the API pages must match the
+# public modules' __all__ (docs/gen_api.py), and any warning fails the build.
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c requirements.lock -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) docs/gen_api.py --check
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site
