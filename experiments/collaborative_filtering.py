@@ -3,9 +3,9 @@
 Usage
 -----
     python experiments/collaborative_filtering.py                      # built-in synthetic ratings
-    python experiments/collaborative_filtering.py --data ../shared/data/ml-latest-small
+    python experiments/collaborative_filtering.py --data PATH/ml-latest-small   # a MovieLens folder or ratings file
     python experiments/collaborative_filtering.py --train u1.base --test u1.test --json out.json
-    python experiments/collaborative_filtering.py --cv                 # the hyperparameter search behind DEFAULTS
+    python experiments/collaborative_filtering.py --cv --data PATH     # the hyperparameter search behind DEFAULTS
     python experiments/collaborative_filtering.py --quick              # small and fast
 
 Every model is fitted with its default hyperparameters (``DEFAULTS``; those
@@ -244,14 +244,16 @@ def cross_validate(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", help="a MovieLens folder or a ratings file (default: built-in synthetic ratings)")
+    ap.add_argument("--data", help="a MovieLens folder (e.g. an extracted ml-latest-small.zip) or a ratings file "
+                    "(default: built-in synthetic ratings; jmf.datasets.movielens downloads MovieLens)")
     ap.add_argument("--train", help="training ratings file (any supported format)")
     ap.add_argument("--test", help="test ratings file")
     ap.add_argument("--json", help="write one JSON row per solver here")
     ap.add_argument("--out", help="folder for cf_results.md / cf_results.json", default=None)
     ap.add_argument("--models", nargs="*", help=f"subset of {list(DEFAULTS)}")
     ap.add_argument("--quick", action="store_true", help="small data and short fits")
-    ap.add_argument("--cv", action="store_true", help="run the cross-validation search behind DEFAULTS")
+    ap.add_argument("--cv", action="store_true", help="run the cross-validation search behind DEFAULTS on --data "
+                    "(the ml-latest-small folder)")
     ap.add_argument("--grid-from", type=int, default=0, help="--cv: start at this grid position (resume)")
     ap.add_argument("--folds", type=int, default=5, help="--cv: number of folds")
     args = ap.parse_args(argv)
