@@ -8,7 +8,9 @@ so this extension rewrites each role when the docstrings are loaded:
   or a member of such an object) becomes a link, ``[`jmf.fit`][jmf.fit]``;
 * any other target (internal ``jmf._src`` names, other libraries) becomes code.
 
-``.. math::`` blocks become code blocks; the source files are not changed.
+``.. math::`` blocks become code blocks, and the fields of a class (e.g. a
+NamedTuple) that its ``Attributes`` section already documents are not listed a
+second time as undocumented attributes.  The source files are not changed.
 """
 
 from __future__ import annotations
@@ -65,3 +67,12 @@ class SphinxRoles(griffe.Extension):
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
             obj.docstring.value = self.rewrite(obj.docstring.value)
+
+    def on_class_members(self, *, cls: griffe.Class, **kwargs) -> None:
+        doc = cls.docstring.value if cls.docstring is not None else ""
+        if not re.search(r"^\s*Attributes\n\s*-{3,}", doc, re.M):
+            return
+        for name, member in list(cls.members.items()):
+            if (not member.is_alias and member.is_attribute and member.docstring is None
+                    and re.search(rf"^\s*{re.escape(name)}\b.*:", doc, re.M)):
+                del cls.members[name]
