@@ -161,7 +161,11 @@ def test_plot_reconstructions_titles_psnr(tmp_path):
     assert fig.axes[2].get_title() == f"rank 5\nPSNR {psnr(img, recs['rank 5']):.1f} dB"
     gray = P.plot_reconstructions(img[..., 0] / 255, {"a": img[..., 0] / 255}, show_psnr=False, n_cols=1)
     assert len(gray.axes) == 2 and gray.axes[1].get_title() == "a"
-    assert P.save(fig, tmp_path / "rec", formats=("png",))[0].endswith("rec.png")
+    (path,) = P.save(fig, tmp_path / "rec", formats=("png",), png_colors=64)  # palette PNG (pillow)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert path.endswith("rec.png") and im.mode == "P" and len(im.getcolors()) <= 64
     with pytest.raises(ValueError, match="shape"):
         P.plot_reconstructions(img, {"bad": img[:2]})
     with pytest.raises(TypeError, match="dict"):
