@@ -29,8 +29,10 @@ lowered member program); others run on one device at a time.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import threading
 from functools import partial
 from typing import Any, NamedTuple, Optional
 
@@ -40,6 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ..compilation import compilations
 from ..data import Dense, Sparse
 from ..factors import Factors
 from ..sharding import _axis_name, cpu_devices, default_memory_budget, is_global
@@ -389,6 +392,29 @@ def _progress_bar(progress, total, desc):
     return tqdm(total=total, desc=desc, unit="it", disable=None if progress is True else False, leave=False)
 
 
+@contextlib.contextmanager
+def _compiling_note(bar, first: bool):
+    """Say "compiling" on a live bar when a program call takes long enough to be compiling.
+
+    Only the bar's text changes (from a timer thread; no XLA work runs
+    there).  Compiled programs are cached on disk (see
+    :mod:`jmf._src.compilation`), so this shows on a machine's first run.
+    """
+    if not first or bar is None or bar.disable:
+        yield
+        return
+    timer = threading.Timer(0.5, lambda: bar.set_postfix_str("compiling (first run on this machine)"))
+    timer.daemon = True
+    timer.start()
+    try:
+        with compilations() as log:
+            yield
+    finally:
+        timer.cancel()
+        if log.compiled:
+            bar.set_postfix_str(f"compiled {log.compiled} program(s) in {log.seconds:.1f} s")
+
+
 def _time_stops(cfg, chunk_size, n_hint=20) -> list[int]:
     ce = cfg.check_every
     if chunk_size is None:
@@ -409,20 +435,22 @@ def _host_view(job: Job, plan: Plan, args: Args, carry: Carry, field: str, n_rea
     return x[:n_real] if job.axes else x
 
 
-def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, chunk_size) -> Carry:
+def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, chunk_size, first=True) -> Carry:
     """Start, advance (in time chunks when someone watches) and finish one chunk of members.
 
     ``n_real`` outer slices of ``args`` are real members, the rest repeat the last one.
     """
     cfg = job.cfg
-    carry = _start_program(job, plan, args)
+    with _compiling_note(bar, first):
+        carry = _start_program(job, plan, args)
     # Processes of a multi-host run see only their own members: no live view.
     watched = (callback is not None or (bar is not None and not bar.disable)) and not is_global(args)
     stops = _time_stops(cfg, chunk_size) if watched else [cfg.max_iter]
     done = 0
     user_stop = False
-    for stop_at in stops:
-        carry = _advance_program(job, plan, args, carry, jnp.asarray(stop_at, jnp.int32))
+    for i, stop_at in enumerate(stops):
+        with _compiling_note(bar, first and i == 0):
+            carry = _advance_program(job, plan, args, carry, jnp.asarray(stop_at, jnp.int32))
         if not watched:
             break
         status = _host_view(job, plan, args, carry, "status", n_real)
@@ -463,7 +491,8 @@ def execute(job: Job, args: Args, plan: Plan, *, progress=True, callback=None, c
             # The last chunk is padded by repeating the last member, so every chunk has one shape.
             first = c * plan.chunk
             idx = np.minimum(np.arange(first, first + plan.chunk), plan.n_outer - 1).astype(np.int32)
-            carries.append(run(_take_outer(args, idx, job.axes[0]), min(plan.chunk, plan.n_outer - first)))
+            carries.append(run(_take_outer(args, idx, job.axes[0]), min(plan.chunk, plan.n_outer - first),
+                               first=c == 0))
     finally:
         if bar is not None:
             bar.close()
