@@ -427,10 +427,11 @@ def fit_many(
     else:
         key_arg = as_key(key) if factors0 is None else key
 
-    cfg = RunConfig(max_iter, tol, check_every, width, bool(biases))
+    cfg = RunConfig(max_iter, check_every, width, bool(biases))
     mask = None if rank_arr is None else jax.vmap(lambda r: rank_mask(r, width, data.dtype))(rank_arr)
     job = Job(solver, cfg, init_fn, tuple(axes))
-    args = Args(key_arg, rank_arr, factors0, data, mask)
+    # tol is traced (a negative value never converges), so other tolerances reuse the compiled program.
+    args = Args(key_arg, rank_arr, factors0, data, mask, np.asarray(-1.0 if tol is None else tol, data.dtype))
     if memory_budget is not None:
         memory_budget = check_int(memory_budget, "memory_budget")
     run_plan = make_plan(job, args, mesh=mesh, memory_budget=memory_budget, **_check_plan(plan))

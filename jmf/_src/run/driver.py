@@ -38,7 +38,7 @@ class Args(NamedTuple):
 
     ``key`` varies along "restart", ``rank`` and ``mask`` along "rank",
     ``data`` along "matrix"; ``factors0`` (a single fit's starting factors)
-    along none.
+    and ``tol`` (the stopping tolerance, negative for none) along none.
     """
 
     key: Any
@@ -46,6 +46,7 @@ class Args(NamedTuple):
     factors0: Any
     data: Any
     mask: Any
+    tol: Any = -1.0
 
 
 _START_AXES = (frozenset({"restart"}), frozenset({"rank"}), frozenset(), frozenset({"matrix"}))
@@ -124,4 +125,4 @@ def advance(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
     step = nest_vmap(member_step, job.axes, (every, every, frozenset({"matrix"}), frozenset({"rank"})))
     loss_fn = nest_vmap(solver.loss.value, job.axes, (every, frozenset({"matrix"})))
     return check_loop(job.cfg, carry, lambda f, s: step(f, s, args.data, args.mask), lambda f: loss_fn(f, args.data),
-                      select, stop_at)
+                      select, stop_at, args.tol)
