@@ -103,6 +103,8 @@ class Plan(NamedTuple):
 def _axis_len(args: Args, axis: str) -> int:
     if axis == "matrix":
         return jax.tree_util.tree_leaves(args.data)[0].shape[0]
+    if axis == "param":
+        return jax.tree_util.tree_leaves(args.hparams)[0].shape[0]
     if axis == "rank":
         return args.rank.shape[0]
     return args.key.shape[0]
@@ -141,7 +143,9 @@ def member_bytes(job: Job, args: Args) -> int:
         f_struct = f_struct._replace(row_bias=jax.ShapeDtypeStruct((m,), data.dtype),
                                      col_bias=jax.ShapeDtypeStruct((n,), data.dtype),
                                      offset=jax.ShapeDtypeStruct((), data.dtype))
-    state = jax.eval_shape(lambda f, d: job.solver.init(f, d, jax.random.key(0)), f_struct, _one_matrix(job, data))
+    first = None if args.hparams is None else {k: np.asarray(v)[0] for k, v in args.hparams.items()}
+    solver = driver.member_solver(job, first)
+    state = jax.eval_shape(lambda f, d: solver.init(f, d, jax.random.key(0)), f_struct, _one_matrix(job, data))
     state_bytes = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(state))
     return int(item * (4 * factor_elems + temps + n_checks(job.cfg) + 1) + 2 * state_bytes)
 
@@ -170,17 +174,19 @@ def blocking_custom_calls(job: Job, args: Args) -> frozenset:
     def one(x, axis):
         return None if x is None else (x[0] if axis in job.axes else x)
 
+    hparams = None if args.hparams is None else {k: one(v, "param") for k, v in args.hparams.items()}
     member_args = (one(args.key, "restart"), one(args.rank, "rank"), args.factors0,
-                   _one_matrix(job, args.data), one(args.mask, "rank"))
+                   _one_matrix(job, args.data), one(args.mask, "rank"), hparams)
     structs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), member_args)
     cache_key = (job, str(jax.tree_util.tree_structure(structs)),
                  tuple((s.shape, str(s.dtype)) for s in jax.tree_util.tree_leaves(structs)))
     if cache_key not in _blocking_cache:
 
-        def program(key, rank, factors0, data, mask):
-            f, s, _ = driver.start_member(job, key, rank, factors0, data)
-            f, s = job.solver.step(f, s, data, mask)
-            return job.solver.loss.value(f, data), s
+        def program(key, rank, factors0, data, mask, hparams):
+            f, s, _ = driver.start_member(job, key, rank, factors0, data, hparams)
+            solver = driver.member_solver(job, hparams)
+            f, s = solver.step(f, s, data, mask)
+            return solver.loss.value(f, data), s
 
         text = jax.jit(program).lower(*structs).as_text()
         _blocking_cache[cache_key] = frozenset(set(_CUSTOM_CALL.findall(text)) - _PLACEMENT_CALLS)
@@ -300,7 +306,8 @@ def _layout_fns(plan: Plan):
 def _arg_specs(job: Job, name: str) -> Args:
     """PartitionSpecs splitting the outermost member axis of every argument that varies along it."""
     outer = job.axes[0]
-    varies = {"key": outer == "restart", "rank": outer == "rank", "mask": outer == "rank", "data": outer == "matrix"}
+    varies = {"key": outer == "restart", "rank": outer == "rank", "mask": outer == "rank", "data": outer == "matrix",
+              "hparams": outer == "param"}
     return Args(*(P(name) if varies.get(field, False) else P() for field in Args._fields))
 
 
@@ -369,6 +376,8 @@ def _take_outer(args: Args, idx, outer: str) -> Args:
     """The members of outer slices ``idx`` (one program for every chunk)."""
     if outer == "matrix":
         return args._replace(data=jax.tree_util.tree_map(lambda x: x[idx], args.data))
+    if outer == "param":
+        return args._replace(hparams={k: v[idx] for k, v in args.hparams.items()})
     if outer == "rank":
         return args._replace(rank=args.rank[idx], mask=args.mask[idx])
     return args._replace(key=args.key[idx])
@@ -450,7 +459,7 @@ def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, 
     user_stop = False
     for i, stop_at in enumerate(stops):
         with _compiling_note(bar, first and i == 0):
-            carry = _advance_program(job, plan, args, carry, jnp.asarray(stop_at, jnp.int32))
+            carry = _advance_program(job, plan, args, carry, np.int32(stop_at))
         if not watched:
             break
         status = _host_view(job, plan, args, carry, "status", n_real)
