@@ -10,9 +10,11 @@ compiled once and vmapped over restarts, ranks and matrices.
 ('CONVERGED', (4, 1), (1, 2))
 """
 
+from jmf._src.compilation import configure_cache as _configure_cache
 from jmf._src.sharding import configure_cpu_devices as _configure_cpu_devices
 
 _configure_cpu_devices()  # before anything starts JAX's backends
+_configure_cache()
 
 from jmf._src.data import Dense, Sparse, as_data, stack
 from jmf._src.factors import Factors

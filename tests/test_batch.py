@@ -81,7 +81,7 @@ def test_memory_budget_chunks_give_identical_results_one_compile(rng):
     from jmf._src.run.loop import RunConfig
 
     # budget for about 3 matrices x 2 restarts -> chunks of 3, last chunk padded
-    job_bytes = member_bytes(Job(solver, RunConfig(150, 1e-4, 10, 2, False), None, ("matrix", "restart")),
+    job_bytes = member_bytes(Job(solver, RunConfig(150, 10, 2, False), None, ("matrix", "restart")),
                              Args(keys, None, None, data, None))
     budget = int(3.5 * (2 * job_bytes + As[0].nbytes))
     with compilations() as log:

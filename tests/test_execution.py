@@ -106,7 +106,7 @@ def test_blocking_custom_calls_found_in_lowered_member_program():
     key = jax.random.split(jax.random.key(0), 2)
 
     def calls(solver):
-        job = Job(solver, RunConfig(10, None, 5, 2, False), get_initializer("random"), ("restart",))
+        job = Job(solver, RunConfig(10, 5, 2, False), get_initializer("random"), ("restart",))
         return blocking_custom_calls(job, Args(key, None, None, data, None))
 
     assert calls(jmf.solvers.adam(1e-2)) == frozenset()

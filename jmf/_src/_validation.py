@@ -51,6 +51,12 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real)
 
 
+def _is_tracer(value) -> bool:
+    import jax
+
+    return isinstance(value, jax.core.Tracer)
+
+
 def _is_concrete_jax_scalar(value) -> bool:
     import jax
 
@@ -74,6 +80,8 @@ def check_float(value, name: str, *, owner: Optional[str] = None, lo: Optional[f
     """``value`` as a Python float in the given interval (``None`` passes with ``none_ok``)."""
     if value is None and none_ok:
         return None
+    if _is_tracer(value):
+        return value  # a grid value inside a compiled member: validated concretely when the grid was built
     if not is_real(value):
         what = "a float" + (" or None" if none_ok else "")
         raise TypeError(f"{_who(name, owner)} must be {what}, got {_got(value)}")

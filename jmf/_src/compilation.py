@@ -1,8 +1,19 @@
-"""Counting XLA compilations (how many programs a job builds, and the seconds spent building them).
+"""Compilation: the persistent cache jmf turns on, and counting what gets compiled.
 
-JAX reports every backend compilation through :mod:`jax.monitoring`; one
-listener, registered on first use, keeps running totals, and
-:func:`compilations` reads the difference over a block::
+**The cache.** A researcher runs the same scripts again and again; each run
+should not pay the XLA compiler again.  ``import jmf`` points JAX's
+persistent compilation cache at the user's cache folder
+(``platformdirs.user_cache_dir("jmf")/xla``) unless JAX's own cache is
+already configured; ``JMF_CACHE_DIR`` chooses another folder and
+``JMF_CACHE_DIR=off`` leaves the cache off.  Every compiled program is
+cached (no minimum compile time), up to a size limit with least-recently-
+used eviction, whose file lock also makes the folder safe to share between
+processes.  A cached program is the program the compiler would build, so
+the cache never changes a result.
+
+**Counting.** JAX reports every backend compilation through
+:mod:`jax.monitoring`; one listener, registered on first use, keeps running
+totals, and :func:`compilations` reads the difference over a block::
 
     with compilations() as log:
         jmf.fit(...)
@@ -12,56 +23,130 @@ listener, registered on first use, keeps running totals, and
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
+from typing import Optional
 
 import jax
 
-__all__ = ["CompileLog", "compilations", "totals"]
+__all__ = ["CompileLog", "compilations", "totals", "configure_cache", "cache_dir", "CACHE_MAX_BYTES"]
+
+# Least-recently-used entries are evicted beyond this size.
+CACHE_MAX_BYTES = 2 << 30
+_OFF = {"off", "0", "false", "no", "none"}
+
+
+def configure_cache() -> Optional[str]:
+    """Turn JAX's persistent compilation cache on in jmf's folder, unless it is configured already or switched off.
+
+    Returns the folder in use (None when the cache is off or left to the
+    user's own JAX configuration).
+    """
+    raw = os.environ.get("JMF_CACHE_DIR", "").strip()
+    if raw.lower() in _OFF:
+        return None
+    if jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return None  # the user configured JAX's cache: theirs wins
+    if raw:
+        path = os.path.abspath(os.path.expanduser(raw))
+    else:
+        import platformdirs
+
+        path = os.path.join(platformdirs.user_cache_dir("jmf"), "xla")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:  # e.g. a read-only home: run without the cache rather than fail
+        import warnings
+
+        warnings.warn(f"jmf: compilation cache folder {path!r} is not usable ({exc}); running without it",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return path
+
+
+def cache_dir() -> Optional[str]:
+    """The persistent compilation cache folder JAX uses now (None if off)."""
+    return jax.config.jax_compilation_cache_dir or os.environ.get("JAX_COMPILATION_CACHE_DIR") or None
 
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+# Tracing and lowering to XLA are part of what a user waits for before a program runs.
+_FRONT_END = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration")
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
 _lock = threading.Lock()
-_totals = {"count": 0, "seconds": 0.0}
+_totals = {"programs": 0, "cache_hits": 0, "seconds": 0.0}
 _registered = False
 
 
-def _listen(event: str, duration: float, **_) -> None:
-    if event == _BACKEND_COMPILE:
+def _on_duration(event: str, duration: float, **_) -> None:
+    if event == _BACKEND_COMPILE or event in _FRONT_END:
         with _lock:
-            _totals["count"] += 1
             _totals["seconds"] += duration
+            if event == _BACKEND_COMPILE:
+                _totals["programs"] += 1
+
+
+def _on_event(event: str, **_) -> None:
+    if event == _CACHE_HIT:
+        with _lock:
+            _totals["cache_hits"] += 1
 
 
 def _ensure_listener() -> None:
     global _registered
     with _lock:
         if not _registered:
-            jax.monitoring.register_event_duration_secs_listener(_listen)
+            jax.monitoring.register_event_duration_secs_listener(_on_duration)
+            jax.monitoring.register_event_listener(_on_event)
             _registered = True
 
 
-def totals() -> tuple[int, float]:
-    """(compilations, seconds) since the listener started."""
+def totals() -> dict:
+    """Running totals since the listener started: programs built (compiled or loaded from the
+    persistent cache), of which ``cache_hits`` came from the cache, and seconds of tracing,
+    lowering and compiling."""
     _ensure_listener()
     with _lock:
-        return _totals["count"], _totals["seconds"]
+        return dict(_totals)
 
 
 @dataclass
 class CompileLog:
-    """Compilations of a :func:`compilations` block (filled in when the block ends)."""
+    """What a :func:`compilations` block built (filled in when the block ends).
 
-    count: int = 0
+    ``programs`` were obtained, ``cache_hits`` of them from the persistent
+    cache (the rest were compiled), in ``seconds`` of tracing, lowering and
+    compiling.
+    """
+
+    programs: int = 0
+    cache_hits: int = 0
     seconds: float = 0.0
+
+    @property
+    def count(self) -> int:
+        """Programs obtained (compiled or loaded from the cache)."""
+        return self.programs
+
+    @property
+    def compiled(self) -> int:
+        """Programs the compiler built (not found in the cache)."""
+        return self.programs - self.cache_hits
 
 
 @contextlib.contextmanager
 def compilations():
-    """Count the XLA compilations (and their seconds) of the enclosed block."""
-    count0, seconds0 = totals()
+    """Count the programs (and seconds) the enclosed block compiled."""
+    before = totals()
     log = CompileLog()
     try:
         yield log
     finally:
-        count1, seconds1 = totals()
-        log.count, log.seconds = count1 - count0, seconds1 - seconds0
+        after = totals()
+        log.programs = after["programs"] - before["programs"]
+        log.cache_hits = after["cache_hits"] - before["cache_hits"]
+        log.seconds = after["seconds"] - before["seconds"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._validation import as_key, check_int, check_rank, check_tol
 from .data import Dense, Sparse, _rebuild, as_data
-from .factors import Factors, rank_mask
+from .factors import Factors
 from .init import get_initializer
 from .run.driver import Args, Job
 from .run.executor import ProgressInfo, execute, make_plan
@@ -216,6 +216,9 @@ def fit(
     data = as_data(data)
     if data.batch_shape:
         raise ValueError(f"data is a batch {data.batch_shape} of matrices; use jmf.fit_many for batches")
+    if isinstance(solver, Solver) and solver.grid is not None:
+        raise ValueError(f"solver {solver.name!r} carries a hyperparameter grid {solver.grid.names}; "
+                         "use jmf.fit_many to fit every point")
     res = fit_many(data, solver, rank=rank, key=key, init=init, max_iter=max_iter, tol=tol,
                    check_every=check_every, biases=biases, progress=progress, callback=callback,
                    chunk_size=chunk_size)
@@ -225,9 +228,11 @@ def fit(
 class FitManyResult(NamedTuple):
     """Result of :func:`fit_many`: every leaf has the member axes ``axes`` in front.
 
-    ``axes`` is a subset of ``("matrix", "rank", "restart")`` in that order:
-    "matrix" when the data is a batch ``(B, m, n)``, "rank" when ``ranks``
-    was given, "restart" when ``keys`` (or ``n_restarts``) was given.  For
+    ``axes`` is a subset of ``("matrix", "param", "rank", "restart")`` in
+    that order: "matrix" when the data is a batch ``(B, m, n)``, "param"
+    when the solver carries a hyperparameter grid (``params`` holds each
+    member's values), "rank" when ``ranks`` was given, "restart" when
+    ``keys`` (or ``n_restarts``) was given.  For
     example ``loss`` has shape ``(len(ranks), n_restarts)`` for one matrix
     and ``(B, len(ranks), n_restarts)`` for a batch.  Rank-padded members
     have ``W`` of width ``max(ranks)`` with zero columns beyond their rank.
@@ -236,6 +241,7 @@ class FitManyResult(NamedTuple):
     result: FitResult
     axes: tuple
     ranks: Optional[np.ndarray] = None
+    params: Optional[dict] = None  # hyperparameter values along the "param" axis: name -> (P,)
 
     @property
     def factors(self) -> Factors:
@@ -290,7 +296,7 @@ class FitManyResult(NamedTuple):
 
         result = jax.tree_util.tree_map(pick, self.result._replace(iterations=None))
         result = result._replace(iterations=self.result.iterations)
-        return FitManyResult(result, tuple(a for a in self.axes if a != "restart"), self.ranks)
+        return FitManyResult(result, tuple(a for a in self.axes if a != "restart"), self.ranks, self.params)
 
     def member(self, *index) -> FitResult:
         """One member's :class:`FitResult` (index along ``axes``); rank padding is trimmed."""
@@ -379,6 +385,7 @@ def fit_many(
                          chunk_size=chunk_size, mesh=mesh, memory_budget=memory_budget, plan=plan)
     data = as_data(data)
     _check_solver(solver, data)
+    grid = solver.grid
     max_iter = check_int(max_iter, "max_iter")
     check_every = check_int(check_every, "check_every")
     tol = check_tol(tol)
@@ -389,12 +396,17 @@ def fit_many(
         if len(data.batch_shape) != 1:
             raise ValueError(f"data may have one batch axis, got batch shape {data.batch_shape}")
         axes.append("matrix")
+    hparams = None
+    if grid is not None:
+        axes.append("param")
+        hparams = {n: np.asarray(v, data.dtype) for n, v in grid.values.items()}
 
     factors0 = None
     init_fn = None
     if isinstance(init, Factors):
-        if ranks is not None or keys is not None or n_restarts is not None or data.batch_shape:
-            raise ValueError("init=Factors starts a single fit; it cannot be combined with ranks, keys, n_restarts or batches")
+        if ranks is not None or keys is not None or n_restarts is not None or data.batch_shape or grid is not None:
+            raise ValueError("init=Factors starts a single fit; it cannot be combined with ranks, keys, n_restarts, "
+                             "batches or a hyperparameter grid")
         factors0 = _check_factors(init, data, biases)
         if rank is not None and rank != factors0.W.shape[1]:
             raise ValueError(f"rank={rank} does not match the init factors' rank {factors0.W.shape[1]}")
@@ -412,7 +424,7 @@ def fit_many(
         if ranks_np.size == 0:
             raise ValueError("ranks is empty")
         width = int(ranks_np.max())
-        rank_arr = jnp.asarray(ranks_np)
+        rank_arr = ranks_np
         axes.append("rank")
     elif factors0 is None:
         if rank is None:
@@ -442,16 +454,24 @@ def fit_many(
     else:
         key_arg = as_key(key) if factors0 is None else key
 
-    cfg = RunConfig(max_iter, tol, check_every, width, bool(biases))
-    mask = None if rank_arr is None else jax.vmap(lambda r: rank_mask(r, width, data.dtype))(rank_arr)
-    job = Job(solver, cfg, init_fn, tuple(axes))
-    args = Args(key_arg, rank_arr, factors0, data, mask)
+    cfg = RunConfig(max_iter, check_every, width, bool(biases))
+    # Host-side (numpy) so that building the arguments compiles nothing.
+    mask = None if ranks_np is None else (np.arange(width)[None, :] < ranks_np[:, None]).astype(data.dtype)
+    # A grid's values are traced data (args.hparams); the static job keeps only what every point shares
+    # (the factory and the metadata), so another grid of the same size reuses the compiled programs.
+    job_solver = solver if grid is None else solver._replace(init=None, step=None, loss=None, spec=None, grid=None,
+                                                             name=solver.factory[0].__name__)
+    job = Job(job_solver, cfg, init_fn, tuple(axes))
+    # tol is traced (a negative value never converges), so other tolerances reuse the compiled program.
+    args = Args(key_arg, rank_arr, factors0, data, mask, np.asarray(-1.0 if tol is None else tol, data.dtype),
+                hparams)
     if memory_budget is not None:
         memory_budget = check_int(memory_budget, "memory_budget")
     run_plan = make_plan(job, args, mesh=mesh, memory_budget=memory_budget, **_check_plan(plan))
     carry = execute(job, args, run_plan, progress=progress, callback=callback, chunk_size=chunk_size,
                     desc=solver.name)
-    return FitManyResult(_to_result(cfg, carry), tuple(axes), ranks_np)
+    params = None if grid is None else {n: np.asarray(v) for n, v in grid.values.items()}
+    return FitManyResult(_to_result(cfg, carry), tuple(axes), ranks_np, params)
 
 
 # -- mixed shapes ---------------------------------------------------------------------------
@@ -539,5 +559,5 @@ def _fit_list(items: Sequence, solver, max_buckets: int = 8, **kwargs) -> list:
                 col_bias=None if f.col_bias is None else f.col_bias[..., :n],
             )
             sub = sub._replace(factors=f, iterations=res.result.iterations)
-            results[i] = FitManyResult(sub, tuple(a for a in res.axes if a != "matrix"), res.ranks)
+            results[i] = FitManyResult(sub, tuple(a for a in res.axes if a != "matrix"), res.ranks, res.params)
     return results

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 from ..data import Dense
 from ..factors import apply_rank_mask
 from ..init import add_biases
-from ..solvers.base import Solver
+from ..solvers.base import Solver, at_point
 from .loop import Carry, RunConfig, check_loop, initial_history, initial_status
 
-__all__ = ["Job", "Args", "start", "advance", "select", "nest_vmap", "start_member"]
+__all__ = ["Job", "Args", "start", "advance", "select", "nest_vmap", "start_member", "member_solver"]
 
 
 class Job(NamedTuple):
@@ -30,15 +30,16 @@ class Job(NamedTuple):
     solver: Solver
     cfg: RunConfig
     init_fn: Any
-    axes: tuple  # member axes, outermost first, a subset of ("matrix", "rank", "restart")
+    axes: tuple  # member axes, outermost first, a subset of ("matrix", "param", "rank", "restart")
 
 
 class Args(NamedTuple):
     """Traced inputs of a group run.
 
     ``key`` varies along "restart", ``rank`` and ``mask`` along "rank",
-    ``data`` along "matrix"; ``factors0`` (a single fit's starting factors)
-    along none.
+    ``data`` along "matrix", ``hparams`` (hyperparameter values, a dict of
+    arrays) along "param"; ``factors0`` (a single fit's starting factors)
+    and ``tol`` (the stopping tolerance, negative for none) along none.
     """
 
     key: Any
@@ -46,9 +47,12 @@ class Args(NamedTuple):
     factors0: Any
     data: Any
     mask: Any
+    tol: Any = -1.0
+    hparams: Any = None
 
 
-_START_AXES = (frozenset({"restart"}), frozenset({"rank"}), frozenset(), frozenset({"matrix"}))
+# start_member(key, rank, factors0, data, hparams)
+_START_AXES = (frozenset({"restart"}), frozenset({"rank"}), frozenset(), frozenset({"matrix"}), frozenset({"param"}))
 
 
 def nest_vmap(fn, axes: Sequence[str], arg_axes: Sequence[frozenset]):
@@ -83,9 +87,14 @@ def _observed_lines(data):
     return rows, cols
 
 
-def start_member(job: Job, key, rank, factors0, data):
+def member_solver(job: Job, hparams) -> Solver:
+    """The member's solver: the job's, or rebuilt at the member's (traced) hyperparameters."""
+    return job.solver if hparams is None else at_point(job.solver, hparams)
+
+
+def start_member(job: Job, key, rank, factors0, data, hparams=None):
     """One member's starting factors, solver state and loss."""
-    solver, cfg = job.solver, job.cfg
+    solver, cfg = member_solver(job, hparams), job.cfg
     if factors0 is None:
         factors0 = job.init_fn(key, data, cfg.width, rank)
         # Rows/columns without observations cannot be learned: start them at
@@ -103,8 +112,9 @@ def start_member(job: Job, key, rank, factors0, data):
 
 
 def start(job: Job, args: Args) -> Carry:
-    member = lambda k, r, f0, d: start_member(job, k, r, f0, d)  # noqa: E731
-    factors, state, loss0 = nest_vmap(member, job.axes, _START_AXES)(args.key, args.rank, args.factors0, args.data)
+    member = lambda k, r, f0, d, hp: start_member(job, k, r, f0, d, hp)  # noqa: E731
+    factors, state, loss0 = nest_vmap(member, job.axes, _START_AXES)(args.key, args.rank, args.factors0, args.data,
+                                                                     args.hparams)
     zero = jnp.zeros((), jnp.int32)
     return Carry(factors, state, loss0, loss0, factors, loss0, initial_history(job.cfg, loss0),
                  jnp.zeros(loss0.shape, jnp.int32), initial_status(loss0), zero, zero)
@@ -112,16 +122,18 @@ def start(job: Job, args: Args) -> Carry:
 
 def advance(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
     """Run the check loop until ``stop_at`` (traced), ``max_iter`` or every member stopped."""
-    solver = job.solver
 
-    def member_step(f, s, d, mk):
-        f, s = solver.step(f, s, d, mk)
+    def member_step(f, s, d, mk, hp):
+        f, s = member_solver(job, hp).step(f, s, d, mk)
         if mk is not None:
             f = apply_rank_mask(f, mk)
         return f, s
 
-    every = frozenset(job.axes)
-    step = nest_vmap(member_step, job.axes, (every, every, frozenset({"matrix"}), frozenset({"rank"})))
-    loss_fn = nest_vmap(solver.loss.value, job.axes, (every, frozenset({"matrix"})))
-    return check_loop(job.cfg, carry, lambda f, s: step(f, s, args.data, args.mask), lambda f: loss_fn(f, args.data),
-                      select, stop_at)
+    def member_loss(f, d, hp):
+        return member_solver(job, hp).loss.value(f, d)
+
+    every, matrix, rank, param = frozenset(job.axes), frozenset({"matrix"}), frozenset({"rank"}), frozenset({"param"})
+    step = nest_vmap(member_step, job.axes, (every, every, matrix, rank, param))
+    loss_fn = nest_vmap(member_loss, job.axes, (every, matrix, param))
+    return check_loop(job.cfg, carry, lambda f, s: step(f, s, args.data, args.mask, args.hparams),
+                      lambda f: loss_fn(f, args.data, args.hparams), select, stop_at, args.tol)

@@ -29,8 +29,10 @@ lowered member program); others run on one device at a time.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import threading
 from functools import partial
 from typing import Any, NamedTuple, Optional
 
@@ -40,6 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ..compilation import compilations
 from ..data import Dense, Sparse
 from ..factors import Factors
 from ..sharding import _axis_name, cpu_devices, default_memory_budget, is_global
@@ -100,6 +103,8 @@ class Plan(NamedTuple):
 def _axis_len(args: Args, axis: str) -> int:
     if axis == "matrix":
         return jax.tree_util.tree_leaves(args.data)[0].shape[0]
+    if axis == "param":
+        return jax.tree_util.tree_leaves(args.hparams)[0].shape[0]
     if axis == "rank":
         return args.rank.shape[0]
     return args.key.shape[0]
@@ -138,7 +143,9 @@ def member_bytes(job: Job, args: Args) -> int:
         f_struct = f_struct._replace(row_bias=jax.ShapeDtypeStruct((m,), data.dtype),
                                      col_bias=jax.ShapeDtypeStruct((n,), data.dtype),
                                      offset=jax.ShapeDtypeStruct((), data.dtype))
-    state = jax.eval_shape(lambda f, d: job.solver.init(f, d, jax.random.key(0)), f_struct, _one_matrix(job, data))
+    first = None if args.hparams is None else {k: np.asarray(v)[0] for k, v in args.hparams.items()}
+    solver = driver.member_solver(job, first)
+    state = jax.eval_shape(lambda f, d: solver.init(f, d, jax.random.key(0)), f_struct, _one_matrix(job, data))
     state_bytes = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(state))
     return int(item * (4 * factor_elems + temps + n_checks(job.cfg) + 1) + 2 * state_bytes)
 
@@ -167,17 +174,19 @@ def blocking_custom_calls(job: Job, args: Args) -> frozenset:
     def one(x, axis):
         return None if x is None else (x[0] if axis in job.axes else x)
 
+    hparams = None if args.hparams is None else {k: one(v, "param") for k, v in args.hparams.items()}
     member_args = (one(args.key, "restart"), one(args.rank, "rank"), args.factors0,
-                   _one_matrix(job, args.data), one(args.mask, "rank"))
+                   _one_matrix(job, args.data), one(args.mask, "rank"), hparams)
     structs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), member_args)
     cache_key = (job, str(jax.tree_util.tree_structure(structs)),
                  tuple((s.shape, str(s.dtype)) for s in jax.tree_util.tree_leaves(structs)))
     if cache_key not in _blocking_cache:
 
-        def program(key, rank, factors0, data, mask):
-            f, s, _ = driver.start_member(job, key, rank, factors0, data)
-            f, s = job.solver.step(f, s, data, mask)
-            return job.solver.loss.value(f, data), s
+        def program(key, rank, factors0, data, mask, hparams):
+            f, s, _ = driver.start_member(job, key, rank, factors0, data, hparams)
+            solver = driver.member_solver(job, hparams)
+            f, s = solver.step(f, s, data, mask)
+            return solver.loss.value(f, data), s
 
         text = jax.jit(program).lower(*structs).as_text()
         _blocking_cache[cache_key] = frozenset(set(_CUSTOM_CALL.findall(text)) - _PLACEMENT_CALLS)
@@ -297,7 +306,8 @@ def _layout_fns(plan: Plan):
 def _arg_specs(job: Job, name: str) -> Args:
     """PartitionSpecs splitting the outermost member axis of every argument that varies along it."""
     outer = job.axes[0]
-    varies = {"key": outer == "restart", "rank": outer == "rank", "mask": outer == "rank", "data": outer == "matrix"}
+    varies = {"key": outer == "restart", "rank": outer == "rank", "mask": outer == "rank", "data": outer == "matrix",
+              "hparams": outer == "param"}
     return Args(*(P(name) if varies.get(field, False) else P() for field in Args._fields))
 
 
@@ -366,6 +376,8 @@ def _take_outer(args: Args, idx, outer: str) -> Args:
     """The members of outer slices ``idx`` (one program for every chunk)."""
     if outer == "matrix":
         return args._replace(data=jax.tree_util.tree_map(lambda x: x[idx], args.data))
+    if outer == "param":
+        return args._replace(hparams={k: v[idx] for k, v in args.hparams.items()})
     if outer == "rank":
         return args._replace(rank=args.rank[idx], mask=args.mask[idx])
     return args._replace(key=args.key[idx])
@@ -389,6 +401,29 @@ def _progress_bar(progress, total, desc):
     return tqdm(total=total, desc=desc, unit="it", disable=None if progress is True else False, leave=False)
 
 
+@contextlib.contextmanager
+def _compiling_note(bar, first: bool):
+    """Say "compiling" on a live bar when a program call takes long enough to be compiling.
+
+    Only the bar's text changes (from a timer thread; no XLA work runs
+    there).  Compiled programs are cached on disk (see
+    :mod:`jmf._src.compilation`), so this shows on a machine's first run.
+    """
+    if not first or bar is None or bar.disable:
+        yield
+        return
+    timer = threading.Timer(0.5, lambda: bar.set_postfix_str("compiling (first run on this machine)"))
+    timer.daemon = True
+    timer.start()
+    try:
+        with compilations() as log:
+            yield
+    finally:
+        timer.cancel()
+        if log.compiled:
+            bar.set_postfix_str(f"compiled {log.compiled} program(s) in {log.seconds:.1f} s")
+
+
 def _time_stops(cfg, chunk_size, n_hint=20) -> list[int]:
     ce = cfg.check_every
     if chunk_size is None:
@@ -409,20 +444,22 @@ def _host_view(job: Job, plan: Plan, args: Args, carry: Carry, field: str, n_rea
     return x[:n_real] if job.axes else x
 
 
-def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, chunk_size) -> Carry:
+def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, chunk_size, first=True) -> Carry:
     """Start, advance (in time chunks when someone watches) and finish one chunk of members.
 
     ``n_real`` outer slices of ``args`` are real members, the rest repeat the last one.
     """
     cfg = job.cfg
-    carry = _start_program(job, plan, args)
+    with _compiling_note(bar, first):
+        carry = _start_program(job, plan, args)
     # Processes of a multi-host run see only their own members: no live view.
     watched = (callback is not None or (bar is not None and not bar.disable)) and not is_global(args)
     stops = _time_stops(cfg, chunk_size) if watched else [cfg.max_iter]
     done = 0
     user_stop = False
-    for stop_at in stops:
-        carry = _advance_program(job, plan, args, carry, jnp.asarray(stop_at, jnp.int32))
+    for i, stop_at in enumerate(stops):
+        with _compiling_note(bar, first and i == 0):
+            carry = _advance_program(job, plan, args, carry, np.int32(stop_at))
         if not watched:
             break
         status = _host_view(job, plan, args, carry, "status", n_real)
@@ -463,7 +500,8 @@ def execute(job: Job, args: Args, plan: Plan, *, progress=True, callback=None, c
             # The last chunk is padded by repeating the last member, so every chunk has one shape.
             first = c * plan.chunk
             idx = np.minimum(np.arange(first, first + plan.chunk), plan.n_outer - 1).astype(np.int32)
-            carries.append(run(_take_outer(args, idx, job.axes[0]), min(plan.chunk, plan.n_outer - first)))
+            carries.append(run(_take_outer(args, idx, job.axes[0]), min(plan.chunk, plan.n_outer - first),
+                               first=c == 0))
     finally:
         if bar is not None:
             bar.close()

@@ -142,7 +142,7 @@ def eligible(job: Job, args: Args) -> bool:
         return False
     if spec.projection not in (None, nonnegative) or solver.loss.spec[:1] != ("frobenius",):
         return False
-    if not job.axes or cfg.biases or not isinstance(data, Dense) or args.factors0 is not None:
+    if not job.axes or cfg.biases or not isinstance(data, Dense) or args.factors0 is not None or args.hparams is not None:
         return False
     m, n = data.shape
     return m * n * cfg.width <= MAX_WORK
@@ -255,7 +255,7 @@ def advance(job: Job, args: Args, carry: Carry, stop_at, L=None) -> Carry:
             inv_n = jnp.broadcast_to(shared_inv_n, (L,))
         mask = pm.get("mask")
         return check_loop(job.cfg, c, lambda f, s: kernel.step(f, s, A, w, inv_n, mask),
-                          lambda f: kernel.loss(f, A, w, inv_n), select, stop_at)
+                          lambda f: kernel.loss(f, A, w, inv_n), select, stop_at, args.tol)
 
     return jax.lax.map(run_chunk, (carry, per_member))
 

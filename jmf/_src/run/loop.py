@@ -10,7 +10,7 @@ loss is not finite or exceeds ``DIVERGENCE_FACTOR`` times the initial loss.
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +34,9 @@ DIVERGENCE_FACTOR = 1e4
 
 
 class RunConfig(NamedTuple):
-    """Static settings of a run (part of the compilation key)."""
+    """Static settings of a run (part of the compilation key; ``tol`` is not: it is traced, see :func:`check_loop`)."""
 
     max_iter: int
-    tol: Optional[float]
     check_every: int
     width: int  # number of factor columns (the largest rank of a rank-padded batch)
     biases: bool
@@ -78,8 +77,11 @@ def initial_history(cfg: RunConfig, loss0):
     return jnp.full(loss0.shape + (n_checks(cfg) + 1,), jnp.nan, dtype=loss0.dtype).at[..., 0].set(loss0)
 
 
-def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at) -> Carry:
+def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol) -> Carry:
     """Run every member, one check block at a time, until ``stop_at``, ``max_iter`` or every member stopped.
+
+    ``tol`` (traced, so fits with other tolerances reuse the program) is the
+    relative tolerance; a negative value (``tol=None``) never converges.
 
     ``step(factors, state)`` advances every member by one iteration,
     ``loss_fn(factors)`` returns the member-shaped losses, and
@@ -104,14 +106,11 @@ def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at) -> 
         # A loss far above the initial one is a blow-up (a too-large step), not
         # convergence, even though it may pass the tol test; treat it like inf.
         finite = jnp.isfinite(loss) & (loss <= DIVERGENCE_FACTOR * c.loss_init)
-        if cfg.tol is None:
-            converged = jnp.zeros(loss.shape, bool)
-        else:
-            # sklearn's rule on the absolute change: for monotone solvers (ALS,
-            # HALS, MU) identical to (loss_prev - loss) / loss_init < tol; for
-            # gradient methods an increase larger than tol is oscillation or a
-            # blow-up in progress, not convergence.
-            converged = (jnp.abs(c.loss_prev - loss) < cfg.tol * c.loss_init) | (loss == 0)
+        # sklearn's rule on the absolute change: for monotone solvers (ALS,
+        # HALS, MU) identical to (loss_prev - loss) / loss_init < tol; for
+        # gradient methods an increase larger than tol is oscillation or a
+        # blow-up in progress, not convergence.
+        converged = (tol >= 0) & ((jnp.abs(c.loss_prev - loss) < tol * c.loss_init) | (loss == 0))
         status = jnp.where(
             ~finite,
             Status.DIVERGED.value,

@@ -93,7 +93,7 @@ def _shift(offset, bias):
     return bias + offset if offset is not None else bias
 
 
-@cached_factory
+@cached_factory(searchable=("l2", "bias_l2"))
 def als(l2=0.0, biases: bool = False, bias_l2=None, row_scaled_l2: bool = False) -> Solver:
     r"""Alternating least squares (exact ridge solves), dense, weighted and sparse.
 

@@ -19,11 +19,14 @@ once per solver object.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, NamedTuple
+
+import numpy as np
 
 from ..losses import Loss
 
-__all__ = ["Solver", "DATA_KINDS", "cached_factory"]
+__all__ = ["Solver", "Grid", "DATA_KINDS", "cached_factory", "at_point"]
 
 DATA_KINDS = ("dense", "weighted", "sparse")
 
@@ -57,6 +60,14 @@ class Solver(NamedTuple):
         the run layer may choose a specialized layout such as the
         batch-last kernels for batches of tiny dense matrices; ``None``
         for solvers that declare nothing.
+    factory : optional
+        ``(factory, frozen keyword arguments)`` that rebuilds this solver at
+        other values of its searchable hyperparameters (set by
+        :func:`cached_factory` for factories that declare some).
+    grid : Grid, optional
+        The hyperparameter grid when the factory was given arrays for
+        searchable hyperparameters (e.g. ``als(l2=np.array([0.01, 0.1, 1.0]))``):
+        :func:`jmf.fit_many` then fits every grid point as a member.
     """
 
     init: Callable[..., Any]
@@ -67,6 +78,8 @@ class Solver(NamedTuple):
     biases: bool = False
     data_kinds: tuple = DATA_KINDS
     spec: Any = None
+    factory: Any = None
+    grid: Any = None
 
 
 def data_kind(data) -> str:
@@ -78,21 +91,105 @@ def data_kind(data) -> str:
     return "sparse"
 
 
-def cached_factory(factory):
-    """Return the same :class:`Solver` object for equal hyperparameters.
+class Grid(NamedTuple):
+    """Hyperparameter values, one member per point: the cartesian product of the arrays given, flattened.
+
+    ``values[name]`` has shape ``(P,)`` for every name; point ``p`` is
+    ``{name: values[name][p]}``.
+    """
+
+    names: tuple
+    values: dict
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.values.values())))
+
+    def point(self, p: int) -> dict:
+        return {n: self.values[n][p] for n in self.names}
+
+
+def _grid_axis(value) -> bool:
+    """A 1-D array (numpy or JAX) marks a grid; tuples keep their meaning (e.g. penalty pairs)."""
+    import jax
+
+    return isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 1
+
+
+def _frozen(kwargs: dict) -> tuple:
+    return tuple(sorted(kwargs.items()))
+
+
+def cached_factory(factory=None, *, searchable: tuple = ()):
+    """Memoize a solver factory, and let it build hyperparameter grids.
 
     ``fit`` compiles once per solver object; memoizing the factories means
     ``jmf.solvers.adam(1e-2)`` written twice does not compile twice.
-    Unhashable arguments (arrays) bypass the cache.
+    Unhashable arguments bypass the cache.
+
+    ``searchable`` names hyperparameters the factory's solver can take as
+    traced values: given a 1-D array for any of them, the factory returns a
+    solver carrying a :class:`Grid` (the cartesian product of the arrays)
+    and a way to rebuild itself at each point, so :func:`jmf.fit_many`
+    fits every point in the same compiled call.  Every grid value is
+    validated here, by building the solver at it.
     """
-    cached = functools.lru_cache(maxsize=256)(factory)
+    if factory is None:
+        return functools.partial(cached_factory, searchable=tuple(searchable))
+    signature = inspect.signature(factory)
+
+    def make(**kwargs):
+        solver = factory(**kwargs)
+        if not searchable:
+            return solver
+        try:
+            hash(_frozen(kwargs))
+        except TypeError:  # unhashable settings (e.g. arrays): the solver cannot be rebuilt for a grid
+            return solver
+        return solver._replace(factory=(factory, _frozen(kwargs)))
+
+    cached = functools.lru_cache(maxsize=256)(make)
+
+    def build(kwargs):
+        try:
+            hash(_frozen(kwargs))
+        except TypeError:
+            return make(**kwargs)
+        return cached(**kwargs)
 
     @functools.wraps(factory)
     def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        named = dict(bound.arguments)
+        extra = named.pop(next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), ""), {})
+        named.update(extra)
+        axes = {n: np.asarray(named[n]) for n in searchable if n in named and _grid_axis(named[n])}
+        if not axes:
+            return build(named)
+        for name, values in axes.items():
+            if values.size == 0:
+                raise ValueError(f"{factory.__name__}: {name} is an empty array (a grid needs values)")
+            if values.dtype.kind not in "iuf":
+                raise TypeError(f"{factory.__name__}: {name} grid must hold numbers, got dtype {values.dtype}")
+        names = tuple(axes)
+        mesh = np.meshgrid(*[axes[n] for n in names], indexing="ij")
+        values = {n: m.ravel().astype(np.float64) for n, m in zip(names, mesh)}
+        static = {k: v for k, v in named.items() if k not in axes}
         try:
-            hash((args, tuple(sorted(kwargs.items()))))
+            hash(_frozen(static))
         except TypeError:
-            return factory(*args, **kwargs)
-        return cached(*args, **kwargs)
+            raise TypeError(f"{factory.__name__}: a hyperparameter grid needs the other arguments hashable "
+                            "(numbers, strings, solver parts), not arrays") from None
+        for p in range(len(values[names[0]])):  # validate every point before anything compiles
+            build({**static, **{n: float(values[n][p]) for n in names}})
+        first = factory(**static, **{n: float(values[n][0]) for n in names})
+        return first._replace(factory=(factory, _frozen(static)), grid=Grid(names, values))
 
+    wrapper.searchable = tuple(searchable)
     return wrapper
+
+
+def at_point(solver: Solver, point: dict) -> Solver:
+    """``solver`` rebuilt with hyperparameters ``point`` (traced values allowed; used inside compiled members)."""
+    factory, static = solver.factory
+    return factory(**dict(static), **point)

@@ -208,7 +208,7 @@ def gradient(
     )
 
 
-@cached_factory
+@cached_factory(searchable=("learning_rate",))
 def sgd(learning_rate: float, momentum: Optional[float] = None, nesterov: bool = False, **kwargs) -> Solver:
     """:func:`gradient` with ``optax.sgd`` (keyword arguments go to :func:`gradient`)."""
     learning_rate = _check_lr(learning_rate, "sgd")
@@ -218,7 +218,7 @@ def sgd(learning_rate: float, momentum: Optional[float] = None, nesterov: bool =
     return gradient(optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov), name="sgd", **kwargs)
 
 
-@cached_factory
+@cached_factory(searchable=("learning_rate",))
 def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, **kwargs) -> Solver:
     """:func:`gradient` with ``optax.adam`` (keyword arguments go to :func:`gradient`)."""
     learning_rate = _check_lr(learning_rate, "adam")

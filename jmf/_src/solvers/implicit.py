@@ -132,7 +132,7 @@ def _half_step(X, Y, data: Sparse, side: Side, other_idx, alpha, l2, mask, solve
     return Xn if mask is None else Xn * mask[None, :]
 
 
-@cached_factory
+@cached_factory(searchable=("l2", "alpha"))
 def implicit_als(l2: float = 1.0, alpha: float = 2.0, solve: str = "cg", cg_steps: int = 3,
                  chunk_size: int = 1 << 16) -> Solver:
     """Confidence-weighted ALS for implicit feedback (Hu, Koren & Volinsky 2008).

@@ -131,7 +131,7 @@ def _gamma(beta: float) -> float:
     return 1.0
 
 
-@cached_factory
+@cached_factory(searchable=("l1", "l2"))
 def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> Solver:
     r"""Multiplicative updates for NMF with a beta-divergence (Lee--Seung; Févotte--Idier).
 
@@ -348,7 +348,7 @@ def _cd_blocks(X, G, B):
     return lax.fori_loop(0, k, body, X)
 
 
-@cached_factory
+@cached_factory(searchable=("l1", "l2"))
 def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
     r"""Fast HALS / cyclic coordinate descent for NMF (scikit-learn's ``solver='cd'``).
 

@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from .._validation import check_bool, check_choice, check_int, check_nonneg_float
+from .._validation import check_bool, check_choice, check_int, check_nonneg_float, check_positive_float
 from ..data import Sparse
 from ..factors import Factors
 from ..losses import Loss
@@ -267,7 +267,7 @@ def _layout(data: Sparse) -> RatingsLayout:
     return RatingsLayout(rows, cols, rw, cw)
 
 
-@cached_factory
+@cached_factory(searchable=("l2", "bias_l2"))
 def ratings_als(l2: float = 0.1, bias_l2: Optional[float] = None, count_scaled: bool = False, biases: bool = True,
                 solve: str = "cg", cg_steps: int = 3, chunk_size: int = 1 << 16) -> Solver:
     """Alternating least squares for explicit ratings with biases (sparse data, O(nnz + (m + n) k) memory).
@@ -300,11 +300,8 @@ def ratings_als(l2: float = 0.1, bias_l2: Optional[float] = None, count_scaled: 
         For :class:`jmf.Sparse` data; supports rank masks (:func:`jmf.fit_many`).
     """
     who = "ratings_als"
-    l2 = check_nonneg_float(l2, "l2", who)
+    l2 = check_positive_float(l2, "l2", who)  # 0 would make rows with fewer ratings than the rank singular
     bias_l2 = l2 if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", who)
-    if l2 == 0:
-        raise ValueError(f"{who}: l2 must be > 0 for ALS (rows with fewer ratings than the rank make the solves "
-                         "singular)")
     count_scaled = check_bool(count_scaled, "count_scaled", who)
     biases = check_bool(biases, "biases", who)
     check_choice(solve, "solve", ("cg", "cholesky"), who)
