@@ -19,7 +19,7 @@ echo "lowest versions:"; sed -n '2,$p' "$WORK/requirements-min.txt" | sed 's/^/ 
 "$PY" -m pip install -q -c "$WORK/requirements-min.txt" "$WHEEL[sklearn,plot,experiments]" \
     "pytest>=8.1" "pytest-timeout>=2.3" "pytest-xdist>=3.5" "hypothesis>=6.100"
 "$PY" -m pip check
-"$PY" -m pip list --format=freeze 2>/dev/null | grep -iE '^(jax|jaxlib|optax|chex|numpy|scipy|pandas|tqdm|scikit-learn|matplotlib|pillow)==' | tr '\n' ' '; echo
+"$PY" -m pip list --format=freeze 2>/dev/null | grep -iE '^(jax|jaxlib|optax|chex|numpy|scipy|pandas|tqdm|platformdirs|filelock|scikit-learn|matplotlib|pillow)==' | tr '\n' ' '; echo
 
 mkdir "$WORK/run"
 cp -r "$ROOT/tests" "$WORK/run/tests"
