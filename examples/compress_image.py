@@ -30,7 +30,7 @@ def main(argv=None):
     image = load_sample_image("china.jpg")  # (427, 640, 3) uint8
     if args.quick:
         image = image[::4, ::4]
-    ranks = [2, 10, 30] if args.quick else [5, 10, 20, 50, 100]
+    ranks = [2, 10] if args.quick else [5, 10, 20, 50, 100]
     shown = ranks if args.quick else [5, 20, 50]
 
     rows, reconstructions = [], {}

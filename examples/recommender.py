@@ -34,7 +34,7 @@ def main(argv=None):
     print(f"{ratings.data.shape[0]} users x {ratings.data.shape[1]} items, {train.nnz} training and "
           f"{test.nnz} held-out ratings ({ratings.data.nnz / np.prod(ratings.data.shape):.1%} observed)")
 
-    ranks = [1, 2, 5, 10, 20]
+    ranks = [2, 5, 10] if args.quick else [1, 2, 5, 10, 20]
     solver = jmf.solvers.als(l2=3.0, biases=True)  # rating ~ offset + user bias + item bias + w_u . h_i
     many = jmf.fit_many(train, solver, ranks=ranks, key=0, init="normal", max_iter=30, tol=1e-5,
                          check_every=1, progress=False)
