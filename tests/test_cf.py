@@ -130,7 +130,7 @@ def test_gradient_solvers_with_ratings_loss(rng):
 def test_bad_hyperparameters():
     with pytest.raises(ValueError, match="l2"):
         ratings_als(l2=-1.0)
-    with pytest.raises(ValueError, match="l2 must be > 0"):
+    with pytest.raises(ValueError, match="l2 must be a finite number > 0"):
         ratings_als(l2=0.0)
     with pytest.raises(ValueError, match="solve"):
         ratings_als(solve="lu")
