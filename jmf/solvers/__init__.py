@@ -1,6 +1,7 @@
 """Solver factories: each returns a :class:`jmf.solvers.Solver` (pure ``init``/``step``)."""
 
-from jmf._src.solvers.als import ALSState, als, row_scaled_frobenius
+from jmf._src.losses.ratings import row_scaled_frobenius
+from jmf._src.solvers.als import ALSState, als
 from jmf._src.solvers.base import Solver
 from jmf._src.solvers.implicit import ImplicitLayout, implicit_als
 from jmf._src.solvers.ratings import RatingsGradientState, RatingsLayout, ratings_als, ratings_gradient

@@ -36,7 +36,9 @@ import jax.numpy as jnp
 from .._validation import check_bool, check_nonneg_float
 from ..data import Dense
 from ..factors import Factors
-from ..losses import Loss, _pair, custom, frobenius, squared_error
+from ..losses import frobenius
+from ..losses.ratings import ratings_loss, weight_sums
+from ..losses.base import _pair
 from .base import Solver, cached_factory
 from ._normal import dense_normal_equations, solve_spd, sparse_layouts, sparse_normal_equations
 
@@ -47,38 +49,6 @@ class ALSState(NamedTuple):
     """Tile layouts of sparse data (by row, by column), built once in ``init``; ``None`` for dense data."""
 
     layouts: Optional[tuple] = None
-
-
-def _counts(data):
-    """Sum of weights per row and per column."""
-    m, n = data.shape
-    if isinstance(data, Dense):
-        if data.weights is None:
-            return jnp.full((m,), n, data.dtype), jnp.full((n,), m, data.dtype)
-        return jnp.sum(data.weights, axis=1), jnp.sum(data.weights, axis=0)
-    w = data.effective_weights()
-    return (jax.ops.segment_sum(w, data.rows, num_segments=m), jax.ops.segment_sum(w, data.cols, num_segments=n))
-
-
-def row_scaled_frobenius(l2=0.0, bias_l2=None) -> Loss:
-    r"""Squared error with ALS-WR penalties: ``(SE + sum_i l2 n_i |w_i|^2 + sum_j l2 n_j |h_j|^2 + bias terms) / N``.
-
-    ``n_i`` (``n_j``) is the sum of the weights of row ``i`` (column ``j``);
-    biases get ``bias_l2 n_i b_i^2`` (default ``bias_l2 = l2``).  Gradient by autodiff.
-    """
-    l2W, l2H = _pair(l2, "l2", "row_scaled_frobenius")
-    bias_l2 = l2W if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", "row_scaled_frobenius")
-
-    def value(f: Factors, data):
-        cr, cc = _counts(data)
-        pen = l2W * jnp.sum(cr * jnp.sum(f.W * f.W, axis=1)) + l2H * jnp.sum(cc * jnp.sum(f.H * f.H, axis=0))
-        if f.row_bias is not None:
-            pen = pen + bias_l2 * jnp.sum(cr * f.row_bias * f.row_bias)
-        if f.col_bias is not None:
-            pen = pen + bias_l2 * jnp.sum(cc * f.col_bias * f.col_bias)
-        return (squared_error(f, data) + pen) / data.n_observed()
-
-    return custom(value, "frobenius-wr")
 
 
 def _augment(F, fit_biases: bool):
@@ -135,7 +105,7 @@ def als(l2=0.0, biases: bool = False, bias_l2=None, row_scaled_l2: bool = False)
     bias_l2 = l2W if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", "als")
     biases = check_bool(biases, "biases", "als")
     row_scaled_l2 = check_bool(row_scaled_l2, "row_scaled_l2", "als")
-    loss = row_scaled_frobenius((l2W, l2H), bias_l2) if row_scaled_l2 else frobenius((l2W, l2H), bias_l2=bias_l2)
+    loss = ratings_loss((l2W, l2H), bias_l2, count_scaled=True) if row_scaled_l2 else frobenius((l2W, l2H), bias_l2=bias_l2)
 
     def init(f: Factors, data, key=None) -> ALSState:
         if isinstance(data, Dense):
@@ -174,7 +144,7 @@ def als(l2=0.0, biases: bool = False, bias_l2=None, row_scaled_l2: bool = False)
         mask = jnp.ones((k,), dtype) if mask is None else mask.astype(dtype)
         if row_scaled_l2:
             if isinstance(data, Dense):
-                cr, cc = _counts(data)
+                cr, cc = weight_sums(data)
             else:
                 cr, cc = state.layouts[0].count, state.layouts[1].count
         else:

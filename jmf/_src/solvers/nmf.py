@@ -45,9 +45,10 @@ from jax import lax
 
 from .._validation import check_fraction, check_int, is_int
 from ..data import Dense
-from ..divergences import _check_eps, beta_divergence, check_beta
 from ..factors import Factors, predict_entries
-from ..losses import _pair, frobenius
+from ..losses import frobenius
+from ..losses.base import _pair
+from ..losses.beta import _check_eps, beta_divergence, check_beta
 from .base import Solver, cached_factory
 from ._normal import dense_normal_equations, sparse_layouts, sparse_normal_equations
 

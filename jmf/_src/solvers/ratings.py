@@ -31,156 +31,11 @@ import jax.numpy as jnp
 from .._validation import check_bool, check_choice, check_int, check_nonneg_float
 from ..data import Sparse
 from ..factors import Factors
-from ..losses import Loss
+from ..losses.ratings import ratings_loss, weight_sums
 from ._blocked import Side, bucketed_cg, bucketed_rows, bucketed_solve, cg_solve, cholesky_solve, side_layout
 from .base import Solver, cached_factory
 
-__all__ = ["ratings_loss", "ratings_als", "ratings_gradient", "RatingsLayout", "RatingsGradientState",
-           "chunked_entry_sum"]
-
-
-def chunked_entry_sum(nnz: int, chunk_size: int, fn, init):
-    """Fold ``fn(carry, idx, live)`` over chunks of entry positions, without padding copies.
-
-    ``idx`` (C,) are entry positions; ``live`` (C,) is False for positions
-    already visited (the last chunk is shifted back to end at ``nnz``).
-    """
-    C = min(chunk_size, nnz)
-    n_chunks = -(-nnz // C)
-    lane = jnp.arange(C, dtype=jnp.int32)
-
-    def body(carry, c):
-        nominal = c * C
-        start = jnp.minimum(nominal, nnz - C)
-        idx = start + lane
-        return fn(carry, idx, idx >= nominal), None
-
-    carry, _ = jax.lax.scan(body, init, jnp.arange(n_chunks, dtype=jnp.int32))
-    return carry
-
-
-def _counts(data: Sparse):
-    w = data.effective_weights()
-    m, n = data.shape
-    return (jax.ops.segment_sum(w, data.rows, num_segments=m, indices_are_sorted=True),
-            jax.ops.segment_sum(w, data.cols, num_segments=n))
-
-
-def _penalty(f: Factors, data: Sparse, l2, bias_l2, count_scaled):
-    if count_scaled:
-        sr, sc = _counts(data)
-        sr, sc = sr.astype(f.W.dtype), sc.astype(f.W.dtype)
-        out = l2 * (jnp.sum(sr * jnp.sum(f.W * f.W, axis=1)) + jnp.sum(sc * jnp.sum(f.H * f.H, axis=0)))
-    else:
-        sr = sc = None
-        out = l2 * (jnp.sum(f.W * f.W) + jnp.sum(f.H * f.H))
-    if f.row_bias is not None:
-        out = out + bias_l2 * jnp.sum((f.row_bias * f.row_bias) if sr is None else sr * f.row_bias * f.row_bias)
-    if f.col_bias is not None:
-        out = out + bias_l2 * jnp.sum((f.col_bias * f.col_bias) if sc is None else sc * f.col_bias * f.col_bias)
-    return out, sr, sc
-
-
-def _entry_terms(f: Factors, data: Sparse, idx, live):
-    r, c = data.rows[idx], data.cols[idx]
-    w = data.effective_weights()[idx] * live.astype(data.vals.dtype)
-    Wr = f.W[r]
-    Hc = f.H.T[c]
-    pred = jnp.sum(Wr * Hc, axis=1)
-    if f.row_bias is not None:
-        pred = pred + f.row_bias[r]
-    if f.col_bias is not None:
-        pred = pred + f.col_bias[c]
-    if f.offset is not None:
-        pred = pred + f.offset
-    res = data.vals[idx] - pred
-    return r, c, w, Wr, Hc, res
-
-
-def _squared_error(f: Factors, data: Sparse, chunk_size: int):
-    def fn(acc, idx, live):
-        *_, w, _, _, res = _entry_terms(f, data, idx, live)
-        return acc + jnp.sum(w * res * res)
-
-    return chunked_entry_sum(data.nnz, chunk_size, fn, jnp.zeros((), data.vals.dtype))
-
-
-def ratings_loss(l2: float = 0.0, bias_l2: Optional[float] = None, count_scaled: bool = False,
-                 chunk_size: int = 1 << 16) -> Loss:
-    """Regularized squared error of a biased MF model on sparse ratings, streamed over entry chunks.
-
-    Parameters
-    ----------
-    l2 : float
-        Ridge penalty on the factors (see the module docstring).
-    bias_l2 : float, optional
-        Ridge penalty on the biases (default ``l2``); the offset is free.
-    count_scaled : bool
-        ALS-WR: scale each row's / column's penalty by its number of ratings.
-    chunk_size : int
-        Entries per chunk: working memory ``O(chunk_size k)``.
-
-    Returns
-    -------
-    Loss
-        ``value`` and ``grad`` (hand-derived; the gradient of ``W`` is
-        accumulated with sorted scatter-adds, that of ``H`` with scatter-adds)
-        for :class:`jmf.Sparse` data.
-    """
-    l2 = check_nonneg_float(l2, "l2", "ratings_loss")
-    bias_l2 = l2 if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", "ratings_loss")
-    count_scaled = check_bool(count_scaled, "count_scaled", "ratings_loss")
-    chunk_size = check_int(chunk_size, "chunk_size", "ratings_loss")
-
-    def value(f: Factors, data):
-        f = jax.tree_util.tree_map(jnp.asarray, f)
-        if not isinstance(data, Sparse):
-            raise TypeError("ratings_loss works on jmf.Sparse data")
-        pen, _, _ = _penalty(f, data, l2, bias_l2, count_scaled)
-        return (_squared_error(f, data, chunk_size) + pen) / data.n_observed()
-
-    def grad(f: Factors, data):
-        f = jax.tree_util.tree_map(jnp.asarray, f)
-        m, n = data.shape
-        dtype = f.W.dtype
-
-        def fn(acc, idx, live):
-            gW, gHt, gb, gc, go = acc
-            r, c, w, Wr, Hc, res = _entry_terms(f, data, idx, live)
-            wr = (w * res).astype(dtype)
-            gW = gW.at[r].add(wr[:, None] * Hc, indices_are_sorted=True)
-            gHt = gHt.at[c].add(wr[:, None] * Wr)
-            if gb is not None:
-                gb = gb.at[r].add(wr, indices_are_sorted=True)
-            if gc is not None:
-                gc = gc.at[c].add(wr)
-            if go is not None:
-                go = go + jnp.sum(wr)
-            return gW, gHt, gb, gc, go
-
-        zeros = lambda x: None if x is None else jnp.zeros_like(x)
-        init = (jnp.zeros_like(f.W), jnp.zeros_like(f.H.T), zeros(f.row_bias), zeros(f.col_bias), zeros(f.offset))
-        gW, gHt, gb, gc, go = chunked_entry_sum(data.nnz, chunk_size, fn, init)
-        _, sr, sc = _penalty(f, data, 0.0, 0.0, count_scaled) if count_scaled else (None, None, None)
-        inv_n = (1 / data.n_observed()).astype(dtype)
-        if count_scaled:
-            pW, pH = 2 * l2 * sr[:, None] * f.W, 2 * l2 * sc[None, :] * f.H
-            pb = None if f.row_bias is None else 2 * bias_l2 * sr * f.row_bias
-            pc = None if f.col_bias is None else 2 * bias_l2 * sc * f.col_bias
-        else:
-            pW, pH = 2 * l2 * f.W, 2 * l2 * f.H
-            pb = None if f.row_bias is None else 2 * bias_l2 * f.row_bias
-            pc = None if f.col_bias is None else 2 * bias_l2 * f.col_bias
-        out = Factors(
-            (pW - 2 * gW) * inv_n,
-            (pH - 2 * gHt.T) * inv_n,
-            None if gb is None else (pb - 2 * gb) * inv_n,
-            None if gc is None else (pc - 2 * gc) * inv_n,
-            None if go is None else -2 * go * inv_n,
-        )
-        return out
-
-    return Loss(value, grad, "ratings" + ("-wr" if count_scaled else ""))
+__all__ = ["ratings_als", "ratings_gradient", "RatingsLayout", "RatingsGradientState"]
 
 
 def _half_step(X, xb, Y, yb, offset, data, side, other_idx, weight_sums, l2, bias_l2,
@@ -263,7 +118,7 @@ def _layout(data: Sparse) -> RatingsLayout:
     order = jnp.argsort(data.cols, stable=True).astype(jnp.int32)
     rows = side_layout(data.rows, m, None, n)
     cols = side_layout(data.cols[order], n, order, m)
-    rw, cw = _counts(data)
+    rw, cw = weight_sums(data)
     return RatingsLayout(rows, cols, rw, cw)
 
 
