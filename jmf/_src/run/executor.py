@@ -176,7 +176,7 @@ def blocking_custom_calls(job: Job, args: Args) -> frozenset:
 
         def program(key, rank, factors0, data, mask):
             f, s, _ = driver.start_member(job, key, rank, factors0, data)
-            f, s = job.solver.step(f, s, data, mask)
+            f, s = driver.first_iteration(job, key, f, s, data, mask)
             return job.solver.loss.value(f, data), s
 
         text = jax.jit(program).lower(*structs).as_text()

@@ -7,25 +7,44 @@ A solver is a pair of pure functions in the shape of an Optax
     factors, state = solver.step(factors, state, data, mask)
 
 ``step`` performs exactly one iteration (no loop inside); :func:`jmf.fit`
-owns the loop, the stopping rule and the status.  ``mask`` is ``None`` or a
-0/1 vector of length ``k`` marking the active factor columns of a
-rank-padded member of :func:`jmf.fit_many`; a solver must keep the inactive
-columns of ``W`` and rows of ``H`` at zero and stay well defined (no 0/0)
-when they are zero.  Hyperparameters are closed over by the factory
-(``jmf.solvers.als(l2=0.1)``), so a solver is hashable and ``fit`` compiles
-once per solver object.
+owns the loop, the stopping rule and the status.  Hyperparameters are
+closed over by the factory (``jmf.solvers.als(l2=0.1)``), which validates
+them: ``init`` and ``step`` never raise, so a solver is hashable and ``fit``
+compiles once per solver object.  The configuration decides the model: a
+solver built with ``biases=True`` receives factors with biases, one built
+without receives none (:func:`jmf.fit` checks this at the edge).
+
+Rank masks are the solver's business: ``mask`` is ``None`` or a 0/1 vector
+of length ``k`` marking the active factor columns of a rank-padded member
+of :func:`jmf.fit_many`.  A solver keeps the inactive columns of ``W`` and
+rows of ``H`` out of its solves and returns them exactly zero (it needs the
+mask anyway, to keep padded columns from coupling with the active ones), so
+the driver never re-masks.
+
+Optional parts:
+
+* ``update_w(factors, state, data, mask) -> (factors, state)``: the solver's
+  update of ``W`` (and the row biases) with ``H`` (and the column biases and
+  offset) fixed.  For alternating solvers ``step`` is ``update_w`` followed by
+  the same update of ``H``; iterated alone it solves for the rows of new data
+  against fixed components (a transform).
+* ``direct(key, data, width, mask) -> Factors``: a method that computes its
+  solution in one go (the truncated SVD).  The run layer calls it once
+  instead of the loop, and reports one iteration, ``CONVERGED``.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
-from ..losses import Loss
+from ..losses import DATA_KINDS, Loss
 
-__all__ = ["Solver", "DATA_KINDS", "cached_factory"]
+__all__ = ["Solver", "EmptyState", "DATA_KINDS", "cached_factory", "data_kind"]
 
-DATA_KINDS = ("dense", "weighted", "sparse")
+
+class EmptyState(NamedTuple):
+    """The state of a solver that keeps nothing between steps (a pytree without leaves)."""
 
 
 class Solver(NamedTuple):
@@ -34,10 +53,11 @@ class Solver(NamedTuple):
     Attributes
     ----------
     init : (Factors, data, key) -> state
-        Build the solver state (a pytree); ``key`` is a PRNG key for
-        stochastic solvers (minibatch order), derived from the fit's key.
-    step : (Factors, state, data, mask) -> (Factors, state)
-        One iteration.
+        Build the solver state (a pytree, :class:`EmptyState` when there is
+        none); ``key`` is a PRNG key for stochastic solvers (minibatch
+        order), derived from the fit's key.
+    step : (Factors, state, data, mask) -> (Factors, state), or None
+        One iteration (``None`` for a direct method).
     loss : Loss
         The objective this solver decreases; :func:`jmf.fit` records
         ``loss.value`` in ``loss_history`` and applies ``tol`` to it.
@@ -67,6 +87,8 @@ class Solver(NamedTuple):
     biases: bool = False
     data_kinds: tuple = DATA_KINDS
     spec: Any = None
+    update_w: Optional[Callable[..., Any]] = None
+    direct: Optional[Callable[..., Any]] = None
 
 
 def data_kind(data) -> str:

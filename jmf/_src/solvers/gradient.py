@@ -12,9 +12,10 @@ from .._validation import check_bool, check_choice, check_float, check_int, chec
 from ..data import Sparse, _rebuild
 from ..factors import Factors, apply_rank_mask
 from ..losses import Loss, frobenius
-from .base import DATA_KINDS, Solver, cached_factory
+from .base import Solver, cached_factory
 
-__all__ = ["gradient", "sgd", "adam", "nonnegative", "GradientState", "GradientSpec", "optax_update"]
+__all__ = ["gradient", "sgd", "adam", "nonnegative", "GradientState", "GradientSpec", "optax_update",
+           "gradient_update"]
 
 
 def nonnegative(f: Factors) -> Factors:
@@ -31,6 +32,34 @@ def optax_update(optimizer, grads, opt_state, params):
     # under standard promotion so jmf works whatever the user's setting.
     with jax.numpy_dtype_promotion("standard"):
         return optimizer.update(grads, opt_state, params)
+
+
+def _w_side_only(g: Factors) -> Factors:
+    """``g`` with the components of ``H``, the column biases and the offset zeroed."""
+    zero = lambda x: None if x is None else jnp.zeros_like(x)  # noqa: E731
+    return g._replace(H=zero(g.H), col_bias=zero(g.col_bias), offset=zero(g.offset))
+
+
+def gradient_update(optimizer, projection, f: Factors, g: Factors, opt_state, mask, w_only: bool = False):
+    """One optimizer update of ``f`` along gradient ``g``: ``(new factors, new optimizer state)``.
+
+    With ``w_only`` only ``W`` and the row biases move (``H``, the column
+    biases and the offset are kept exactly, whatever the optimizer's momentum
+    holds for them).  The update is projected, and inactive (rank-masked)
+    columns are zeroed in the gradient and in the result: the solver owns
+    its rank mask.
+    """
+    if w_only:
+        g = _w_side_only(g)
+    if mask is not None:
+        g = apply_rank_mask(g, mask)
+    updates, opt_state = optax_update(optimizer, g, opt_state, f)
+    new = optax.apply_updates(f, updates)
+    if projection is not None:
+        new = projection(new)
+    if w_only:
+        new = new._replace(H=f.H, col_bias=f.col_bias, offset=f.offset)
+    return apply_rank_mask(new, mask), opt_state
 
 
 class GradientState(NamedTuple):
@@ -50,7 +79,7 @@ class GradientSpec(NamedTuple):
 def _minibatch_epoch(loss: Loss, optimizer, projection, batch_size: int):
     """One step = one epoch over a fresh permutation of the observed entries."""
 
-    def epoch(f: Factors, state: GradientState, data: Sparse, mask):
+    def epoch(f: Factors, state: GradientState, data: Sparse, mask=None):
         nnz = data.vals.shape[-1]
         n_batches = -(-nnz // batch_size)
         pad = n_batches * batch_size - nnz
@@ -71,14 +100,7 @@ def _minibatch_epoch(loss: Loss, optimizer, projection, batch_size: int):
             # unbiased estimate of the full loss (same penalty scale).
             w = w * (total / jnp.maximum(jnp.sum(w), jnp.finfo(w.dtype).tiny))
             sub_data = _rebuild(Sparse, (r, c, v, w), data.shape)
-            g = loss.grad(f, sub_data)
-            if mask is not None:
-                g = apply_rank_mask(g, mask)
-            updates, opt_state = optax_update(optimizer, g, opt_state, f)
-            f = optax.apply_updates(f, updates)
-            if projection is not None:
-                f = projection(f)
-            return (f, opt_state), None
+            return gradient_update(optimizer, projection, f, loss.grad(f, sub_data), opt_state, mask), None
 
         (f, opt_state), _ = jax.lax.scan(one, (f, state.opt_state), batches)
         return f, GradientState(opt_state, key)
@@ -153,22 +175,22 @@ def gradient(
             opt_state = optimizer.init(f)
         return GradientState(opt_state, key if batch_size is not None else None)
 
+    def full_batch(f: Factors, state: GradientState, data, mask, w_only):
+        f, opt_state = gradient_update(optimizer, projection, f, loss.grad(f, data), state.opt_state, mask, w_only)
+        return f, GradientState(opt_state, state.key)
+
+    def update_w(f: Factors, state: GradientState, data, mask=None):
+        return full_batch(f, state, data, mask, True)
+
     if batch_size is None:
 
         def step(f: Factors, state: GradientState, data, mask=None):
-            g = loss.grad(f, data)
-            if mask is not None:
-                g = apply_rank_mask(g, mask)
-            updates, opt_state = optax_update(optimizer, g, state.opt_state, f)
-            f = optax.apply_updates(f, updates)
-            if projection is not None:
-                f = projection(f)
-            return f, GradientState(opt_state, state.key)
+            return full_batch(f, state, data, mask, False)
 
-        kinds = DATA_KINDS
+        kinds = loss.data_kinds
     else:
         step = _minibatch_epoch(loss, optimizer, projection, batch_size)
-        kinds = ("sparse",)
+        kinds = tuple(k for k in loss.data_kinds if k == "sparse")
 
     return Solver(
         init=init,
@@ -179,6 +201,7 @@ def gradient(
         biases=biases,
         data_kinds=kinds,
         spec=GradientSpec(optimizer, projection, batch_size, bool(elementwise)),
+        update_w=update_w,
     )
 
 

@@ -22,26 +22,20 @@ with ``X = W`` (users) and ``Y = H^T`` (items).  Nothing ``m x n`` is formed:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import jax
 import jax.numpy as jnp
 
 from .._validation import check_choice, check_int, check_nonneg_float
 from ..data import Sparse
 from ..factors import Factors
 from ..losses.implicit import implicit_loss
-from ._blocked import Side, bucketed_cg, bucketed_solve, cg_solve, cholesky_solve, side_layout
+from ._blocked import Side, SparseLayout, bucketed_cg, bucketed_solve, sparse_layout
+from ._normal import solve_spd
 from .base import Solver, cached_factory
 
 __all__ = ["implicit_als", "ImplicitLayout"]
 
-
-class ImplicitLayout(NamedTuple):
-    """Solver state of :func:`implicit_als`: the static layout of the data (computed once in ``init``)."""
-
-    rows: Side
-    cols: Side
+#: Solver state of :func:`implicit_als`: the layout of the data (computed once in ``init``).
+ImplicitLayout = SparseLayout
 
 
 def _half_step(X, Y, data: Sparse, side: Side, other_idx, alpha, l2, mask, solve, cg_steps, max_count):
@@ -59,20 +53,13 @@ def _half_step(X, Y, data: Sparse, side: Side, other_idx, alpha, l2, mask, solve
         r = alpha * data.vals[ent].astype(dtype)
         return Ym[other_idx[ent]], w * r, w * (1 + r)
 
-    def system(G, R, seg, x0):
-        if mask is not None:
-            G = G * (mask[:, None] * mask[None, :])[None]
-            R = R * mask[None]
-            x0 = x0 * mask[None]
-        A = G + base[None]
-        if solve == "cholesky":
-            return cholesky_solve(A, R)
-        return cg_solve(A, R, x0, cg_steps)
-
+    # The features are masked, so the inactive columns of G and R are zero: base's unit diagonal there
+    # keeps the systems nonsingular and their solution zero.
     if solve == "cg":
         Xn = bucketed_cg(side, X, contrib, lambda p, seg: p @ base, cg_steps, max_count, data.nnz)
     else:
-        Xn = bucketed_solve(side, X, contrib, system, max_count, data.nnz)
+        Xn = bucketed_solve(side, X, contrib, lambda G, R, seg, x0: solve_spd(G + base[None], R), max_count,
+                            data.nnz)
     return Xn if mask is None else Xn * mask[None, :]
 
 
@@ -115,14 +102,16 @@ def implicit_als(l2: float = 1.0, alpha: float = 2.0, solve: str = "cg", cg_step
     loss = implicit_loss(alpha, l2, chunk_size)
 
     def init(f: Factors, data, key=None):
-        m, n = data.shape
-        order = jnp.argsort(data.cols, stable=True).astype(jnp.int32)
-        return ImplicitLayout(side_layout(data.rows, m, None, n), side_layout(data.cols[order], n, order, m))
+        return sparse_layout(data)
 
-    def step(f: Factors, lay: ImplicitLayout, data: Sparse, mask=None):
-        m, n = data.shape
-        W = _half_step(f.W, f.H.T, data, lay.rows, data.cols, alpha, l2, mask, solve, cg_steps, n)
-        Ht = _half_step(f.H.T, W, data, lay.cols, data.rows, alpha, l2, mask, solve, cg_steps, m)
-        return f._replace(W=W, H=Ht.T), lay
+    def update_w(f: Factors, lay: SparseLayout, data: Sparse, mask=None):
+        W = _half_step(f.W, f.H.T, data, lay.rows, data.cols, alpha, l2, mask, solve, cg_steps, data.shape[1])
+        return f._replace(W=W), lay
 
-    return Solver(init=init, step=step, loss=loss, name="implicit-als", biases=False, data_kinds=("sparse",))
+    def step(f: Factors, lay: SparseLayout, data: Sparse, mask=None):
+        f, lay = update_w(f, lay, data, mask)
+        Ht = _half_step(f.H.T, f.W, data, lay.cols, data.rows, alpha, l2, mask, solve, cg_steps, data.shape[0])
+        return f._replace(H=Ht.T), lay
+
+    return Solver(init=init, step=step, loss=loss, name="implicit-als", biases=False, data_kinds=("sparse",),
+                  update_w=update_w)
