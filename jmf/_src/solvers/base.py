@@ -35,7 +35,9 @@ Optional parts:
 
 from __future__ import annotations
 
+import collections
 import functools
+import inspect
 from typing import Any, Callable, NamedTuple, Optional
 
 from ..losses import DATA_KINDS, Loss
@@ -104,17 +106,40 @@ def cached_factory(factory):
     """Return the same :class:`Solver` object for equal hyperparameters.
 
     ``fit`` compiles once per solver object; memoizing the factories means
-    ``jmf.solvers.adam(1e-2)`` written twice does not compile twice.
-    Unhashable arguments (arrays) bypass the cache.
+    ``jmf.solvers.adam(1e-2)`` written twice does not compile twice.  The
+    cache key is the full argument list with defaults filled in, so
+    ``als(0.1)``, ``als(l2=0.1)`` and ``als(l2=0.1, biases=False)`` are one
+    object.  Unhashable arguments (arrays) and calls the signature does not
+    accept (the factory reports them) bypass the cache.
     """
-    cached = functools.lru_cache(maxsize=256)(factory)
+    sig = inspect.signature(factory)
+    cache: collections.OrderedDict = collections.OrderedDict()
+
+    def key(args, kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        items = []
+        for name, value in bound.arguments.items():
+            if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                value = tuple(sorted(value.items()))
+            items.append((name, value))
+        out = tuple(items)
+        hash(out)
+        return out
 
     @functools.wraps(factory)
     def wrapper(*args, **kwargs):
         try:
-            hash((args, tuple(sorted(kwargs.items()))))
+            k = key(args, kwargs)
         except TypeError:
             return factory(*args, **kwargs)
-        return cached(*args, **kwargs)
+        if k in cache:
+            cache.move_to_end(k)
+            return cache[k]
+        solver = factory(*args, **kwargs)
+        cache[k] = solver
+        if len(cache) > 256:
+            cache.popitem(last=False)
+        return solver
 
     return wrapper

@@ -226,11 +226,6 @@ def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 
     return gradient(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), name="adam", **kwargs)
 
 
-# sgd and adam pass their extra keyword arguments to gradient: tools that list or parse a
-# factory's hyperparameters (the jmf command's -p KEY=VALUE) look there too.
-sgd.forwards_to = adam.forwards_to = gradient
-
-
 def _check_lr(lr, owner: str):
     """A positive finite learning rate, or an Optax schedule (a callable of the step count)."""
     if callable(lr):
