@@ -226,7 +226,7 @@ def _fail(parser: argparse.ArgumentParser, message: str) -> int:
     return 2
 
 
-def _cmd_fit(args, parser) -> int:
+def _cmd_fit(args) -> int:
     import jax
     import numpy as np
 
@@ -365,7 +365,7 @@ def _underdetermined(name: str, params: dict, data, rank: int) -> Optional[str]:
             "solve); add a penalty, e.g. -p l2=1")
 
 
-def _cmd_experiment(args, parser) -> int:
+def _cmd_experiment(args) -> int:
     import jmf.experiments as E
 
     try:
@@ -438,7 +438,7 @@ def _slug(name: str) -> str:
     return keep.strip("_")[:80] or "dataset"
 
 
-def _cmd_solvers(args, parser) -> int:
+def _cmd_solvers() -> int:
     from jmf._src.registry import describe_solvers
 
     print("solvers (use with --solver NAME and -p KEY=VALUE, or solver = \"NAME\" in an experiment file;\n"
@@ -471,10 +471,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
         if args.command == "fit":
-            return _cmd_fit(args, sub)
+            return _cmd_fit(args)
         if args.command == "experiment":
-            return _cmd_experiment(args, sub)
-        return _cmd_solvers(args, sub)
+            return _cmd_experiment(args)
+        return _cmd_solvers()
     except UsageError as exc:
         return _fail(sub, str(exc))
     except KeyboardInterrupt:

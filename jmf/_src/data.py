@@ -20,7 +20,7 @@ transformations (``tree_unflatten``) skips validation.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ import numpy as np
 
 from ._validation import is_int
 
-__all__ = ["Dense", "Sparse", "as_data", "stack"]
+__all__ = ["Dense", "Sparse", "as_data", "stack", "pad_entries"]
 
 _DUPLICATE_POLICIES = ("error", "sum", "mean", "last")
 
@@ -587,7 +587,16 @@ jax.tree_util.register_pytree_node(
     lambda shape, leaves: _rebuild(Sparse, leaves, shape),
 )
 
-Data = Any  # Dense | Sparse
+def pad_entries(rows, cols, vals, weights, nnz: int) -> tuple:
+    """Entry arrays padded at the end to length ``nnz`` with weight-0 entries at index (0, 0).
+
+    The one way jmf pads sparse entries (stacked batches, mixed-shape buckets,
+    minibatches): a weight-0 entry contributes nothing to any loss, solve or
+    count, and index 0 is valid for every shape.  ``weights`` must be given
+    (e.g. ``effective_weights()``): the padding needs them.
+    """
+    pad = nnz - rows.shape[-1]
+    return tuple(jnp.pad(x, (0, pad)) for x in (rows, cols, vals, weights))
 
 
 def as_data(x, *, name: str = "data") -> "Dense | Sparse":
@@ -636,16 +645,8 @@ def stack(items: Sequence["Dense | Sparse"]) -> "Dense | Sparse":
             W = None
         return _rebuild(Dense, (A, W))
     nnz = max(x.nnz for x in items)
-    padded = []
-    for x in items:
-        pad = nnz - x.nnz
-        w = x.effective_weights().astype(dtype)
-        padded.append((
-            jnp.pad(x.rows, (0, pad)),
-            jnp.pad(x.cols, (0, pad)),
-            jnp.pad(x.vals.astype(dtype), (0, pad)),
-            jnp.pad(w, (0, pad)),
-        ))
+    padded = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz)
+              for x in items]
     leaves = tuple(jnp.stack(col) for col in zip(*padded))
     any_weighted = any(x.weights is not None for x in items) or any(x.nnz != nnz for x in items)
     if not any_weighted:

@@ -65,6 +65,7 @@ import numpy as np
 
 from ._validation import check_fraction, check_int, check_tol, numpy_rng
 from .data import Dense, Sparse
+from .factors import Factors
 from .registry import DATASETS, SOLVERS, make_solver, register_dataset, solver_entry, solver_names
 
 __all__ = [
@@ -190,7 +191,7 @@ def _dataset_config(spec: Mapping) -> dict:
     return _jsonable(spec)
 
 
-def _split_entries(rows, cols, vals, weights, fraction, rng):
+def _split_entries(vals, weights, fraction, rng):
     """Hold out ``fraction`` of the observed entries; returns (train mask, test mask) over entries."""
     observed = np.flatnonzero(weights > 0) if weights is not None else np.arange(len(vals))
     n_test = int(round(fraction * len(observed)))
@@ -272,12 +273,12 @@ def _make_dataset(spec: Mapping, svd: bool = True) -> PreparedData:
     rng_missing, rng_holdout = numpy_rng(k_missing), numpy_rng(k_holdout)
     keep = np.ones(len(vals), bool) if weights is None else weights > 0
     if config.get("missing"):
-        _, hidden = _split_entries(rows, cols, vals, weights, config["missing"], rng_missing)
+        _, hidden = _split_entries(vals, weights, config["missing"], rng_missing)
         keep &= ~hidden
     test = None
     if config.get("holdout"):
         w_keep = keep.astype(np.float64) if weights is None else weights * keep
-        _, is_test = _split_entries(rows, cols, vals, w_keep, config["holdout"], rng_holdout)
+        _, is_test = _split_entries(vals, w_keep, config["holdout"], rng_holdout)
         test = (rows[is_test].astype(np.int32), cols[is_test].astype(np.int32), vals[is_test])
         keep &= ~is_test
     if not keep.any():
@@ -727,31 +728,14 @@ def _jaxlib_version():
         return None
 
 
-def _predict(W, H, rb, cb, off, rows=None, cols=None):
-    if rows is None:
-        pred = W @ H
-        if rb is not None:
-            pred = pred + rb[:, None]
-        if cb is not None:
-            pred = pred + cb[None, :]
-    else:
-        pred = np.einsum("ek,ke->e", W[rows], H[:, cols])
-        if rb is not None:
-            pred = pred + rb[rows]
-        if cb is not None:
-            pred = pred + cb[cols]
-    if off is not None:
-        pred = pred + off
-    return pred
-
-
 def _member_metrics(data: PreparedData, W, H, rb, cb, off, rank: int) -> dict:
     """Training relative error / RMSE, held-out RMSE / MAE and the SVD optimum (float64, host)."""
     out: dict = {}
     train = data.train
+    model = Factors(W, H, rb, cb, off)  # NumPy float64 leaves: predicted on the host in float64
     if isinstance(train, Dense):
         A = np.asarray(train.A, np.float64)
-        resid = A - _predict(W, H, rb, cb, off)
+        resid = A - model.predict()
         w = None if train.weights is None else np.asarray(train.weights, np.float64)
         num = np.sum(resid**2) if w is None else np.sum(w * resid**2)
         den = np.sum(A**2) if w is None else np.sum(w * A**2)
@@ -760,7 +744,7 @@ def _member_metrics(data: PreparedData, W, H, rb, cb, off, rank: int) -> dict:
         rows, cols = np.asarray(train.rows), np.asarray(train.cols)
         vals = np.asarray(train.vals, np.float64)
         w = np.ones_like(vals) if train.weights is None else np.asarray(train.weights, np.float64)
-        resid = vals - _predict(W, H, rb, cb, off, rows, cols)
+        resid = vals - model.predict(rows, cols)
         num, den, n_obs = np.sum(w * resid**2), np.sum(w * vals**2), np.sum(w)
     out["rel_error"] = float(np.sqrt(num / den)) if den > 0 else float("nan")
     out["train_rmse"] = float(np.sqrt(num / n_obs))
@@ -770,7 +754,7 @@ def _member_metrics(data: PreparedData, W, H, rb, cb, off, rank: int) -> dict:
         out["svd_loss"] = float(np.sum(s2[rank:]) / n_obs)  # the best unregularized loss at this rank
     if data.test is not None and len(data.test[0]):
         r, c, v = data.test
-        err = v - _predict(W, H, rb, cb, off, r, c)
+        err = v - model.predict(r, c)
         out["test_rmse"] = float(np.sqrt(np.mean(err**2)))
         out["test_mae"] = float(np.mean(np.abs(err)))
     return out

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._validation import as_key, check_bool, check_int, check_rank, check_tol
-from .data import Dense, Sparse, _rebuild, as_data
+from .data import Dense, Sparse, _rebuild, as_data, pad_entries
 from .factors import Factors, rank_mask
 from .init import get_initializer
 from .run.driver import Args, Job
@@ -500,11 +500,7 @@ def _stack_bucket(items: list, shape) -> "Dense | Sparse":
         W = jnp.stack([w.astype(dtype) for _, w in padded]) if weighted else None
         return _rebuild(Dense, (A, W))
     nnz = max(x.nnz for x in items)
-    cols = []
-    for x in items:
-        pad = nnz - x.nnz
-        cols.append((jnp.pad(x.rows, (0, pad)), jnp.pad(x.cols, (0, pad)), jnp.pad(x.vals.astype(dtype), (0, pad)),
-                     jnp.pad(x.effective_weights().astype(dtype), (0, pad))))
+    cols = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz) for x in items]
     leaves = tuple(jnp.stack(c) for c in zip(*cols))
     return _rebuild(Sparse, leaves, tuple(shape))
 

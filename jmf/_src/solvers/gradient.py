@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from .._validation import check_bool, check_choice, check_float, check_int, check_nonneg_float, check_positive_float
-from ..data import Sparse, _rebuild
+from ..data import Sparse, _rebuild, pad_entries
 from ..factors import Factors, apply_rank_mask
 from ..losses import Loss, frobenius
 from .base import Solver, cached_factory
@@ -82,16 +82,12 @@ def _minibatch_epoch(loss: Loss, optimizer, projection, batch_size: int):
     def epoch(f: Factors, state: GradientState, data: Sparse, mask=None):
         nnz = data.vals.shape[-1]
         n_batches = -(-nnz // batch_size)
-        pad = n_batches * batch_size - nnz
         key, sub = jax.random.split(state.key)
         perm = jax.random.permutation(sub, nnz)
-        weights = data.effective_weights()
         total = data.n_observed()
-
-        def padded(x):
-            return jnp.pad(x[perm], (0, pad)).reshape(n_batches, batch_size)
-
-        batches = (padded(data.rows), padded(data.cols), padded(data.vals), padded(weights))
+        shuffled = pad_entries(data.rows[perm], data.cols[perm], data.vals[perm], data.effective_weights()[perm],
+                               n_batches * batch_size)
+        batches = tuple(x.reshape(n_batches, batch_size) for x in shuffled)
 
         def one(carry, batch):
             f, opt_state = carry
