@@ -24,8 +24,10 @@ keeping the others fixed::
 with ``G = H H^T + l2 I`` and ``B = A H^T - l1/2`` computed once per half
 step (``2 m n k + n k^2`` FLOPs), so the loop over the ``k`` columns costs
 only ``m k^2``.  With weights or sparse data each row has its own Gram block
-``G_i = sum_j w_ij h_j h_j^T`` (see :mod:`jmf._src.solvers._normal`) and the
-same coordinate updates run on all rows at once.
+``G_i = sum_j w_ij h_j h_j^T`` (dense weights: all at once, see
+:mod:`jmf._src.solvers._normal`; sparse data: bucket by bucket in the sparse
+engine, :mod:`jmf._src.solvers._blocked`) and the same coordinate updates
+run on all rows of a block at once.
 
 Penalties ``l1`` and ``l2`` (a number or a pair ``(for W, for H)``) are in
 the sum units of :func:`jmf.losses.frobenius`: the objective is
