@@ -175,15 +175,11 @@ def test_sparse_engine_against_the_definition(monkeypatch):
     x_ref = np.linalg.solve(G_ref, np.einsum("ij,ja->ia", M * t, Fn)[..., None])[..., 0]
     np.testing.assert_allclose(np.asarray(x), x_ref, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(np.asarray(lay.row_weight), M.sum(axis=1))
-    # Entries out of row order plus weight-0 padding at (0, 0), as in a stacked batch: same solution.
-    perm = np.random.default_rng(0).permutation(data.nnz)
+    # Weight-0 padding in the last row, as in a stacked batch: same solution.
     pad = 5
-    shuffled = jmf._src.data._rebuild(jmf.Sparse, (
-        jnp.concatenate([data.rows[perm], jnp.zeros(pad, data.rows.dtype)]),
-        jnp.concatenate([data.cols[perm], jnp.zeros(pad, data.cols.dtype)]),
-        jnp.concatenate([data.vals[perm], jnp.ones(pad)]),
-        jnp.concatenate([jnp.ones(data.nnz), jnp.zeros(pad)])), data.shape)
-    x2, _ = jax.jit(solve)(shuffled)
+    padded = jmf._src.data._rebuild(jmf.Sparse, jmf._src.data.pad_entries(
+        data.rows, data.cols, data.vals, data.effective_weights(), data.nnz + pad, M_ - 1), data.shape)
+    x2, _ = jax.jit(solve)(padded)
     np.testing.assert_allclose(np.asarray(x2), x_ref, rtol=1e-9, atol=1e-12)
     # The batched Cholesky in slices of SOLVE_BATCH systems (the last slice overlapping) gives the same.
     monkeypatch.setattr(_normal, "SOLVE_BATCH", 7)
@@ -193,16 +189,35 @@ def test_sparse_engine_against_the_definition(monkeypatch):
     np.testing.assert_allclose(np.asarray(x3), x_ref, rtol=1e-9, atol=1e-12)
 
 
-def test_sparse_layout_groups_unsorted_entries_and_empty_rows():
-    rows = jnp.asarray([3, 0, 3, 3, 0, 3, 3], jnp.int32)  # rows 1, 2 empty; unsorted
-    cols = jnp.arange(7, dtype=jnp.int32)
+def test_sparse_layout_groups_entries_and_empty_rows():
+    rows = jnp.asarray([0, 0, 3, 3, 3, 3, 3], jnp.int32)  # rows 1, 2 empty (sorted: the Sparse invariant)
+    cols = jnp.asarray([5, 1, 6, 0, 2, 3, 1], jnp.int32)  # columns in no particular order
     data = jmf._src.data._rebuild(jmf.Sparse, (rows, cols, jnp.arange(7.0) + 1, None), (4, 7))
     lay = _blocked.sparse_layout(data)
-    counts, start, order = (np.asarray(x) for x in (lay.rows.counts, lay.rows.indptr, lay.rows.order))
-    np.testing.assert_array_equal(counts, [2, 0, 0, 5])
-    got = {g: sorted(np.asarray(cols)[order[start[g]:start[g] + counts[g]]].tolist()) for g in (0, 3)}
-    assert got == {0: [1, 4], 3: [0, 2, 3, 5, 6]}
+    np.testing.assert_array_equal(np.asarray(lay.rows.counts), [2, 0, 0, 5])
     np.testing.assert_array_equal(np.asarray(lay.row_weight), [2, 0, 0, 5])
+    counts, start, order = (np.asarray(x) for x in (lay.cols.counts, lay.cols.indptr, lay.cols.order))
+    got = {j: sorted(np.asarray(rows)[order[start[j]:start[j] + counts[j]]].tolist()) for j in range(7)}
+    assert got == {0: [3], 1: [0, 3], 2: [3], 3: [3], 4: [], 5: [0], 6: [3]}
+    np.testing.assert_array_equal(np.asarray(lay.col_weight), [1, 2, 1, 1, 0, 1, 1])
+
+
+def test_stacked_sparse_batch_equals_each_matrix_alone():
+    """Stacking pads the shorter matrix; the padding must not disturb any row's entries."""
+    A, M = _masked(11)
+    M2 = M.copy()
+    M2[:, : N_ // 2] = 0
+    M2[np.arange(M_), np.random.default_rng(1).integers(N_ // 2, N_, M_)] = 1
+    M2[0, :] = 1  # every column keeps an entry
+    a, b = _sparse(A, M), _sparse(A + 1, M2)
+    assert a.nnz != b.nnz
+    solver = jmf.solvers.ratings_als(l2=0.2, count_scaled=True, cg_steps=2)
+    kw = dict(rank=2, key=0, init="normal", max_iter=15, tol=None, progress=False)
+    many = jmf.fit_many(jmf.stack([a, b]), solver, **kw)
+    for i, d in enumerate((a, b)):
+        alone = jmf.fit(d, solver, **kw)
+        np.testing.assert_allclose(np.asarray(many.factors.W[i]), np.asarray(alone.factors.W), rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(float(many.loss[i]), float(alone.loss), rtol=1e-9)
 
 
 def test_cg_sweeps_converge_to_the_exact_fixed_point():

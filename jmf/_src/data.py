@@ -312,8 +312,9 @@ class Sparse:
         follows scipy's COO convention, "mean" averages, "last" keeps the
         final occurrence.
 
-    Entries are stored sorted row-major (by ``row``, then ``col``); indices
-    are int32.  A batch of ``B`` sparse matrices with a common ``nnz`` (see
+    Entries are stored sorted row-major (by ``row``, then ``col``) -- an
+    invariant the sparse solvers rely on (padding goes to the last row) --
+    and indices are int32.  A batch of ``B`` sparse matrices with a common ``nnz`` (see
     :func:`jmf.stack`) has leaves of shape ``(B, nnz)``.
     """
 
@@ -587,16 +588,18 @@ jax.tree_util.register_pytree_node(
     lambda shape, leaves: _rebuild(Sparse, leaves, shape),
 )
 
-def pad_entries(rows, cols, vals, weights, nnz: int) -> tuple:
-    """Entry arrays padded at the end to length ``nnz`` with weight-0 entries at index (0, 0).
+def pad_entries(rows, cols, vals, weights, nnz: int, last_row: int = 0) -> tuple:
+    """Entry arrays padded at the end to length ``nnz`` with weight-0 entries at ``(last_row, 0)``.
 
     The one way jmf pads sparse entries (stacked batches, mixed-shape buckets,
     minibatches): a weight-0 entry contributes nothing to any loss, solve or
-    count, and index 0 is valid for every shape.  ``weights`` must be given
-    (e.g. ``effective_weights()``): the padding needs them.
+    count.  Padding at the last row (``m - 1``) keeps the entries in row
+    order, which the sparse solvers rely on.  ``weights`` must be given (e.g.
+    ``effective_weights()``): the padding needs them.
     """
     pad = nnz - rows.shape[-1]
-    return tuple(jnp.pad(x, (0, pad)) for x in (rows, cols, vals, weights))
+    return (jnp.pad(rows, (0, pad), constant_values=last_row),) + tuple(
+        jnp.pad(x, (0, pad)) for x in (cols, vals, weights))
 
 
 def as_data(x, *, name: str = "data") -> "Dense | Sparse":
@@ -622,7 +625,8 @@ def stack(items: Sequence["Dense | Sparse"]) -> "Dense | Sparse":
     Dense members need identical shapes; their weights are combined (members
     without weights get all-ones weights if any member is weighted).  Sparse
     members need the same ``shape``; they are padded to the largest ``nnz``
-    with weight-0 entries at index (0, 0), which no loss or solver sees.
+    with weight-0 entries in the last row (so entries stay in row order),
+    which no loss or solver sees.
     """
     items = [as_data(x, name=f"items[{i}]") for i, x in enumerate(items)]
     if not items:
@@ -645,7 +649,8 @@ def stack(items: Sequence["Dense | Sparse"]) -> "Dense | Sparse":
             W = None
         return _rebuild(Dense, (A, W))
     nnz = max(x.nnz for x in items)
-    padded = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz)
+    last_row = items[0].shape[0] - 1
+    padded = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz, last_row)
               for x in items]
     leaves = tuple(jnp.stack(col) for col in zip(*padded))
     any_weighted = any(x.weights is not None for x in items) or any(x.nnz != nnz for x in items)

@@ -500,7 +500,8 @@ def _stack_bucket(items: list, shape) -> "Dense | Sparse":
         W = jnp.stack([w.astype(dtype) for _, w in padded]) if weighted else None
         return _rebuild(Dense, (A, W))
     nnz = max(x.nnz for x in items)
-    cols = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz) for x in items]
+    cols = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz, shape[0] - 1)
+            for x in items]
     leaves = tuple(jnp.stack(c) for c in zip(*cols))
     return _rebuild(Sparse, leaves, tuple(shape))
 

@@ -64,7 +64,7 @@ def weight_sums(data):
             return jnp.full((m,), n, data.dtype), jnp.full((n,), m, data.dtype)
         return jnp.sum(data.weights, axis=1), jnp.sum(data.weights, axis=0)
     w = data.effective_weights()
-    # Not flagged as sorted: stacked and padded batches append entries at row 0.
+    # Not flagged as sorted: losses also see shuffled minibatches.
     return jax.ops.segment_sum(w, data.rows, num_segments=m), jax.ops.segment_sum(w, data.cols, num_segments=n)
 
 

@@ -40,7 +40,7 @@ segment ids; only the bucket sizes ``2^b`` are static.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +73,7 @@ class Side(NamedTuple):
 
     counts: jax.Array  # (S,) entries per segment
     indptr: jax.Array  # (S,) first entry of each segment in processing order
-    order: jax.Array  # (nnz,) data position of each entry in processing order
+    order: Optional[jax.Array]  # (nnz,) data position of each entry in processing order; None: identity
     seg_order: jax.Array  # (S,) segments sorted by bucket (empty ones in the first)
     bucket_start: jax.Array  # (n_buckets,) first position in seg_order of each bucket
     bucket_size: jax.Array  # (n_buckets,)
@@ -140,7 +140,7 @@ def bucketed_rows(side: Side, X0, block_fn: Callable, max_count: int, nnz: int, 
             cnt = jnp.where(ok, counts[seg], 0)
             valid = lane[None, :] < cnt[:, None]
             pos = jnp.where(valid, indptr[seg][:, None] + lane[None, :], 0)
-            ent = order[pos]
+            ent = pos if order is None else order[pos]
             x = block_fn(ent, valid, seg, cnt, X[seg])
             return X.at[jnp.where(ok, seg, S)].set(x, mode="drop")
 
@@ -165,7 +165,8 @@ def bucketed_solve(
         From :func:`side_layout`: entries per segment, the position of each
         segment's first entry in the processing order (entries of a segment
         are contiguous there), the data position of each entry in processing
-        order and the segments grouped by bucket.
+        order (``None``: the data order, for the rows of a :class:`jmf.Sparse`)
+        and the segments grouped by bucket.
     X0 : (S, K)
         Current solutions (warm start; written over segment by segment).
         Segments with no entries get ``system`` applied to a zero Gram, zero
@@ -255,34 +256,19 @@ class SparseLayout(NamedTuple):
     col_weight: jax.Array
 
 
-def _grouped(seg, n_segments: int, weights, max_count: int, presorted=None):
-    """(Side, weight sums) of the entries grouped by ``seg``; a true ``presorted`` (traced bool) skips the sort."""
-    nnz = seg.shape[0]
-
-    def sort(s):
-        return jnp.argsort(s, stable=True).astype(jnp.int32)
-
-    if presorted is None:
-        order = sort(seg)
-    else:
-        order = jax.lax.cond(presorted, lambda s: jnp.arange(nnz, dtype=jnp.int32), sort, seg)
-    seg_sorted = seg[order]
-    side = side_layout(seg_sorted, n_segments, order, max_count)
-    sums = jax.ops.segment_sum(weights[order], seg_sorted, num_segments=n_segments, indices_are_sorted=True)
-    return side, sums
-
-
 def sparse_layout(data) -> SparseLayout:
     """The :class:`SparseLayout` of ``data`` (jit-able).
 
-    Canonical :class:`jmf.Sparse` entries are sorted by row, so the row side
-    normally needs no sort; stacked or bucketed batches append weight-0
-    padding entries at row 0, and minibatches are shuffled, so sortedness is
-    checked (one pass) rather than assumed.
+    The row side uses the entries in data order: :class:`jmf.Sparse` keeps
+    them sorted by row (the constructor sorts; :func:`jmf.stack` and the
+    mixed-shape buckets pad in the last row), so grouping by row needs no
+    sort and no indirection.  The column side is sorted once here.
     """
     m, n = data.shape
     w = data.effective_weights()
-    rows_sorted = jnp.all(data.rows[1:] >= data.rows[:-1])
-    rows, row_weight = _grouped(data.rows, m, w, n, rows_sorted)
-    cols, col_weight = _grouped(data.cols, n, w, m)
+    rows = side_layout(data.rows, m, None, n)
+    row_weight = jax.ops.segment_sum(w, data.rows, num_segments=m, indices_are_sorted=True)
+    order = jnp.argsort(data.cols, stable=True).astype(jnp.int32)
+    cols = side_layout(data.cols[order], n, order, m)
+    col_weight = jax.ops.segment_sum(w[order], data.cols[order], num_segments=n, indices_are_sorted=True)
     return SparseLayout(rows, cols, row_weight, col_weight)

@@ -100,7 +100,7 @@ def _mu_terms(data, W, H, side, beta, eps):
     if data.weights is not None:
         num_w, den_w = data.weights * num_w, data.weights * den_w
     Fo = F[other]
-    # Not flagged as sorted: stacked sparse batches append padding entries at (0, 0).
+    # Not flagged as sorted: the column side is not in column order.
     num = jax.ops.segment_sum(num_w[:, None] * Fo, own, num_segments=g)
     den = jax.ops.segment_sum(den_w[:, None] * Fo, own, num_segments=g)
     return num, den
