@@ -146,6 +146,10 @@ def gradient(
     Returns
     -------
     Solver
+        Accepts the data kinds ``loss`` is defined on (sparse only with
+        ``batch_size``).  ``update_w`` is a full-batch step on ``W`` and the
+        row biases alone (``H``, the column biases and the offset stay
+        exactly as they are, whatever the optimizer's state holds for them).
     """
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"gradient: name must be a non-empty string or None, got {name!r}")
