@@ -310,7 +310,7 @@ def sparse_als_child(m, n, nnz, k, repeats):
     data = jmf.Sparse(lin // n, lin % n, rng.integers(1, 6, lin.size).astype(np.float32), (m, n))
     del lin
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    solver = jmf.solvers.als(l2=0.05, biases=True, row_scaled_l2=True)
+    solver = jmf.solvers.als(l2=0.05, biases=True, count_scaled=True)
     f0 = jmf.init.add_biases(jmf.init.normal(jax.random.key(0), data, k), data)
     t0 = time.perf_counter()
     state = jax.block_until_ready(jax.jit(solver.init)(f0, data, None))

@@ -33,18 +33,28 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import jax  # noqa: E402
-import optax  # noqa: E402
 
 import jmf  # noqa: E402
-from jmf.losses import ratings_loss  # noqa: E402
+import jmf.experiments as E  # noqa: E402
 
+# Each model is a solver of the registry (`jmf solvers`) with fixed hyperparameters; the tuned ones
+# (l2, learning_rate, alpha, batch_size) come from DEFAULTS and CV_GRID.
+MODELS = {
+    "als-wr": ("ratings_als", dict(count_scaled=True)),  # ALS-WR with CG solves
+    "als-core": ("als", dict(biases=True, count_scaled=True)),  # the same model, exact solves
+    "adam": ("ratings_gradient", dict(optimizer="adam", count_scaled=True)),
+    "minibatch-adam": ("adam", dict(count_scaled=True, biases=True)),
+    "implicit-als": ("implicit_als", {}),
+}
+# Keys of DEFAULTS / CV_GRID entries that set the fit, not the solver.
+FIT_KEYS = ("rank", "sweeps", "epochs", "checkpoints")
 # als-wr and implicit-als: chosen by 5-fold CV on the training part (80%) of ml-latest-small (see --cv and
 # BENCHMARKS.md); the others are hand-set reference points (not cross-validated).
 DEFAULTS = {
     "als-wr": dict(rank=32, l2=0.15, sweeps=10),
     "als-core": dict(rank=32, l2=0.1, sweeps=10),
-    "adam": dict(rank=32, l2=0.1, lr=0.01, epochs=300),
-    "minibatch-adam": dict(rank=32, l2=0.1, lr=0.002, epochs=20, batch_size=4096),
+    "adam": dict(rank=32, l2=0.1, learning_rate=0.01, epochs=300),
+    "minibatch-adam": dict(rank=32, l2=0.1, learning_rate=0.002, epochs=20, batch_size=4096),
     "implicit-als": dict(rank=64, l2=30.0, alpha=0.5, sweeps=15),
 }
 EXPLICIT = ("als-wr", "als-core", "adam", "minibatch-adam")
@@ -52,19 +62,12 @@ RELEVANT = 4.0  # held-out ratings >= this count as relevant for the ranking met
 
 
 def make_solver(name: str, p: dict):
-    """``(solver, max_iter)`` for a model name and hyperparameters."""
-    if name == "als-wr":
-        return jmf.solvers.ratings_als(l2=p["l2"], count_scaled=True), p["sweeps"]
-    if name == "als-core":
-        return jmf.solvers.als(l2=p["l2"], biases=True, row_scaled_l2=True), p["sweeps"]
-    if name == "adam":
-        return jmf.solvers.ratings_gradient(optax.adam(p["lr"]), l2=p["l2"], count_scaled=True, name="adam"), p["epochs"]
-    if name == "minibatch-adam":
-        return jmf.solvers.gradient(optax.adam(p["lr"]), loss=ratings_loss(p["l2"], count_scaled=True), biases=True,
-                                    batch_size=p["batch_size"], name="minibatch-adam"), p["epochs"]
-    if name == "implicit-als":
-        return jmf.solvers.implicit_als(l2=p["l2"], alpha=p["alpha"]), p["sweeps"]
-    raise ValueError(f"unknown model {name!r}")
+    """``(solver, max_iter)`` for a model name and its settings (registry solver + hyperparameters)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; models: {', '.join(MODELS)}")
+    solver_name, fixed = MODELS[name]
+    params = {**fixed, **{k: v for k, v in p.items() if k not in FIT_KEYS}}
+    return E.make_solver(solver_name, **params), p.get("sweeps", p.get("epochs"))
 
 
 def fit_model(name: str, p: dict, train, seed: int = 0, timed: bool = True):
@@ -156,9 +159,9 @@ def split_frame(df, test_fraction=0.2, seed=0):
 # Each entry is one fit per fold; "checkpoints" are the sweep / epoch counts scored from that same fit.
 CV_GRID = {
     "als-wr": [dict(rank=r, l2=l, sweeps=10, checkpoints=(4, 6, 8, 10)) for r in (16, 32) for l in (0.1, 0.15, 0.2)],
-    "adam": [dict(rank=32, l2=l, lr=lr, epochs=400, checkpoints=(100, 200, 300, 400)) for l in (0.05, 0.1)
-             for lr in (0.005, 0.01, 0.02)],
-    "minibatch-adam": [dict(rank=32, l2=l, lr=lr, epochs=30, batch_size=4096, checkpoints=(10, 20, 30))
+    "adam": [dict(rank=32, l2=l, learning_rate=lr, epochs=400, checkpoints=(100, 200, 300, 400))
+             for l in (0.05, 0.1) for lr in (0.005, 0.01, 0.02)],
+    "minibatch-adam": [dict(rank=32, l2=l, learning_rate=lr, epochs=30, batch_size=4096, checkpoints=(10, 20, 30))
                        for l in (0.05, 0.1) for lr in (0.001, 0.002, 0.005)],
     # ranking model: scored by NDCG@10 (higher is better); rank and sweeps fixed by the benchmark (64, 15)
     "implicit-als": [dict(rank=64, l2=l, alpha=a, sweeps=15, checkpoints=(15,)) for a in (0.5, 1.0)

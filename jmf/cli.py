@@ -63,81 +63,19 @@ def _param(text: str):
     return key, value
 
 
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def _declared_types(param) -> tuple[set, bool]:
-    """The scalar types a factory parameter declares (annotation, else its default) and whether None is allowed."""
-    import re
-
-    ann = param.annotation
-    ann = "" if ann is param.empty else ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
-    kinds = {k for k in ("bool", "int", "float", "str") if re.search(rf"\b{k}\b", ann)}
-    default = param.default
-    if not kinds and default is not param.empty and default is not None and type(default) in (bool, int, float, str):
-        kinds = {type(default).__name__}
-    none_ok = default is None or "Optional" in ann or re.search(r"\bNone\b", ann) is not None
-    return kinds, none_ok
-
-
-def _parse_param(key: str, text: str, param):
-    """Parse ``-p key=text`` by the declared type of the hyperparameter.
-
-    bool: true/false/1/0/yes/no/on/off; int; float; None/null only where the
-    default is None.  A JSON list gives a pair (``l2=[0.1,0.2]``).  A word
-    that is not a number stays a string for the factory to judge
-    (``inner=auto`` is valid, ``learning_rate=fast`` is refused there).
-    """
-    kinds, none_ok = _declared_types(param)
-    low = text.strip().lower()
-    where = f"-p {key}={text}"
-    if low in ("none", "null"):
-        if not none_ok:
-            raise UsageError(f"{where}: {key} does not accept None")
-        return None
-    if "bool" in kinds:
-        if low in _TRUE:
-            return True
-        if low in _FALSE:
-            return False
-        raise UsageError(f"{where}: expected a bool (true/false, 1/0, yes/no)")
-    if text.strip().startswith("["):
-        try:
-            return json.loads(text)
-        except ValueError:
-            raise UsageError(f"{where}: not a valid list such as [0.1, 0.2]") from None
-    if "int" in kinds or "float" in kinds:
-        try:
-            return int(text) if "int" in kinds and "float" not in kinds else float(text)
-        except ValueError:
-            pass
-        try:
-            float(text)
-        except ValueError:
-            return text  # e.g. inner=auto, beta=kullback-leibler
-        raise UsageError(f"{where}: expected an int")
-    if kinds == {"str"}:
-        return text
-    try:  # undeclared type (e.g. bias_l2=None): a JSON number, list or bool, else the string
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
 def _solver_params(name: str, pairs) -> dict:
-    """Typed hyperparameters of solver ``name`` from ``-p`` pairs; unknown keys and bad values are usage errors."""
-    import jmf.experiments as E
+    """Typed hyperparameters of solver ``name`` from ``-p`` pairs, parsed by the registry's declared types.
 
-    try:
-        declared = E.solver_parameters(name)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(str(exc)) from None
+    Unknown keys and values that do not fit the declared type are usage errors.
+    """
+    from jmf._src.registry import parse_param
+
     params = {}
     for key, text in pairs:
-        if key not in declared:
-            raise UsageError(f"bad hyperparameters for solver {name!r}: unknown {key!r} "
-                             f"(accepted: {', '.join(declared)})")
-        params[key] = _parse_param(key, text, declared[key])
+        try:
+            params[key] = parse_param(name, key, text)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(str(exc)) from None
     return params
 
 
@@ -288,13 +226,7 @@ def _fail(parser: argparse.ArgumentParser, message: str) -> int:
     return 2
 
 
-def _default_solver() -> str:
-    import jmf.experiments as E
-
-    return "als" if "als" in E.available_solvers() else "adam"
-
-
-def _cmd_fit(args, parser) -> int:
+def _cmd_fit(args) -> int:
     import jax
     import numpy as np
 
@@ -302,15 +234,21 @@ def _cmd_fit(args, parser) -> int:
     import jmf.experiments as E
     from jmf._src.experiments import _member_metrics
 
-    name = args.solver or _default_solver()
+    from jmf._src.registry import make_solver, solver_entry
+
+    name = args.solver or "als"
+    try:
+        entry = solver_entry(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     params = _solver_params(name, args.param)
     if args.biases:
+        if "biases" not in entry.defaults():
+            raise UsageError(f"--biases: solver {name!r} has no bias terms (try als or adam)")
         params.setdefault("biases", True)
     try:
-        solver = E.make_solver(name, **params)
+        solver = make_solver(name, **params)
     except (ValueError, TypeError) as exc:
-        if args.biases and "biases" in str(exc):
-            raise UsageError(f"--biases: solver {name!r} has no bias terms (try als or adam)") from None
         raise UsageError(str(exc)) from None
     try:
         data, info = jmf.io.load_matrix(args.file, format=args.format)
@@ -427,7 +365,7 @@ def _underdetermined(name: str, params: dict, data, rank: int) -> Optional[str]:
             "solve); add a penalty, e.g. -p l2=1")
 
 
-def _cmd_experiment(args, parser) -> int:
+def _cmd_experiment(args) -> int:
     import jmf.experiments as E
 
     try:
@@ -500,24 +438,12 @@ def _slug(name: str) -> str:
     return keep.strip("_")[:80] or "dataset"
 
 
-def _cmd_solvers(args, parser) -> int:
-    import inspect
+def _cmd_solvers() -> int:
+    from jmf._src.registry import describe_solvers
 
-    import jmf.experiments as E
-    import jmf.solvers as S
-
-    print("solvers (use with --solver NAME and -p KEY=VALUE, or solver = \"NAME\" in an experiment file):")
-    for name in E.available_solvers():
-        fn = getattr(S, name)
-        sig = inspect.signature(fn)
-        params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-        args_txt = ", ".join(f"{p.name}={E.DEFAULT_PARAMS.get(name, {}).get(p.name, p.default)!r}"
-                             if p.default is not p.empty or p.name in E.DEFAULT_PARAMS.get(name, {})
-                             else p.name for p in params)
-        doc = (inspect.getdoc(fn) or "").splitlines()
-        print(f"  {name}({args_txt})")
-        if doc:
-            print(f"      {doc[0]}")
+    print("solvers (use with --solver NAME and -p KEY=VALUE, or solver = \"NAME\" in an experiment file;\n"
+          "a pair is written -p l2=[0.1,0.2], none/null where allowed):")
+    print(describe_solvers())
     return 0
 
 
@@ -545,10 +471,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser._subparsers._group_actions[0].choices[args.command]
     try:
         if args.command == "fit":
-            return _cmd_fit(args, sub)
+            return _cmd_fit(args)
         if args.command == "experiment":
-            return _cmd_experiment(args, sub)
-        return _cmd_solvers(args, sub)
+            return _cmd_experiment(args)
+        return _cmd_solvers()
     except UsageError as exc:
         return _fail(sub, str(exc))
     except KeyboardInterrupt:

@@ -66,6 +66,7 @@ import scipy.sparse as sp
 
 import jmf
 from jmf._src._validation import check_choice, check_float, check_int, is_int as _is_int, is_real as _is_real
+from jmf._src.registry import make_solver
 
 __all__ = [
     "NMF",
@@ -435,11 +436,6 @@ def _run_fit(data, solver, rank, *, key, init, n_init, max_iter, tol, check_ever
 
 
 @functools.lru_cache(maxsize=256)
-def _frobenius(l2, l1):
-    """One Loss object per penalty, so equal settings give equal (cached) solvers."""
-    return jmf.losses.frobenius(l2=l2, l1=l1)
-
-
 @functools.lru_cache(maxsize=64)
 def _frozen_h(solver):
     """``solver`` with ``H`` (and column biases) held fixed: only its ``W`` updates take effect.
@@ -1219,30 +1215,26 @@ class MatrixFactorization(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         l1 = _pair_param(self, "l1")
         p["l1"], p["l2"] = l1, l2
         p["named"] = True
+        # Names are built by the solver registry (the one the jmf command and experiments use).
         if s == "als":
             if l1 != (0.0, 0.0):
                 raise ValueError("MatrixFactorization: solver='als' does not support l1; use 'hals' or a gradient solver")
-            p["solver"] = jmf.solvers.als(l2=l2)
-            p["nonneg"] = False
+            hyper = {"l2": l2}
         elif s == "svd":
             if l1 != (0.0, 0.0) or l2 != (0.0, 0.0):
                 raise ValueError("MatrixFactorization: solver='svd' fits the unpenalized optimum; l1 and l2 must be 0")
-            p["solver"] = jmf.solvers.svd()
-            p["nonneg"] = False
+            hyper = {}
         elif s == "hals":
-            p["solver"] = jmf.solvers.hals(l1=l1, l2=l2)
-            p["nonneg"] = True
+            hyper = {"l1": l1, "l2": l2}
         elif s == "mu":
-            p["solver"] = jmf.solvers.mu(beta=2, l1=l1, l2=l2)
-            p["nonneg"] = True
+            hyper = {"beta": 2.0, "l1": l1, "l2": l2}
         else:
             lr = _check_real(self, "learning_rate")
             if lr <= 0:
                 raise ValueError(f"MatrixFactorization: learning_rate must be > 0, got {lr}")
-            factory = jmf.solvers.adam if s == "adam" else jmf.solvers.sgd
-            proj = "nonnegative" if self.nonnegative else None
-            p["solver"] = factory(lr, loss=_frobenius(l2, l1), projection=proj)
-            p["nonneg"] = bool(self.nonnegative)
+            hyper = {"learning_rate": lr, "l2": l2, "l1": l1, "projection": "nonnegative" if self.nonnegative else None}
+        p["solver"] = make_solver(s, **hyper)
+        p["nonneg"] = p["solver"].nonnegative
         return p
 
     def _validate_X(self, X, reset, nonneg):

@@ -40,10 +40,12 @@ def kinds():
 
 SOLVERS = {
     "adam": jmf.solvers.adam(1e-2),
+    "adam-huber": jmf.solvers.adam(1e-2, loss=jmf.losses.huber(0.5)),
     "sgd": jmf.solvers.sgd(1e-2),
     "gradient-optax-chain": jmf.solvers.gradient(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-2))),
     "als": jmf.solvers.als(l2=0.01),
     "als-biases": jmf.solvers.als(l2=0.01, biases=True),
+    "als-wr-cg": jmf.solvers.als(l2=0.01, biases=True, count_scaled=True, solve="cg"),
     "hals": jmf.solvers.hals(),
     "mu": jmf.solvers.mu(),
     "svd": jmf.solvers.svd(),

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jmf
-from jmf._src.solvers import _normal
+from jmf._src.solvers import _blocked, _normal
 from tests.conftest import low_rank
 from tests.solver_helpers import run
 
@@ -107,7 +107,7 @@ def test_one_step_matches_numpy(biases, row_scaled):
     A, M = _masked(2)
     Wt = M * np.random.default_rng(3).uniform(0.5, 2.0, M.shape)  # real weights, not just a mask
     f0 = _start(1, biases=biases)
-    solver = jmf.solvers.als(l2=0.3, bias_l2=0.05, biases=biases, row_scaled_l2=row_scaled)
+    solver = jmf.solvers.als(l2=0.3, bias_l2=0.05, biases=biases, count_scaled=row_scaled)
     W, H, rb, cb = _ref_step(A, Wt, f0, 0.3, 0.05, row_scaled)
     for data in (jmf.Dense(A, Wt), _sparse(A, M, Wt)):
         f, _ = run(solver, data, f0, 1)
@@ -124,7 +124,7 @@ def test_unweighted_dense_biases_match_numpy(row_scaled):
     A, _ = _masked(4)
     f0 = _start(2, biases=True)
     W, H, rb, cb = _ref_step(A, np.ones_like(A), f0, 0.2, 0.1, row_scaled)
-    f, _ = run(jmf.solvers.als(l2=0.2, bias_l2=0.1, biases=True, row_scaled_l2=row_scaled), jmf.Dense(A), f0, 1)
+    f, _ = run(jmf.solvers.als(l2=0.2, bias_l2=0.1, biases=True, count_scaled=row_scaled), jmf.Dense(A), f0, 1)
     np.testing.assert_allclose(np.asarray(f.W), W, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(np.asarray(f.col_bias), cb, rtol=1e-9, atol=1e-10)
 
@@ -135,7 +135,7 @@ def test_unweighted_dense_biases_match_numpy(row_scaled):
 @pytest.mark.parametrize("biases,row_scaled", [(False, False), (True, True)])
 def test_sparse_equals_dense_masked(biases, row_scaled):
     A, M = _masked(5)
-    solver = jmf.solvers.als(l2=0.1, biases=biases, row_scaled_l2=row_scaled)
+    solver = jmf.solvers.als(l2=0.1, biases=biases, count_scaled=row_scaled)
     f0 = _start(3, biases=biases)
     fd, hd = run(solver, jmf.Dense(A, M), f0, 20)
     fs, hs = run(solver, _sparse(A, M), f0, 20)
@@ -145,45 +145,92 @@ def test_sparse_equals_dense_masked(biases, row_scaled):
             np.testing.assert_allclose(np.asarray(leaf_s), np.asarray(leaf_d), rtol=1e-8, atol=1e-10)
 
 
-def test_sparse_chunked_and_batched_solve_paths(monkeypatch):
-    """The lax.scan over tile chunks and the lax.map over solve batches give the one-shot result."""
+def test_sparse_engine_against_the_definition(monkeypatch):
+    """Bucketed Gram blocks + batched Cholesky give every row's ridge solution, whatever the entry order."""
     A, M = _masked(6)
     data = _sparse(A, M)
     f0 = _start(4, biases=True)
-    layouts = jax.jit(_normal.sparse_layouts, static_argnums=1)(data, K_ + 1)
     F = jnp.c_[f0.H.T, jnp.ones((N_, 1))]
-    normal_eq = jax.jit(lambda lay, F, s: _normal.sparse_normal_equations(lay, F, s, M_))
-    G1, b1 = normal_eq(layouts[0], F, f0.col_bias + 3.0)
-    monkeypatch.setattr(_normal, "CHUNK_ELEMENTS", 40)
-    monkeypatch.setattr(_normal, "SOLVE_BATCH", 7)
-    normal_eq = jax.jit(lambda lay, F, s: _normal.sparse_normal_equations(lay, F, s, M_))
-    G2, b2 = normal_eq(layouts[0], F, f0.col_bias + 3.0)
-    np.testing.assert_allclose(np.asarray(G2), np.asarray(G1), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(b2), np.asarray(b1), rtol=1e-12, atol=1e-12)
-    # And against the definition: G_i = sum_j M_ij f_j f_j^T.
-    Fn = np.asarray(F)
-    G_ref = np.einsum("ij,ja,jb->iab", M, Fn, Fn)
-    np.testing.assert_allclose(np.asarray(G1), G_ref, rtol=1e-12, atol=1e-12)
-    ridge = jnp.full((M_, K_ + 1), 0.5)
-    x = jax.jit(_normal.solve_spd)(G2, b2, ridge)
-    x_ref = np.linalg.solve(G_ref + 0.5 * np.eye(K_ + 1), np.asarray(b1)[..., None])[..., 0]
+    shift = f0.col_bias + 3.0
+    ridge = 0.5
+
+    def solve(data):
+        lay = _blocked.sparse_layout(data)
+
+        def contrib(ent, valid):
+            o = jnp.where(valid, data.cols[ent], N_)
+            feats = jnp.concatenate([F, jnp.zeros((1, K_ + 1))])
+            t = data.vals[ent] - jnp.concatenate([shift, jnp.zeros(1)])[o]
+            w = jnp.where(valid, data.effective_weights()[ent], 0)
+            return feats[o], w, w * t
+
+        def system(G, R, seg, x0):
+            return _normal.solve_spd(G, R, jnp.full(R.shape, ridge))
+
+        return _blocked.bucketed_solve(lay.rows, jnp.zeros((M_, K_ + 1)), contrib, system, N_, data.nnz), lay
+
+    x, lay = jax.jit(solve)(data)
+    Fn, t = np.asarray(F), A - np.asarray(shift)[None, :]
+    G_ref = np.einsum("ij,ja,jb->iab", M, Fn, Fn) + ridge * np.eye(K_ + 1)
+    x_ref = np.linalg.solve(G_ref, np.einsum("ij,ja->ia", M * t, Fn)[..., None])[..., 0]
     np.testing.assert_allclose(np.asarray(x), x_ref, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(lay.row_weight), M.sum(axis=1))
+    # Weight-0 padding in the last row, as in a stacked batch: same solution.
+    pad = 5
+    padded = jmf._src.data._rebuild(jmf.Sparse, jmf._src.data.pad_entries(
+        data.rows, data.cols, data.vals, data.effective_weights(), data.nnz + pad, M_ - 1), data.shape)
+    x2, _ = jax.jit(solve)(padded)
+    np.testing.assert_allclose(np.asarray(x2), x_ref, rtol=1e-9, atol=1e-12)
+    # The batched Cholesky in slices of SOLVE_BATCH systems (the last slice overlapping) gives the same.
+    monkeypatch.setattr(_normal, "SOLVE_BATCH", 7)
+    G = jnp.asarray(G_ref - ridge * np.eye(K_ + 1))
+    b = jnp.asarray(np.einsum("ij,ja->ia", M * t, Fn))
+    x3 = jax.jit(_normal.solve_spd)(G, b, jnp.full((M_, K_ + 1), ridge))
+    np.testing.assert_allclose(np.asarray(x3), x_ref, rtol=1e-9, atol=1e-12)
 
 
-def test_tile_layout_handles_unsorted_and_empty_groups():
-    rows = jnp.asarray([3, 0, 3, 3, 0, 3, 3], jnp.int32)  # group 1, 2 empty; unsorted
-    cols = jnp.arange(7, dtype=jnp.int32)
-    vals = jnp.arange(7, dtype=jnp.float64) + 1
-    lay = _normal.tile_layout(rows, cols, vals, None, 4, 4)
-    assert lay.other.shape[1] == 4
-    assert np.all(np.diff(np.asarray(lay.group)) >= 0)
-    got = {}
-    for t in range(lay.other.shape[0]):
-        for s in range(4):
-            if float(lay.sqrt_w[t, s]) > 0:
-                got.setdefault(int(lay.group[t]), []).append(int(lay.other[t, s]))
-    assert {g: sorted(v) for g, v in got.items()} == {0: [1, 4], 3: [0, 2, 3, 5, 6]}
-    np.testing.assert_array_equal(np.asarray(lay.count), [2, 0, 0, 5])
+def test_sparse_layout_groups_entries_and_empty_rows():
+    rows = jnp.asarray([0, 0, 3, 3, 3, 3, 3], jnp.int32)  # rows 1, 2 empty (sorted: the Sparse invariant)
+    cols = jnp.asarray([5, 1, 6, 0, 2, 3, 1], jnp.int32)  # columns in no particular order
+    data = jmf._src.data._rebuild(jmf.Sparse, (rows, cols, jnp.arange(7.0) + 1, None), (4, 7))
+    lay = _blocked.sparse_layout(data)
+    np.testing.assert_array_equal(np.asarray(lay.rows.counts), [2, 0, 0, 5])
+    np.testing.assert_array_equal(np.asarray(lay.row_weight), [2, 0, 0, 5])
+    counts, start, order = (np.asarray(x) for x in (lay.cols.counts, lay.cols.indptr, lay.cols.order))
+    got = {j: sorted(np.asarray(rows)[order[start[j]:start[j] + counts[j]]].tolist()) for j in range(7)}
+    assert got == {0: [3], 1: [0, 3], 2: [3], 3: [3], 4: [], 5: [0], 6: [3]}
+    np.testing.assert_array_equal(np.asarray(lay.col_weight), [1, 2, 1, 1, 0, 1, 1])
+
+
+def test_stacked_sparse_batch_equals_each_matrix_alone():
+    """Stacking pads the shorter matrix; the padding must not disturb any row's entries."""
+    A, M = _masked(11)
+    M2 = M.copy()
+    M2[:, : N_ // 2] = 0
+    M2[np.arange(M_), np.random.default_rng(1).integers(N_ // 2, N_, M_)] = 1
+    M2[0, :] = 1  # every column keeps an entry
+    a, b = _sparse(A, M), _sparse(A + 1, M2)
+    assert a.nnz != b.nnz
+    solver = jmf.solvers.ratings_als(l2=0.2, count_scaled=True, cg_steps=2)
+    kw = dict(rank=2, key=0, init="normal", max_iter=15, tol=None, progress=False)
+    many = jmf.fit_many(jmf.stack([a, b]), solver, **kw)
+    for i, d in enumerate((a, b)):
+        alone = jmf.fit(d, solver, **kw)
+        np.testing.assert_allclose(np.asarray(many.factors.W[i]), np.asarray(alone.factors.W), rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(float(many.loss[i]), float(alone.loss), rtol=1e-9)
+
+
+def test_cg_sweeps_converge_to_the_exact_fixed_point():
+    A, M = _masked(10)
+    data = _sparse(A, M)
+    f0 = _start(5, biases=True)
+    exact, _ = run(jmf.solvers.als(l2=0.3, biases=True, count_scaled=True), data, f0, 60)
+    cg, h = run(jmf.solvers.als(l2=0.3, biases=True, count_scaled=True, solve="cg", cg_steps=2), data, f0, 60)
+    assert np.all(np.diff(h) <= 1e-12 * h[:-1])
+    np.testing.assert_allclose(np.asarray(cg.predict()), np.asarray(exact.predict()), rtol=1e-5, atol=1e-6)
+    # ratings_als is this solver with biases on and CG solves
+    assert jmf.solvers.ratings_als(l2=0.3, count_scaled=True, cg_steps=2) is \
+        jmf.solvers.als(l2=0.3, biases=True, count_scaled=True, solve="cg", cg_steps=2)
 
 
 # -- monotonicity -------------------------------------------------------------------------------
@@ -203,7 +250,8 @@ def test_loss_never_increases(seed):
         (jmf.solvers.als(), jmf.Dense(A), f0),
         (jmf.solvers.als(l2=(0.5, 0.1)), jmf.Dense(A, M), f0),
         (jmf.solvers.als(l2=0.2, biases=True), _sparse(A, M), fb),
-        (jmf.solvers.als(l2=0.05, biases=True, row_scaled_l2=True), _sparse(A, M), fb),
+        (jmf.solvers.als(l2=0.05, biases=True, count_scaled=True), _sparse(A, M), fb),
+        (jmf.solvers.als(l2=0.05, biases=True, count_scaled=True, solve="cg"), _sparse(A, M), fb),
     ]
     for solver, data, f in cases:
         _, h = run(solver, data, f, 15)
@@ -260,11 +308,9 @@ def test_rank_above_the_data_rank_does_not_diverge(dtype, noise):
 
 
 def test_cholesky_solve_survives_a_singular_system():
-    from jmf._src.solvers._blocked import cholesky_solve
-
     y = jnp.asarray(np.random.default_rng(0).standard_normal((1, 4, 3)), jnp.float32)
     y = y.at[:, :, 2].set(y[:, :, 0] + y[:, :, 1])  # rank 2: a 3 x 3 Gram that is exactly singular
-    x = cholesky_solve(jnp.einsum("vlk,vlj->vkj", y, y), jnp.einsum("vlk,vl->vk", y, jnp.ones((1, 4), jnp.float32)))
+    x = _normal.solve_spd(jnp.einsum("vlk,vlj->vkj", y, y), jnp.einsum("vlk,vl->vk", y, jnp.ones((1, 4), jnp.float32)))
     assert np.all(np.isfinite(np.asarray(x)))
 
 
@@ -296,4 +342,15 @@ def test_bad_hyperparameters():
         jmf.solvers.als(biases="yes")
     with pytest.raises(TypeError, match="row_scaled_l2"):
         jmf.solvers.als(row_scaled_l2=1)
-    assert jmf.solvers.als(l2=0.1) is jmf.solvers.als(l2=0.1)
+    with pytest.raises(ValueError, match="solve"):
+        jmf.solvers.als(solve="lu")
+    assert jmf.solvers.als(l2=0.1) is jmf.solvers.als(l2=0.1) is jmf.solvers.als(0.1)
+
+
+def test_row_scaled_l2_is_a_deprecated_spelling_of_count_scaled():
+    with pytest.warns(DeprecationWarning, match="count_scaled"):
+        old = jmf.solvers.als(l2=0.1, biases=True, row_scaled_l2=True)
+    assert old is jmf.solvers.als(l2=0.1, biases=True, count_scaled=True)
+    with pytest.warns(DeprecationWarning, match="ratings_loss"):
+        loss = jmf.solvers.row_scaled_frobenius(0.1)
+    assert loss.name == "ratings-wr"

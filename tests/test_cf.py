@@ -139,19 +139,20 @@ def test_bad_hyperparameters():
     with pytest.raises(ValueError, match="chunk_size"):
         ratings_loss(0.1, chunk_size=0)
     with pytest.raises(ValueError, match="does not support dense"):
-        jmf.fit(np.ones((4, 4)), ratings_als(), rank=2, key=0)
+        jmf.fit(np.ones((4, 4)), jmf.solvers.ratings_gradient(optax.adam(0.1)), rank=2, key=0)
 
 
 @pytest.mark.parametrize("count_scaled", [False, True])
 def test_bucketed_gradient_matches_autodiff(rng, count_scaled):
-    from jmf._src.solvers.ratings import _bucketed_grad, _layout
+    from jmf._src.solvers._blocked import sparse_layout
+    from jmf._src.solvers.ratings import _bucketed_grad
 
     data, r, c, v = _ratings(rng, 50, 70, density=0.3)  # columns with more entries than the smallest bucket
     m, n = data.shape
     f = jmf.Factors(rng.standard_normal((m, 4)), rng.standard_normal((4, n)), rng.standard_normal(m),
                     rng.standard_normal(n), np.float64(3.0))
     f = jax.tree_util.tree_map(jnp.asarray, f)
-    g = jax.jit(lambda f, d: _bucketed_grad(f, _layout(d), d, 0.3, 0.3, count_scaled))(f, data)
+    g = jax.jit(lambda f, d: _bucketed_grad(f, sparse_layout(d), d, 0.3, 0.3, count_scaled))(f, data)
     ref = jax.grad(lambda f: _dense_loss(f, r, c, v, m, n, 0.3, count_scaled))(f)
     for a, b in zip(g, ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-12)

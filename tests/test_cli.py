@@ -159,8 +159,10 @@ def _files(tmp_path):
     (["fit", "ok.npy", "--rank", "1", "--seed", str(2**70)], "the seed must be in [0, 2**63)"),
     (["fit", "ok.npy", "--rank", "1", "-p", "learning_rate=0.1"], "unknown 'learning_rate'"),
     (["fit", "ok.npy", "--rank", "1", "-s", "adam", "-p", "learning_rate=null"], "does not accept None"),
-    (["fit", "ok.npy", "--rank", "1", "-s", "adam", "-p", "learning_rate=fast"],
-     "adam: learning_rate must be a float, got 'fast'"),
+    (["fit", "ok.npy", "--rank", "1", "-s", "adam", "-p", "learning_rate=fast"], "-p learning_rate=fast: expected a float"),
+    (["fit", "ok.npy", "--rank", "1", "-s", "als", "-p", "solve=lu"], "-p solve=lu: expected one of ['cholesky', 'cg']"),
+    (["fit", "ok.npy", "--rank", "1", "-s", "nope"], "unknown solver 'nope'"),
+    (["fit", "ok.npy", "--rank", "1", "-s", "hals", "--biases"], "--biases: solver 'hals' has no bias terms"),
     (["fit", "ok.npy", "--rank", "1", "-p", "biases=maybe"], "-p biases=maybe: expected a bool"),
     (["fit", "ok.npy", "--rank", "1", "-s", "svd", "-p", "n_power_iter=2.5"], "expected an int"),
 ])

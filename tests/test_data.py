@@ -226,6 +226,34 @@ def test_factors_predict_dense_and_entries():
     np.testing.assert_allclose(f.predict(rows, cols), full[rows, cols], rtol=1e-12)
     with pytest.raises(ValueError, match="both rows and cols"):
         f.predict(rows=rows)
+    # NumPy leaves: the same prediction, computed on the host in float64 even without x64 (metrics)
+    host = jmf.Factors(W, H, b, c, np.float64(0.5))
+    with jax.enable_x64(False):
+        dense, entries = host.predict(), host.predict(rows, cols)
+    assert isinstance(dense, np.ndarray) and dense.dtype == np.float64 and entries.dtype == np.float64
+    np.testing.assert_allclose(dense, full, rtol=1e-15)
+    np.testing.assert_allclose(entries, full[rows, cols], rtol=1e-15)
+    # unknown rows / columns drop their terms: the variant behind jmf.cf.predict (-1 = unknown id)
+    from jmf._src.factors import predict_entries
+
+    known_r, known_c = np.array([True, False, True]), np.array([True, True, False])
+    got = predict_entries(host, rows, cols, known_r, known_c)
+    np.testing.assert_allclose(got, [full[0, 2], 0.5 + c[0], 0.5 + b[2]], rtol=1e-15)
+    np.testing.assert_allclose(np.asarray(jmf.cf.predict(f, np.array([0, -1, 2]), np.array([2, 0, -1]))), got,
+                               rtol=1e-12)
+
+
+def test_sparse_padding_is_weight_zero_entries_at_the_origin():
+    from jmf._src.data import pad_entries
+
+    a = jmf.Sparse([0, 2], [1, 0], [1.0, 2.0], (3, 2))
+    b = jmf.Sparse([1], [1], [5.0], (3, 2))
+    batch = jmf.stack([a, b])
+    np.testing.assert_array_equal(np.asarray(batch.rows[1]), [1, 2])  # in the last row: rows stay sorted
+    np.testing.assert_array_equal(np.asarray(batch.weights[1]), [1, 0])
+    r, c, v, w = pad_entries(b.rows, b.cols, b.vals, b.effective_weights(), 4)
+    np.testing.assert_array_equal(np.asarray(r), [1, 0, 0, 0])
+    np.testing.assert_array_equal(np.asarray(w), [1, 0, 0, 0])
 
 
 # -- dtypes and scales that fail quietly in compiled code ----------------------------------

@@ -295,3 +295,52 @@ def test_int_seed_equals_explicit_key(rng):
     a = jmf.fit(A, jmf.solvers.adam(1e-2), key=7, **kw)
     b = jmf.fit(A, jmf.solvers.adam(1e-2), key=jax.random.key(7), **kw)
     np.testing.assert_array_equal(a.factors.W, b.factors.W)
+
+
+def test_biases_follow_the_solver_configuration(rng):
+    A = low_rank(rng, 8, 6, 2)
+    with pytest.raises(ValueError, match="configured without biases"):
+        jmf.fit(A, jmf.solvers.adam(1e-2), rank=2, key=0, biases=True, progress=False)
+    with pytest.raises(ValueError, match="configured to fit biases"):
+        jmf.fit(A, jmf.solvers.als(biases=True), rank=2, key=0, biases=False, progress=False)
+    with pytest.raises(TypeError, match="biases must be a bool"):
+        jmf.fit(A, jmf.solvers.als(), rank=2, key=0, biases="yes", progress=False)
+    f = jmf.Factors(jnp.ones((8, 2)), jnp.ones((2, 6)), jnp.zeros(8), jnp.zeros(6), jnp.asarray(0.0))
+    with pytest.raises(ValueError, match="carry biases"):
+        jmf.fit(A, jmf.solvers.als(), init=f, progress=False)
+    res = jmf.fit(A, jmf.solvers.als(l2=0.1, biases=True), rank=2, key=0, biases=True, max_iter=5, progress=False)
+    assert res.factors.row_bias.shape == (8,) and res.factors.offset is not None
+
+
+def _direct_solver(value):
+    """A toy direct method: W and H filled with ``value`` (rank-masked), the Frobenius loss."""
+
+    def direct(key, data, width, mask):
+        m, n = data.shape
+        f = jmf.Factors(jnp.full((m, width), value, data.dtype), jnp.full((width, n), value, data.dtype))
+        return f if mask is None else f._replace(W=f.W * mask, H=f.H * mask[:, None])
+
+    return jmf.solvers.Solver(init=lambda f, d, k=None: jmf.solvers.EmptyState(), step=None,
+                              loss=jmf.losses.frobenius(), name=f"direct({value})", direct=direct)
+
+
+def test_direct_methods_run_once(rng):
+    A = np.ones((6, 5))
+    good = _direct_solver(1.0)  # W H = 2 everywhere at rank 2, exact at rank 1
+    many = jmf.fit_many(A, good, ranks=[1, 2], n_restarts=3, key=0, max_iter=50, progress=False)
+    assert np.all(np.asarray(many.status) == int(jmf.Status.CONVERGED)) and np.all(np.asarray(many.n_iter) == 1)
+    np.testing.assert_allclose(np.asarray(many.loss), [[0.0] * 3, [1.0] * 3])
+    h = np.asarray(many.loss_history)
+    np.testing.assert_allclose(h[..., 1], np.asarray(many.loss))
+    assert np.isfinite(h[..., 0]).all() and np.isnan(h[..., 2:]).all()
+    assert np.all(np.asarray(many.factors.W)[0, :, :, 1] == 0)  # the rank mask reaches the direct method
+    # A callback run (time chunks) sees the finished member and computes the same thing.
+    seen = []
+    res = jmf.fit(A, good, rank=1, key=0, max_iter=50, callback=lambda info: seen.append(info.iteration),
+                  chunk_size=10, progress=False)
+    assert int(res.n_iter) == 1 and float(res.loss) == 0.0 and len(seen) == 1
+    # A non-finite solution is DIVERGED and keeps the start, as the loop would.
+    bad = jmf.fit(A, _direct_solver(float("nan")), rank=2, key=0, init="uniform", progress=False)
+    start = jmf.init.uniform(jax.random.key(0), jmf.Dense(A), 2)
+    assert bad.status_name == "DIVERGED"
+    np.testing.assert_allclose(np.asarray(bad.factors.W), np.asarray(start.W))

@@ -82,9 +82,9 @@ def test_hand_gradient_matches_autodiff_and_finite_differences(rng, kind, biases
 @pytest.mark.parametrize("m,n,k", [(40, 30, 8), (90, 50, 5), (500, 20, 1)], ids=["gram", "gram-small-rank", "rank-1"])
 def test_gram_path_used_for_large_dense_matches_autodiff(rng, m, n, k):
     # big enough for the Gram-form gradient (m n k > 8192); k <= 7 takes the unrolled small-rank form
-    from jmf._src import losses as L
+    from jmf._src.losses.frobenius import _SMALL_RANK
 
-    assert m * n * k > 8192 and (k <= L._SMALL_RANK) == (k < 8)
+    assert m * n * k > 8192 and (k <= _SMALL_RANK) == (k < 8)
     f = _factors(rng, m, n, k)
     data = jmf.Dense(rng.standard_normal((m, n)))
     loss = jmf.losses.frobenius(l2=0.1, l1=0.01)

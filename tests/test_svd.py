@@ -93,9 +93,12 @@ def test_svd_solver_reaches_optimum(method):
     A = low_rank(rng, 40, 30, 3, noise=0.1)
     res = jmf.fit(A, jmf.solvers.svd(method=method, n_power_iter=8), rank=3, key=0, check_every=1, progress=False)
     np.testing.assert_allclose(float(res.loss), _opt(A, 3), rtol=1e-6)
-    # The optimum arrives at the first step; the tol rule sees no change at the next check.
-    assert res.status_name == "CONVERGED" and int(res.n_iter) == 2
+    # A direct method: computed once, reported as one iteration after the initial factors' loss.
+    assert res.status_name == "CONVERGED" and int(res.n_iter) == 1
     np.testing.assert_allclose(float(res.loss_history[1]), _opt(A, 3), rtol=1e-6)
+    assert float(res.loss_history[0]) > float(res.loss_history[1]) and np.isnan(np.asarray(res.loss_history[2:])).all()
+    solver = jmf.solvers.svd(method=method)
+    assert solver.step is None and solver.direct is not None
 
 
 def test_svd_solver_fit_many_over_ranks():

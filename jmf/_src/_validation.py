@@ -189,10 +189,8 @@ def check_penalty(value, name: str, owner: Optional[str] = None) -> tuple:
 
 
 def _is_array(x) -> bool:
-    try:
-        import jax
-    except ImportError:  # pragma: no cover
-        return isinstance(x, np.ndarray)
+    import jax
+
     return isinstance(x, (np.ndarray, jax.Array))
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .data import Sparse
-from .factors import Factors
+from .factors import Factors, predict_entries
 
 __all__ = ["predict", "recommend", "padded_user_entries"]
 
@@ -49,19 +49,8 @@ def predict(factors: Factors, rows, cols, clip: Optional[tuple] = None) -> jax.A
 
 @partial(jax.jit, static_argnames=("clip",))
 def _predict(f: Factors, rows, cols, clip):
-    dtype = f.W.dtype
-    ku = rows >= 0
-    ki = cols >= 0
-    r = jnp.where(ku, rows, 0)
-    c = jnp.where(ki, cols, 0)
-    both = (ku & ki).astype(dtype)
-    out = jnp.einsum("pk,kp->p", f.W[r], f.H[:, c]) * both
-    if f.row_bias is not None:
-        out = out + f.row_bias[r] * ku.astype(dtype)
-    if f.col_bias is not None:
-        out = out + f.col_bias[c] * ki.astype(dtype)
-    if f.offset is not None:
-        out = out + f.offset
+    ku, ki = rows >= 0, cols >= 0
+    out = predict_entries(f, jnp.where(ku, rows, 0), jnp.where(ki, cols, 0), known_rows=ku, known_cols=ki)
     if clip is not None:
         out = jnp.clip(out, clip[0], clip[1])
     return out

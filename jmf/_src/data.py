@@ -20,7 +20,7 @@ transformations (``tree_unflatten``) skips validation.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ import numpy as np
 
 from ._validation import is_int
 
-__all__ = ["Dense", "Sparse", "as_data", "stack"]
+__all__ = ["Dense", "Sparse", "as_data", "stack", "pad_entries"]
 
 _DUPLICATE_POLICIES = ("error", "sum", "mean", "last")
 
@@ -294,8 +294,9 @@ class Dense:
 class Sparse:
     """Observed entries of an ``(m, n)`` matrix in coordinate form.
 
-    Entries are stored sorted row-major (by ``row``, then ``col``); indices
-    are int32.  A batch of ``B`` sparse matrices with a common ``nnz`` (see
+    Entries are stored sorted row-major (by ``row``, then ``col``) -- an
+    invariant the sparse solvers rely on (padding goes to the last row) --
+    and indices are int32.  A batch of ``B`` sparse matrices with a common ``nnz`` (see
     :func:`jmf.stack`) has leaves of shape ``(B, nnz)``.
 
     Parameters
@@ -587,7 +588,18 @@ jax.tree_util.register_pytree_node(
     lambda shape, leaves: _rebuild(Sparse, leaves, shape),
 )
 
-Data = Any  # Dense | Sparse
+def pad_entries(rows, cols, vals, weights, nnz: int, last_row: int = 0) -> tuple:
+    """Entry arrays padded at the end to length ``nnz`` with weight-0 entries at ``(last_row, 0)``.
+
+    The one way jmf pads sparse entries (stacked batches, mixed-shape buckets,
+    minibatches): a weight-0 entry contributes nothing to any loss, solve or
+    count.  Padding at the last row (``m - 1``) keeps the entries in row
+    order, which the sparse solvers rely on.  ``weights`` must be given (e.g.
+    ``effective_weights()``): the padding needs them.
+    """
+    pad = nnz - rows.shape[-1]
+    return (jnp.pad(rows, (0, pad), constant_values=last_row),) + tuple(
+        jnp.pad(x, (0, pad)) for x in (cols, vals, weights))
 
 
 def as_data(x, *, name: str = "data") -> "Dense | Sparse":
@@ -613,7 +625,8 @@ def stack(items: Sequence["Dense | Sparse"]) -> "Dense | Sparse":
     Dense members need identical shapes; their weights are combined (members
     without weights get all-ones weights if any member is weighted).  Sparse
     members need the same ``shape``; they are padded to the largest ``nnz``
-    with weight-0 entries at index (0, 0), which no loss or solver sees.
+    with weight-0 entries in the last row (so entries stay in row order),
+    which no loss or solver sees.
     """
     items = [as_data(x, name=f"items[{i}]") for i, x in enumerate(items)]
     if not items:
@@ -636,16 +649,9 @@ def stack(items: Sequence["Dense | Sparse"]) -> "Dense | Sparse":
             W = None
         return _rebuild(Dense, (A, W))
     nnz = max(x.nnz for x in items)
-    padded = []
-    for x in items:
-        pad = nnz - x.nnz
-        w = x.effective_weights().astype(dtype)
-        padded.append((
-            jnp.pad(x.rows, (0, pad)),
-            jnp.pad(x.cols, (0, pad)),
-            jnp.pad(x.vals.astype(dtype), (0, pad)),
-            jnp.pad(w, (0, pad)),
-        ))
+    last_row = items[0].shape[0] - 1
+    padded = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz, last_row)
+              for x in items]
     leaves = tuple(jnp.stack(col) for col in zip(*padded))
     any_weighted = any(x.weights is not None for x in items) or any(x.nnz != nnz for x in items)
     if not any_weighted:

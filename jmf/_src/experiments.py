@@ -65,6 +65,8 @@ import numpy as np
 
 from ._validation import check_fraction, check_int, check_tol, numpy_rng
 from .data import Dense, Sparse
+from .factors import Factors
+from .registry import DATASETS, SOLVERS, make_solver, register_dataset, solver_entry, solver_names
 
 __all__ = [
     "Experiment",
@@ -87,109 +89,25 @@ __all__ = [
     "solver_parameters",
 ]
 
-#: Solver names tried by :func:`available_solvers`; any other factory in
-#: :mod:`jmf.solvers` also works by name.
-KNOWN_SOLVERS = ("adam", "sgd", "als", "hals", "mu", "svd")
-#: Hyperparameters used when a spec leaves them out.
-DEFAULT_PARAMS: dict[str, dict] = {"adam": {"learning_rate": 1e-2}, "sgd": {"learning_rate": 1e-2}}
 #: Keys of a solver spec that are fit options, not solver hyperparameters.
 FIT_OPTIONS = ("max_iter", "tol", "check_every", "init")
 _SOLVER_META = ("solver", "label") + FIT_OPTIONS
-_NOT_FACTORIES = {"Solver", "GradientState", "gradient", "nonnegative", "cached_factory"}
 
 
-# -- solvers ------------------------------------------------------------------------------
+# -- solvers: the registry's names ----------------------------------------------------------
+
+#: The declared default hyperparameters of every registered solver (used when a spec leaves them out).
+DEFAULT_PARAMS: dict[str, dict] = {name: entry.defaults() for name, entry in SOLVERS.items()}
 
 
 def available_solvers() -> list[str]:
-    """Names usable as ``solver = "..."`` that exist in this installation of :mod:`jmf.solvers`."""
-    import jmf.solvers as S
-
-    names = [n for n in KNOWN_SOLVERS if callable(getattr(S, n, None))]
-    for n in getattr(S, "__all__", []):
-        obj = getattr(S, n, None)
-        if n in names or n in _NOT_FACTORIES or n.startswith("_") or not inspect.isfunction(obj):
-            continue
-        try:
-            returns = inspect.signature(obj).return_annotation
-        except (TypeError, ValueError):  # pragma: no cover
-            continue
-        if returns in ("Solver", S.Solver):  # factories are annotated "-> Solver"
-            names.append(n)
-    return names
-
-
-def _freeze(value):
-    """Lists become tuples (hashable, so cached solver factories compile once)."""
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _freeze(v) for k, v in value.items()}
-    return value
-
-
-def _factory(name):
-    import jmf.solvers as S
-
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"solver name must be a non-empty string, got {name!r}")
-    factory = getattr(S, name, None)
-    if name in _NOT_FACTORIES or name.startswith("_") or not callable(factory):
-        raise ValueError(f"unknown solver {name!r}; available: {', '.join(available_solvers())}")
-    return factory
+    """Names usable as ``solver = "..."`` (the solver registry, :mod:`jmf._src.registry`)."""
+    return solver_names()
 
 
 def solver_parameters(name: str) -> dict:
-    """The hyperparameters solver ``name`` accepts: ``{name: inspect.Parameter}``, in signature order.
-
-    Keyword arguments a factory forwards (``adam(..., **kwargs)`` passes them
-    to :func:`jmf.solvers.gradient`, declared by its ``forwards_to``
-    attribute) are included, except ``optimizer`` and ``name``, which the
-    shortcut sets itself.
-    """
-    factory = _factory(name)
-    params = {}
-    for p in inspect.signature(factory).parameters.values():
-        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-            params[p.name] = p
-    forwarded = getattr(factory, "forwards_to", None)
-    if forwarded is not None:
-        for p in inspect.signature(forwarded).parameters.values():
-            if p.name not in params and p.name not in ("optimizer", "name") and p.kind not in (
-                    p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                params[p.name] = p
-    return params
-
-
-def make_solver(name: str, **params):
-    """Build a solver from its name in :mod:`jmf.solvers` (looked up lazily) and hyperparameters.
-
-    ``make_solver("adam", learning_rate=0.01)`` is ``jmf.solvers.adam(learning_rate=0.01)``.
-    Names missing from this installation raise a :class:`ValueError` listing
-    the available ones.
-    """
-    from .solvers.base import Solver
-
-    factory = _factory(name)
-    kwargs = {**DEFAULT_PARAMS.get(name, {}), **{k: _freeze(v) for k, v in params.items()}}
-    known = solver_parameters(name)
-    unknown = [k for k in kwargs if k not in known]
-    if unknown:
-        raise ValueError(f"bad hyperparameters for solver {name!r}: unknown {', '.join(map(repr, unknown))} "
-                         f"(accepted: {', '.join(known)})")
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"bad hyperparameters for solver {name!r}: {exc}") from None
-    try:
-        solver = factory(**kwargs)
-    except (TypeError, ValueError) as exc:
-        # The factories name themselves ("als: l2 must be ..."); add the solver only where they did not.
-        msg = str(exc)
-        raise ValueError(msg if msg.startswith(f"{name}: ") else f"solver {name!r}: {msg}") from None
-    if not isinstance(solver, Solver):
-        raise ValueError(f"jmf.solvers.{name} is not a solver factory (it returned {type(solver).__name__})")
-    return solver
+    """The declared hyperparameters of solver ``name``: ``{name: Param}`` (type, default, range, doc)."""
+    return {p.name: p for p in solver_entry(name).params}
 
 
 # -- datasets -----------------------------------------------------------------------------
@@ -222,78 +140,8 @@ class PreparedData(NamedTuple):
     singular_values: Optional[np.ndarray]
 
 
-def _low_rank(key, m: int = 200, n: int = 100, rank: int = 5, noise: float = 0.1):
-    """``U V / sqrt(rank) + noise E``: entries of the clean part have unit variance, ``E ~ N(0, 1)``."""
-    rng = numpy_rng(key)
-    U, V = rng.standard_normal((m, rank)), rng.standard_normal((rank, n))
-    A = U @ V / math.sqrt(rank) + noise * rng.standard_normal((m, n))
-    return A, {"true_rank": rank, "noise": noise}
-
-
-def _nonnegative(key, m: int = 200, n: int = 100, rank: int = 5, noise: float = 0.05):
-    """``U V / rank + noise |E|`` with ``U, V`` uniform on [0, 1): a nonnegative rank-``rank`` matrix."""
-    rng = numpy_rng(key)
-    U, V = rng.random((m, rank)), rng.random((rank, n))
-    A = U @ V / rank + noise * np.abs(rng.standard_normal((m, n)))
-    return A, {"true_rank": rank, "noise": noise}
-
-
-def _digits():
-    """scikit-learn's 8x8 digits (1797 x 64), scaled to [0, 1]: a nonnegative real dataset."""
-    from sklearn.datasets import load_digits
-
-    return load_digits().data / 16.0, {}
-
-
-def _image(name: str = "china.jpg", step: int = 1):
-    """A grayscale sample photograph from scikit-learn (427 x 640 in [0, 1]; needs pillow), every ``step``-th pixel."""
-    from sklearn.datasets import load_sample_image
-
-    img = load_sample_image(name).astype(np.float64).mean(axis=2) / 255.0
-    return img[::step, ::step], {}
-
-
-def _file(path: str, format: str = "auto"):
-    """A matrix file read with :func:`jmf.io.load_matrix`."""
-    from .io import load_matrix
-
-    data, info = load_matrix(path, format=format)
-    return data, {k: v for k, v in info.items() if k in ("kind", "shape", "nnz", "missing")}
-
-
-def _ratings(key, **params):
-    """Synthetic ratings from :func:`jmf.datasets.synthetic_ratings` (power-law activity, known truth)."""
-    import jmf.datasets as D
-
-    gen = getattr(D, "synthetic_ratings", None)
-    if gen is None:  # pragma: no cover - datasets not installed
-        raise ValueError("dataset kind 'ratings' needs jmf.datasets.synthetic_ratings")
-    out = gen(key, **params)
-    data = getattr(out, "data", out)
-    info = {k: params[k] for k in ("rank", "noise") if k in params}
-    if "rank" in info:
-        info["true_rank"] = info.pop("rank")
-    return data, info
-
-
-#: Built-in dataset kinds: name -> generator.  Generators taking a ``key``
-#: argument receive ``jax.random.key(seed)``.  Extend with :func:`register_dataset`.
-DATASETS: dict[str, Callable] = {
-    "low_rank": _low_rank,
-    "nonnegative": _nonnegative,
-    "digits": _digits,
-    "image": _image,
-    "file": _file,
-    "ratings": _ratings,
-}
+# Keys of a dataset spec that are options of the preparation, not parameters of the generator.
 _DATA_OPTIONS = ("kind", "name", "seed", "missing", "holdout", "sparse", "dtype", "data")
-
-
-def register_dataset(kind: str, generator: Callable) -> None:
-    """Add a dataset kind: ``generator(**params)`` (plus ``key`` if it takes one) -> array, Dense, Sparse or (that, info)."""
-    if not callable(generator):
-        raise TypeError(f"generator must be callable, got {type(generator).__name__}")
-    DATASETS[kind] = generator
 
 
 def _fingerprint(data) -> str:
@@ -343,7 +191,7 @@ def _dataset_config(spec: Mapping) -> dict:
     return _jsonable(spec)
 
 
-def _split_entries(rows, cols, vals, weights, fraction, rng):
+def _split_entries(vals, weights, fraction, rng):
     """Hold out ``fraction`` of the observed entries; returns (train mask, test mask) over entries."""
     observed = np.flatnonzero(weights > 0) if weights is not None else np.arange(len(vals))
     n_test = int(round(fraction * len(observed)))
@@ -425,12 +273,12 @@ def _make_dataset(spec: Mapping, svd: bool = True) -> PreparedData:
     rng_missing, rng_holdout = numpy_rng(k_missing), numpy_rng(k_holdout)
     keep = np.ones(len(vals), bool) if weights is None else weights > 0
     if config.get("missing"):
-        _, hidden = _split_entries(rows, cols, vals, weights, config["missing"], rng_missing)
+        _, hidden = _split_entries(vals, weights, config["missing"], rng_missing)
         keep &= ~hidden
     test = None
     if config.get("holdout"):
         w_keep = keep.astype(np.float64) if weights is None else weights * keep
-        _, is_test = _split_entries(rows, cols, vals, w_keep, config["holdout"], rng_holdout)
+        _, is_test = _split_entries(vals, w_keep, config["holdout"], rng_holdout)
         test = (rows[is_test].astype(np.int32), cols[is_test].astype(np.int32), vals[is_test])
         keep &= ~is_test
     if not keep.any():
@@ -543,8 +391,9 @@ class Experiment:
         Dataset specs (see :func:`make_dataset`), e.g.
         ``{"kind": "low_rank", "m": 300, "n": 200, "rank": 10, "noise": 0.1, "holdout": 0.1}``.
     solvers : list of dict or str
-        ``{"solver": "adam", "learning_rate": [1e-2, 3e-2]}``: the name of a
-        factory in :mod:`jmf.solvers` plus hyperparameters.  A *list* value
+        ``{"solver": "adam", "learning_rate": [1e-2, 3e-2]}``: a registered
+        solver name (``jmf solvers`` lists them with their declared
+        hyperparameters) plus hyperparameters.  A *list* value
         is a grid axis (every combination is a cell); a tuple (or in TOML a
         list of lists, e.g. ``l2 = [[0.1, 0.0]]``) is a single value.
         Optional keys: ``label`` (name in tables and plots) and per-solver
@@ -879,31 +728,14 @@ def _jaxlib_version():
         return None
 
 
-def _predict(W, H, rb, cb, off, rows=None, cols=None):
-    if rows is None:
-        pred = W @ H
-        if rb is not None:
-            pred = pred + rb[:, None]
-        if cb is not None:
-            pred = pred + cb[None, :]
-    else:
-        pred = np.einsum("ek,ke->e", W[rows], H[:, cols])
-        if rb is not None:
-            pred = pred + rb[rows]
-        if cb is not None:
-            pred = pred + cb[cols]
-    if off is not None:
-        pred = pred + off
-    return pred
-
-
 def _member_metrics(data: PreparedData, W, H, rb, cb, off, rank: int) -> dict:
     """Training relative error / RMSE, held-out RMSE / MAE and the SVD optimum (float64, host)."""
     out: dict = {}
     train = data.train
+    model = Factors(W, H, rb, cb, off)  # NumPy float64 leaves: predicted on the host in float64
     if isinstance(train, Dense):
         A = np.asarray(train.A, np.float64)
-        resid = A - _predict(W, H, rb, cb, off)
+        resid = A - model.predict()
         w = None if train.weights is None else np.asarray(train.weights, np.float64)
         num = np.sum(resid**2) if w is None else np.sum(w * resid**2)
         den = np.sum(A**2) if w is None else np.sum(w * A**2)
@@ -912,7 +744,7 @@ def _member_metrics(data: PreparedData, W, H, rb, cb, off, rank: int) -> dict:
         rows, cols = np.asarray(train.rows), np.asarray(train.cols)
         vals = np.asarray(train.vals, np.float64)
         w = np.ones_like(vals) if train.weights is None else np.asarray(train.weights, np.float64)
-        resid = vals - _predict(W, H, rb, cb, off, rows, cols)
+        resid = vals - model.predict(rows, cols)
         num, den, n_obs = np.sum(w * resid**2), np.sum(w * vals**2), np.sum(w)
     out["rel_error"] = float(np.sqrt(num / den)) if den > 0 else float("nan")
     out["train_rmse"] = float(np.sqrt(num / n_obs))
@@ -922,7 +754,7 @@ def _member_metrics(data: PreparedData, W, H, rb, cb, off, rank: int) -> dict:
         out["svd_loss"] = float(np.sum(s2[rank:]) / n_obs)  # the best unregularized loss at this rank
     if data.test is not None and len(data.test[0]):
         r, c, v = data.test
-        err = v - _predict(W, H, rb, cb, off, r, c)
+        err = v - model.predict(r, c)
         out["test_rmse"] = float(np.sqrt(np.mean(err**2)))
         out["test_mae"] = float(np.mean(np.abs(err)))
     return out

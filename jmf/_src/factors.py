@@ -14,8 +14,9 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["Factors", "rank_mask", "apply_rank_mask", "matmul"]
+__all__ = ["Factors", "predict_entries", "rank_mask", "apply_rank_mask", "matmul"]
 
 # Products with at most SMALL_MATMUL multiply-adds are written as a sum of
 # outer products (unrolled over the inner dimension): XLA fuses them with the
@@ -86,28 +87,50 @@ class Factors(NamedTuple):
         Returns
         -------
         Array of shape (m, n) (or (..., m, n) for batched factors) or (p,).
+        Factors with NumPy leaves are evaluated with NumPy on the host, in
+        their own precision (e.g. float64 metrics of float32 fits); others
+        with JAX (traceable).
         """
         if rows is None and cols is None:
-            out = matmul(self.W, self.H)
+            xp = _namespace(self)
+            out = self.W @ self.H if xp is np else matmul(self.W, self.H)
             if self.row_bias is not None:
                 out = out + self.row_bias[..., :, None]
             if self.col_bias is not None:
                 out = out + self.col_bias[..., None, :]
             if self.offset is not None:
-                out = out + jnp.asarray(self.offset)[..., None, None]
+                out = out + xp.asarray(self.offset)[..., None, None]
             return out
         if rows is None or cols is None:
             raise ValueError("give both rows and cols, or neither for the dense reconstruction")
-        return predict_entries(self, jnp.asarray(rows), jnp.asarray(cols))
+        xp = _namespace(self)
+        return predict_entries(self, xp.asarray(rows), xp.asarray(cols))
 
 
-def predict_entries(f: Factors, rows, cols) -> jax.Array:
-    """``yhat`` at the given entries with gathers: O(p k), never an (m, n) array."""
-    out = jnp.einsum("pk,kp->p", f.W[rows], f.H[:, cols])
+def _namespace(f: Factors):
+    """NumPy for factors held as NumPy arrays, else ``jax.numpy``."""
+    return np if isinstance(f.W, np.ndarray) else jnp
+
+
+def predict_entries(f: Factors, rows, cols, known_rows=None, known_cols=None) -> jax.Array:
+    """``yhat`` at the entries ``(rows[p], cols[p])`` with gathers: O(p k), never an (m, n) array.
+
+    The one prediction of jmf (losses, solvers, metrics, :func:`jmf.cf.predict`).
+    ``known_rows`` / ``known_cols`` (boolean, shape (p,)) drop every term that
+    involves an unknown row / column (the indices there must still be valid,
+    e.g. 0): an unknown user is predicted as ``offset + col_bias``.
+    """
+    xp = _namespace(f)
+    out = xp.einsum("pk,kp->p", f.W[rows], f.H[:, cols])
+    dtype = out.dtype
+    if known_rows is not None or known_cols is not None:
+        kr = xp.ones(out.shape, bool) if known_rows is None else known_rows
+        kc = xp.ones(out.shape, bool) if known_cols is None else known_cols
+        out = out * (kr & kc).astype(dtype)
     if f.row_bias is not None:
-        out = out + f.row_bias[rows]
+        out = out + (f.row_bias[rows] if known_rows is None else f.row_bias[rows] * known_rows.astype(dtype))
     if f.col_bias is not None:
-        out = out + f.col_bias[cols]
+        out = out + (f.col_bias[cols] if known_cols is None else f.col_bias[cols] * known_cols.astype(dtype))
     if f.offset is not None:
         out = out + f.offset
     return out

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._validation import as_key, check_int, check_rank, check_tol
-from .data import Dense, Sparse, _rebuild, as_data
+from ._validation import as_key, check_bool, check_int, check_rank, check_tol
+from .data import Dense, Sparse, _rebuild, as_data, pad_entries
 from .factors import Factors
 from .init import get_initializer
 from .run.driver import Args, Job
@@ -104,9 +104,26 @@ def _check_solver(solver, data):
                              "fits a nonnegative model and needs nonnegative data")
 
 
+def _check_biases(solver: Solver, biases) -> bool:
+    """The model's biases: the solver's configuration decides; ``biases`` may only repeat it."""
+    if biases is None:
+        return solver.biases
+    biases = check_bool(biases, "biases")
+    if biases != solver.biases:
+        if solver.biases:
+            raise ValueError(f"biases=False, but solver {solver.name!r} is configured to fit biases; build it "
+                             "without them (e.g. jmf.solvers.als(biases=False)) and leave fit's biases unset")
+        raise ValueError(f"biases=True, but solver {solver.name!r} is configured without biases; build it with "
+                         "them where the model supports them (e.g. jmf.solvers.als(biases=True), "
+                         "jmf.solvers.adam(lr, biases=True)) and leave fit's biases unset")
+    return biases
+
+
 def _check_factors(f, data, biases):
     if not isinstance(f, Factors):
         raise TypeError(f"init must be a name, a callable or a jmf.Factors, got {type(f).__name__}")
+    if not biases and f.has_biases:
+        raise ValueError("init factors carry biases, but the solver fits a model without them")
     m, n = data.shape
     if f.W.ndim != 2 or f.H.ndim != 2 or f.W.shape[0] != m or f.H.shape[1] != n or f.W.shape[1] != f.H.shape[0]:
         raise ValueError(f"init factors have W {tuple(f.W.shape)} and H {tuple(f.H.shape)}; "
@@ -197,7 +214,9 @@ def fit(
     check_every : int, default 10
         Iterations between loss evaluations (history entries and tol checks).
     biases : bool, optional
-        Add row/column biases and an offset (default: ``solver.biases``).
+        Whether the model has row/column biases and an offset.  The solver's
+        configuration decides (``solver.biases``, e.g.
+        ``jmf.solvers.als(biases=True)``); a value that disagrees is an error.
     progress : bool or "always", default True
         Show a tqdm bar when stderr is a terminal; ``"always"`` shows it
         regardless, ``False`` turns it off.
@@ -389,8 +408,7 @@ def fit_many(
     max_iter = check_int(max_iter, "max_iter")
     check_every = check_int(check_every, "check_every")
     tol = check_tol(tol)
-    if biases is None:
-        biases = solver.biases
+    biases = _check_biases(solver, biases)
     axes: list[str] = []
     if data.batch_shape:
         if len(data.batch_shape) != 1:
@@ -460,6 +478,7 @@ def fit_many(
     # A grid's values are traced data (args.hparams); the static job keeps only what every point shares
     # (the factory and the metadata), so another grid of the same size reuses the compiled programs.
     job_solver = solver if grid is None else solver._replace(init=None, step=None, loss=None, spec=None, grid=None,
+                                                             update_w=None, direct=None,
                                                              name=solver.factory[0].__name__)
     job = Job(job_solver, cfg, init_fn, tuple(axes))
     # tol is traced (a negative value never converges), so other tolerances reuse the compiled program.
@@ -517,11 +536,8 @@ def _stack_bucket(items: list, shape) -> "Dense | Sparse":
         W = jnp.stack([w.astype(dtype) for _, w in padded]) if weighted else None
         return _rebuild(Dense, (A, W))
     nnz = max(x.nnz for x in items)
-    cols = []
-    for x in items:
-        pad = nnz - x.nnz
-        cols.append((jnp.pad(x.rows, (0, pad)), jnp.pad(x.cols, (0, pad)), jnp.pad(x.vals.astype(dtype), (0, pad)),
-                     jnp.pad(x.effective_weights().astype(dtype), (0, pad))))
+    cols = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz, shape[0] - 1)
+            for x in items]
     leaves = tuple(jnp.stack(c) for c in zip(*cols))
     return _rebuild(Sparse, leaves, tuple(shape))
 

@@ -16,7 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from .data import Dense, Sparse, _rebuild
+from .data import Dense, _rebuild
 from .factors import Factors, rank_mask
 from .linalg import _exact, _randomized
 
@@ -45,7 +45,7 @@ def _seed_words(key):
     return seed
 
 
-def _grid_uniform(seed, stream: int, width: int, length: int, dtype):
+def _grid_uniform(seed, stream: int, width: int, length: int):
     """``(width, length)`` uniforms in (0, 1); entry ``(j, i)`` depends only on ``(seed, stream, j, i)``."""
     j = jnp.arange(width, dtype=jnp.uint32)[:, None]
     i = jnp.arange(length, dtype=jnp.uint32)[None, :]
@@ -56,10 +56,10 @@ def _grid_uniform(seed, stream: int, width: int, length: int, dtype):
 
 
 def _grid(seed, stream: int, width: int, length: int, kind: str, dtype):
-    u = _grid_uniform(seed, 2 * stream, width, length, dtype)
+    u = _grid_uniform(seed, 2 * stream, width, length)
     if kind == "uniform":
         return u.astype(dtype)
-    v = _grid_uniform(seed, 2 * stream + 1, width, length, dtype)
+    v = _grid_uniform(seed, 2 * stream + 1, width, length)
     z = jnp.sqrt(-2.0 * jnp.log(u)) * jnp.cos((2 * jnp.pi) * v)  # Box-Muller
     return z.astype(dtype)
 

@@ -481,7 +481,7 @@ def load_matrix(path, *, format: str = "auto", dtype=np.float32):
     is_ratings = format == "ratings" or (format == "auto" and (
         ratings_header or suffix in (".data", ".dat", ".base", ".test")))
     if is_ratings:
-        return _load_ratings(path, delim, has_header, dtype, info)
+        return _load_ratings(path, dtype, info)
     # A non-numeric first row of a dense table is a header (column names): skip it.
     if has_header:
         info["header"] = [t.strip().strip('"') for t in (first.split(delim) if delim else first.split())]
@@ -530,53 +530,18 @@ def _load_npz_matrix(path: str, dtype, info: dict):
     return _dense_from_array(arrays[key], path, dtype, info)
 
 
-def _load_ratings(path: str, delim, has_header: bool, dtype, info: dict):
-    try:
-        from .datasets import index_ratings, read_ratings
-    except ImportError:  # pragma: no cover - datasets not installed
-        read_ratings = None
-    if read_ratings is not None:
-        try:
-            df = read_ratings(path)
-            # Repeated (user, item) pairs are merged keeping the last; count them so callers can say so.
-            duplicates = int(df.duplicated(subset=["user", "item"]).sum())
-            table = index_ratings(df, duplicates="last", dtype=dtype)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{path!r} is not a readable ratings table: {exc}") from None
-        users, items = np.asarray(table.users), np.asarray(table.items)
-        info.update(kind="ratings", shape=tuple(table.data.shape), nnz=int(table.data.nnz), duplicates=duplicates,
-                    user_ids=users.astype(str) if users.dtype == object else users,
-                    item_ids=items.astype(str) if items.dtype == object else items)
-        return table.data, info
-    import pandas as pd
+def _load_ratings(path: str, dtype, info: dict):
+    from .datasets import index_ratings, read_ratings
 
-    sep = delim if delim is not None else r"\s+"
     try:
-        df = pd.read_csv(path, sep=sep, header=0 if has_header else None, comment="#",
-                         engine="python" if sep in ("::", r"\s+") else "c")
-    except Exception as exc:
+        df = read_ratings(path)
+        # Repeated (user, item) pairs are merged keeping the last; count them so callers can say so.
+        duplicates = int(df.duplicated(subset=["user", "item"]).sum())
+        table = index_ratings(df, duplicates="last", dtype=dtype)
+    except (ValueError, TypeError) as exc:
         raise ValueError(f"{path!r} is not a readable ratings table: {exc}") from None
-    if df.shape[1] < 3:
-        raise ValueError(f"{path!r} has {df.shape[1]} columns; a ratings table needs user, item, rating")
-    cols = list(df.columns)
-    if has_header:
-        lower = {str(c).strip().lower(): c for c in cols}
-        pick = lambda names, default: next((lower[n] for n in names if n in lower), default)  # noqa: E731
-        ucol = pick(("user", "userid", "user_id"), cols[0])
-        icol = pick(("item", "itemid", "item_id", "movie", "movieid", "movie_id"), cols[1])
-        rcol = pick(("rating", "score", "value"), cols[2])
-    else:
-        ucol, icol, rcol = cols[:3]
-    vals = pd.to_numeric(df[rcol], errors="coerce").to_numpy()
-    if np.isnan(vals).any():
-        bad = int(np.isnan(vals).sum())
-        raise ValueError(f"{path!r}: {bad} ratings in column {rcol!r} are not numbers")
-    user_ids, rows = np.unique(df[ucol].to_numpy(), return_inverse=True)
-    item_ids, cols_ = np.unique(df[icol].to_numpy(), return_inverse=True)
-    user_ids = user_ids.astype(str) if user_ids.dtype == object else user_ids
-    item_ids = item_ids.astype(str) if item_ids.dtype == object else item_ids
-    shape = (len(user_ids), len(item_ids))
-    data = Sparse(rows.ravel(), cols_.ravel(), vals.astype(dtype), shape, duplicates="last")
-    info.update(kind="ratings", shape=shape, nnz=int(data.nnz), duplicates=int(len(vals) - data.nnz),
-                user_ids=user_ids, item_ids=item_ids)
-    return data, info
+    users, items = np.asarray(table.users), np.asarray(table.items)
+    info.update(kind="ratings", shape=tuple(table.data.shape), nnz=int(table.data.nnz), duplicates=duplicates,
+                user_ids=users.astype(str) if users.dtype == object else users,
+                item_ids=items.astype(str) if items.dtype == object else items)
+    return table.data, info

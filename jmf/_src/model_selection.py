@@ -9,7 +9,7 @@ numpy index arithmetic, O(nnz).
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp

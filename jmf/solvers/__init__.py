@@ -1,13 +1,14 @@
 """Solver factories: each returns a :class:`jmf.solvers.Solver` (pure ``init``/``step``)."""
 
-from jmf._src.solvers.als import ALSState, als, row_scaled_frobenius
-from jmf._src.solvers.base import Solver
-from jmf._src.solvers.implicit import ImplicitLayout, implicit_als
-from jmf._src.solvers.ratings import RatingsGradientState, RatingsLayout, ratings_als, ratings_gradient
+from jmf._src.losses.ratings import row_scaled_frobenius
+from jmf._src.solvers.als import ALSState, als, ratings_als
+from jmf._src.solvers.base import EmptyState, Solver
 from jmf._src.solvers.gradient import GradientState, adam, gradient, nonnegative, sgd
+from jmf._src.solvers.implicit import ImplicitLayout, implicit_als
 from jmf._src.solvers.nmf import HALSState, hals, mu
+from jmf._src.solvers.ratings import RatingsGradientState, RatingsLayout, ratings_gradient
 from jmf._src.solvers.svd import SVDState, svd
 
-__all__ = ["Solver", "GradientState", "gradient", "sgd", "adam", "nonnegative", "als", "ALSState", "row_scaled_frobenius",
-           "mu", "hals", "HALSState", "svd", "SVDState",
+__all__ = ["Solver", "EmptyState", "GradientState", "gradient", "sgd", "adam", "nonnegative", "als", "ALSState",
+           "row_scaled_frobenius", "mu", "hals", "HALSState", "svd", "SVDState",
            "ratings_als", "RatingsLayout", "ratings_gradient", "RatingsGradientState", "implicit_als", "ImplicitLayout"]

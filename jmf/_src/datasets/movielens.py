@@ -34,7 +34,7 @@ import tempfile
 import zipfile
 from typing import Optional
 
-from .ratings import Ratings, index_ratings, read_ratings
+from .ratings import index_ratings, read_ratings
 
 __all__ = ["movielens", "movielens_path", "ARCHIVES", "data_home", "download", "extract_zip"]
 

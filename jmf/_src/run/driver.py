@@ -6,6 +6,12 @@ describe a group of members; :func:`start` builds their :class:`Carry`
 (initial factors, solver state, initial loss) and :func:`advance` runs the
 check loop on it.  Leaves carry the member axes in front, in ``Job.axes``
 order.
+
+A direct solver (``Solver.direct``, e.g. the truncated SVD) has no loop:
+:func:`start` computes its solution right away and returns a finished carry
+(one iteration, ``CONVERGED``), and :func:`advance` leaves it as it is.
+Rank masks are applied by the solvers themselves (see
+:mod:`jmf._src.solvers.base`), never re-applied here.
 """
 
 from __future__ import annotations
@@ -16,12 +22,12 @@ import jax
 import jax.numpy as jnp
 
 from ..data import Dense
-from ..factors import apply_rank_mask
 from ..init import add_biases
 from ..solvers.base import Solver, at_point
-from .loop import Carry, RunConfig, check_loop, initial_history, initial_status
+from .loop import Carry, RunConfig, Status, check_loop, initial_history, initial_status
 
-__all__ = ["Job", "Args", "start", "advance", "select", "nest_vmap", "start_member", "member_solver"]
+__all__ = ["Job", "Args", "start", "advance", "select", "nest_vmap", "start_member", "member_solver",
+           "first_iteration"]
 
 
 class Job(NamedTuple):
@@ -111,23 +117,53 @@ def start_member(job: Job, key, rank, factors0, data, hparams=None):
     return factors0, state, loss0
 
 
+def first_iteration(job: Job, key, factors, state, data, mask, hparams=None):
+    """One member's first iteration: the direct solution of a direct solver, else one ``step``."""
+    solver = member_solver(job, hparams)
+    if solver.direct is not None:
+        return solver.direct(jax.random.fold_in(key, 1), data, job.cfg.width, mask), state
+    return solver.step(factors, state, data, mask)
+
+
 def start(job: Job, args: Args) -> Carry:
     member = lambda k, r, f0, d, hp: start_member(job, k, r, f0, d, hp)  # noqa: E731
     factors, state, loss0 = nest_vmap(member, job.axes, _START_AXES)(args.key, args.rank, args.factors0, args.data,
                                                                      args.hparams)
     zero = jnp.zeros((), jnp.int32)
-    return Carry(factors, state, loss0, loss0, factors, loss0, initial_history(job.cfg, loss0),
-                 jnp.zeros(loss0.shape, jnp.int32), initial_status(loss0), zero, zero)
+    carry = Carry(factors, state, loss0, loss0, factors, loss0, initial_history(job.cfg, loss0),
+                  jnp.zeros(loss0.shape, jnp.int32), initial_status(loss0), zero, zero)
+    if job.solver.direct is not None:
+        carry = _direct(job, args, carry)
+    return carry
+
+
+def _direct(job: Job, args: Args, carry: Carry) -> Carry:
+    """The finished carry of a direct solver: its solution as iteration 1 (``CONVERGED``, or ``DIVERGED`` if not finite)."""
+
+    def member(key, f, s, d, mk):
+        f, _ = first_iteration(job, key, f, s, d, mk)
+        return f, job.solver.loss.value(f, d)
+
+    every = frozenset(job.axes)
+    run = nest_vmap(member, job.axes, (frozenset({"restart"}), every, every, frozenset({"matrix"}), frozenset({"rank"})))
+    f, loss = run(args.key, carry.factors, carry.state, args.data, args.mask)
+    ok = jnp.isfinite(loss)  # the solution does not depend on the start, whatever its loss
+    status = jnp.where(ok, Status.CONVERGED.value, Status.DIVERGED.value).astype(jnp.int32)
+    factors = select(ok, f, carry.factors)  # a non-finite solution keeps the start, as the loop would
+    kept_loss = jnp.where(ok, loss, carry.loss_init)
+    one = jnp.ones((), jnp.int32)
+    return carry._replace(factors=factors, loss_prev=kept_loss, kept=factors, kept_loss=kept_loss,
+                          history=carry.history.at[..., 1].set(loss), n_iter=jnp.ones(loss.shape, jnp.int32),
+                          status=status, it=one, check=one)
 
 
 def advance(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
     """Run the check loop until ``stop_at`` (traced), ``max_iter`` or every member stopped."""
+    if job.solver.direct is not None:
+        return carry  # finished by start
 
     def member_step(f, s, d, mk, hp):
-        f, s = member_solver(job, hp).step(f, s, d, mk)
-        if mk is not None:
-            f = apply_rank_mask(f, mk)
-        return f, s
+        return member_solver(job, hp).step(f, s, d, mk)
 
     def member_loss(f, d, hp):
         return member_solver(job, hp).loss.value(f, d)

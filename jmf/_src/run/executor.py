@@ -34,12 +34,12 @@ import math
 import re
 import threading
 from functools import partial
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from ..compilation import compilations
@@ -184,9 +184,8 @@ def blocking_custom_calls(job: Job, args: Args) -> frozenset:
 
         def program(key, rank, factors0, data, mask, hparams):
             f, s, _ = driver.start_member(job, key, rank, factors0, data, hparams)
-            solver = driver.member_solver(job, hparams)
-            f, s = solver.step(f, s, data, mask)
-            return solver.loss.value(f, data), s
+            f, s = driver.first_iteration(job, key, f, s, data, mask, hparams)
+            return driver.member_solver(job, hparams).loss.value(f, data), s
 
         text = jax.jit(program).lower(*structs).as_text()
         _blocking_cache[cache_key] = frozenset(set(_CUSTOM_CALL.findall(text)) - _PLACEMENT_CALLS)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from ..data import Dense
 from ..factors import Factors
-from ..losses import _pair
+from ..losses.base import _pair
 from ..solvers.gradient import GradientSpec, GradientState, nonnegative, optax_update
 from . import driver
 from .driver import Args, Job

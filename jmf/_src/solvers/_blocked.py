@@ -1,4 +1,4 @@
-r"""Per-row normal equations on sparse data in O(nnz + (m + n) k) memory, with batched matrix products.
+r"""The sparse normal-equation engine: per-row systems in O(nnz + (m + n) k) memory, with batched matrix products.
 
 Alternating least squares on observed entries solves, for every segment
 ``s`` (a row of one side, e.g. a user), a small ridge regression over the
@@ -17,9 +17,19 @@ so instead:
 * a bucket is processed in blocks of ``VB`` segments: their entries are
   gathered into a zero-padded ``(VB, 2^b, K)`` slab (at most 2x padding),
   the Gram matrices come from one batched matrix product, the systems are
-  solved right there (conjugate gradients warm-started from the current
-  rows, or Cholesky), and only the ``(VB, K)`` solutions are written out.
+  solved right there (by the caller's ``system``: a Cholesky solve with
+  :func:`._normal.solve_spd`, coordinate descent for NMF, ...; or matrix-free
+  conjugate gradients warm-started from the current rows, which never form
+  the Gram matrices), and only the ``(VB, K)`` solutions are written out.
   The block size grows with ``nnz`` (2,048 to 65,536 entries per slab).
+
+Every ALS-type solver on sparse data runs on this engine (ALS with or
+without biases and count scaling, masked HALS, implicit ALS, the bucketed
+gradient of ratings models).  It replaced a second engine that summed tiled
+Gram blocks into an ``(S, K, K)`` array and solved them afterwards: on 100k
+synthetic ratings at rank 32 the two took about the same time per exact
+sweep, but only this one can run conjugate gradients without forming the
+Gram matrices (3x faster sweeps) and never holds ``S K^2`` floats.
 
 No ``(S, K, K)`` array is ever formed.  Everything runs inside ``jit``: the
 bucket of each segment, the segment order and the number of blocks per
@@ -35,27 +45,17 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from ._normal import ridge_floor
-
-__all__ = ["Side", "side_layout", "bucketed_rows", "bucketed_solve", "bucketed_cg", "cg_solve", "cholesky_solve", "segment_counts"]
-
-
-def cg_solve(A, b, x0, steps: int):
-    """``steps`` conjugate-gradient iterations on the batch of SPD systems ``A x = b`` from ``x0``.
-
-    Every iterate decreases ``x^T A x / 2 - b^T x``, so a warm-started,
-    truncated solve never increases the ALS objective.  Converged systems
-    (zero residual) stay put: no 0/0.
-    """
-    def matvec(p):
-        return jnp.einsum("skj,sj->sk", A, p)
-
-    r = b - matvec(x0)
-    return jax.lax.fori_loop(0, steps, lambda _, c: _cg_iteration(matvec, c), (x0, r, r, jnp.sum(r * r, axis=1)))[0]
+__all__ = ["Side", "SparseLayout", "side_layout", "sparse_layout", "bucketed_rows", "bucketed_solve", "bucketed_cg",
+           "segment_counts"]
 
 
 def _cg_iteration(matvec: Callable, state):
-    """One conjugate-gradient iteration on a batch of systems: ``(x, r, p, |r|^2) -> next``, no 0/0."""
+    """One conjugate-gradient iteration on a batch of systems: ``(x, r, p, |r|^2) -> next``, no 0/0.
+
+    Every iterate decreases ``x^T A x / 2 - b^T x``, so a warm-started,
+    truncated solve never increases an ALS objective.  Converged systems
+    (zero residual) stay put.
+    """
     x, r, p, rs = state
     tiny = jnp.finfo(x.dtype).tiny
     Ap = matvec(p)
@@ -68,21 +68,12 @@ def _cg_iteration(matvec: Callable, state):
     return x, r, r + beta[:, None] * p, rs_new
 
 
-def cholesky_solve(A, b):
-    """Exact batched SPD solve by Cholesky factorization (with the rounding-level floor of ``ridge_floor``)."""
-    # A singular system (a tiny l2 on rows with few entries) must not turn into NaN either.
-    A = A + ridge_floor(A)[..., None, None] * jnp.eye(A.shape[-1], dtype=A.dtype)
-    c = jnp.linalg.cholesky(A)
-    y = jax.scipy.linalg.solve_triangular(c, b[..., None], lower=True)
-    return jax.scipy.linalg.solve_triangular(c, y, lower=True, trans=1)[..., 0]
-
-
 class Side(NamedTuple):
     """Static-size layout of one side's segments (computed once per data set, in ``Solver.init``)."""
 
     counts: jax.Array  # (S,) entries per segment
     indptr: jax.Array  # (S,) first entry of each segment in processing order
-    order: Optional[jax.Array]  # (nnz,) data position of each entry in processing order, or None
+    order: Optional[jax.Array]  # (nnz,) data position of each entry in processing order; None: identity
     seg_order: jax.Array  # (S,) segments sorted by bucket (empty ones in the first)
     bucket_start: jax.Array  # (n_buckets,) first position in seg_order of each bucket
     bucket_size: jax.Array  # (n_buckets,)
@@ -174,7 +165,7 @@ def bucketed_solve(
         From :func:`side_layout`: entries per segment, the position of each
         segment's first entry in the processing order (entries of a segment
         are contiguous there), the data position of each entry in processing
-        order (``None``: identity, e.g. row-sorted entries for the row side)
+        order (``None``: the data order, for the rows of a :class:`jmf.Sparse`)
         and the segments grouped by bucket.
     X0 : (S, K)
         Current solutions (warm start; written over segment by segment).
@@ -246,3 +237,38 @@ def segment_counts(seg, n_segments: int):
     counts = jax.ops.segment_sum(jnp.ones(seg.shape, jnp.int32), seg, num_segments=n_segments,
                                  indices_are_sorted=True)
     return counts, jnp.cumsum(counts) - counts
+
+
+class SparseLayout(NamedTuple):
+    """Both sides' layouts of one :class:`jmf.Sparse` (built once per fit, in ``Solver.init``).
+
+    Attributes
+    ----------
+    rows, cols : Side
+        The entries grouped by row (to update ``W``) and by column (to update ``H``).
+    row_weight, col_weight : (m,), (n,)
+        Sum of the entry weights of every row / column (the counts of ALS-WR's penalty).
+    """
+
+    rows: Side
+    cols: Side
+    row_weight: jax.Array
+    col_weight: jax.Array
+
+
+def sparse_layout(data) -> SparseLayout:
+    """The :class:`SparseLayout` of ``data`` (jit-able).
+
+    The row side uses the entries in data order: :class:`jmf.Sparse` keeps
+    them sorted by row (the constructor sorts; :func:`jmf.stack` and the
+    mixed-shape buckets pad in the last row), so grouping by row needs no
+    sort and no indirection.  The column side is sorted once here.
+    """
+    m, n = data.shape
+    w = data.effective_weights()
+    rows = side_layout(data.rows, m, None, n)
+    row_weight = jax.ops.segment_sum(w, data.rows, num_segments=m, indices_are_sorted=True)
+    order = jnp.argsort(data.cols, stable=True).astype(jnp.int32)
+    cols = side_layout(data.cols[order], n, order, m)
+    col_weight = jax.ops.segment_sum(w[order], data.cols[order], num_segments=n, indices_are_sorted=True)
+    return SparseLayout(rows, cols, row_weight, col_weight)

@@ -1,101 +1,163 @@
-r"""Alternating least squares.
+r"""Alternating least squares, with or without biases and ALS-WR's count-scaled penalty.
 
-Each step solves two ridge regressions exactly: ``W`` given ``H``, then ``H``
-given the new ``W``.  On an unweighted dense matrix::
+Each step solves two ridge regressions: ``W`` given ``H`` (:attr:`Solver.update_w`),
+then ``H`` given the new ``W``.  On an unweighted dense matrix::
 
     W = A H^T (H H^T + l2 I)^-1,        H = (W^T W + l2 I)^-1 W^T A
 
 (two ``(k x k)`` Cholesky solves after ``4 m n k`` FLOPs of matrix products).
 With weights (a dense mask) or sparse observed entries every row of ``W``
-solves its own normal equations ``(sum_j w_ij h_j h_j^T + l2 I) w_i =
-sum_j w_ij a_ij h_j``; see :mod:`jmf._src.solvers._normal` for how the Gram
-blocks are formed (a Khatri--Rao matrix product for dense weights, tiled
-small products accumulated with sorted segment sums for sparse data: memory
-``O(nnz + (m + n) k^2)``, never ``m x n``).
+solves its own normal equations ``(sum_j w_ij h_j h_j^T + l2 s_i I) w_i =
+sum_j w_ij a_ij h_j``: for dense weights all Gram blocks come from one
+Khatri--Rao matrix product (:mod:`._normal`); for sparse data the rows are
+processed in buckets of similar length by the sparse engine
+(:mod:`._blocked`: memory ``O(nnz + (m + n) k)``, never ``m x n``), which
+solves them exactly (Cholesky) or with a few warm-started conjugate-gradient
+iterations that never form the Gram matrices.
 
 Biases (``yhat = offset + b_i + c_j + w_i . h_j``) are fitted in the same
 solves by augmenting the factors with a constant column: the row-side
 unknown is ``[w_i, b_i]`` against ``[h_j, 1]`` and target ``a_ij - offset - c_j``
 (ridge ``bias_l2`` on the bias).  The offset stays at the observed mean.
 
-Every step is a block-coordinate minimization of exactly the monitored loss
-``frobenius(l2=l2, bias_l2=bias_l2)`` (mean convention), so the loss never
-increases and a fixed point is a stationary point of it.  With
-``row_scaled_l2=True`` (ALS-WR, Zhou et al. 2008) row ``i``'s penalty is
-``l2 n_i`` with ``n_i`` the sum of its weights (its number of ratings), and
-the monitored loss carries the same scaled penalties.
+``s_i = 1`` (plain ridge) or, with ``count_scaled=True``, the sum of the
+weights of row ``i`` (its number of ratings): ALS-WR (Zhou et al. 2008),
+which regularizes heavy users and popular items more.  Every half-step
+minimizes the monitored loss :func:`jmf.losses.ratings_loss` (the Frobenius
+loss when ``s = 1``) exactly in its block (with ``solve="cg"``: decreases
+it), so the loss never increases.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import warnings
 
-import jax
 import jax.numpy as jnp
+import numpy as np
 
-from .._validation import check_bool, check_nonneg_float
+from .._validation import check_bool, check_choice, check_int, check_nonneg_float, check_positive_float
 from ..data import Dense
 from ..factors import Factors
-from ..losses import Loss, _pair, custom, frobenius, squared_error
-from .base import Solver, cached_factory
-from ._normal import dense_normal_equations, solve_spd, sparse_layouts, sparse_normal_equations
+from ..losses.base import _pair
+from ..losses.ratings import ratings_loss, weight_sums
+from ._blocked import SparseLayout, bucketed_cg, bucketed_solve, sparse_layout
+from ._normal import dense_normal_equations, solve_spd
+from .base import EmptyState, Solver, _grid_axis, cached_factory
 
-__all__ = ["als", "ALSState"]
+__all__ = ["als", "ratings_als", "ALSState"]
 
+#: Solver state of :func:`als`: the layout of sparse data (:class:`EmptyState` for dense data).
+ALSState = SparseLayout
 
-class ALSState(NamedTuple):
-    """Tile layouts of sparse data (by row, by column), built once in ``init``; ``None`` for dense data."""
-
-    layouts: Optional[tuple] = None
-
-
-def _counts(data):
-    """Sum of weights per row and per column."""
-    m, n = data.shape
-    if isinstance(data, Dense):
-        if data.weights is None:
-            return jnp.full((m,), n, data.dtype), jnp.full((n,), m, data.dtype)
-        return jnp.sum(data.weights, axis=1), jnp.sum(data.weights, axis=0)
-    w = data.effective_weights()
-    return (jax.ops.segment_sum(w, data.rows, num_segments=m), jax.ops.segment_sum(w, data.cols, num_segments=n))
+_SOLVES = ("cholesky", "cg")
 
 
-def row_scaled_frobenius(l2=0.0, bias_l2=None) -> Loss:
-    r"""Squared error with ALS-WR penalties: ``(SE + sum_i l2 n_i |w_i|^2 + sum_j l2 n_j |h_j|^2 + bias terms) / N``.
-
-    ``n_i`` (``n_j``) is the sum of the weights of row ``i`` (column ``j``);
-    biases get ``bias_l2 n_i b_i^2`` (default ``bias_l2 = l2``).  Gradient by autodiff.
-    """
-    l2W, l2H = _pair(l2, "l2", "row_scaled_frobenius")
-    bias_l2 = l2W if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", "row_scaled_frobenius")
-
-    def value(f: Factors, data):
-        cr, cc = _counts(data)
-        pen = l2W * jnp.sum(cr * jnp.sum(f.W * f.W, axis=1)) + l2H * jnp.sum(cc * jnp.sum(f.H * f.H, axis=0))
-        if f.row_bias is not None:
-            pen = pen + bias_l2 * jnp.sum(cr * f.row_bias * f.row_bias)
-        if f.col_bias is not None:
-            pen = pen + bias_l2 * jnp.sum(cc * f.col_bias * f.col_bias)
-        return (squared_error(f, data) + pen) / data.n_observed()
-
-    return custom(value, "frobenius-wr")
-
-
-def _augment(F, fit_biases: bool):
-    if not fit_biases:
+def _augment(F, biases: bool):
+    if not biases:
         return F
     return jnp.concatenate([F, jnp.ones((F.shape[0], 1), F.dtype)], axis=1)
 
 
-def _shift(offset, bias):
-    if bias is None:
-        return None
-    return bias + offset if offset is not None else bias
+def _dense_side(data: Dense, F, shift, side, pen, extra, counts, count_scaled):
+    """Solutions ``(g, q)`` of every row (side 0) or column (side 1) of a :class:`Dense`."""
+    G, b = dense_normal_equations(data, F, shift, side)
+    if count_scaled and data.weights is None:
+        ridge = data.shape[1 - side] * pen + extra  # every row observes all columns: one shared system
+    elif count_scaled:
+        ridge = counts[:, None] * pen[None, :] + extra[None, :]
+    else:
+        ridge = pen + extra
+    return solve_spd(G, b, ridge)
+
+
+def _sparse_side(data, lay: SparseLayout, X0, F, shift, side, pen, extra, count_scaled, solve, cg_steps):
+    """Solutions ``(g, q)`` of every row (side 0) or column (side 1) of a :class:`Sparse`, bucket by bucket.
+
+    ``X0`` (g, q) is the warm start of conjugate gradients; ``F`` (p, q) the
+    fixed features of the other side (inactive columns already zero).
+    """
+    seg_side, other_idx, counts = (lay.rows, data.cols, lay.row_weight) if side == 0 else \
+        (lay.cols, data.rows, lay.col_weight)
+    dtype = F.dtype
+    p = F.shape[0]
+    feats = jnp.concatenate([F, jnp.zeros((1, F.shape[1]), dtype)], axis=0)  # row p: padded slots gather zeros
+    sh = None if shift is None else jnp.concatenate([shift, jnp.zeros((1,), dtype)])
+    w_all = data.effective_weights()
+
+    def contrib(ent, valid):
+        o = jnp.where(valid, other_idx[ent], p)
+        t = data.vals[ent].astype(dtype)
+        if sh is not None:
+            t = t - sh[o]
+        if data.weights is None:
+            return feats[o], None, jnp.where(valid, t, 0)
+        w = jnp.where(valid, w_all[ent], 0).astype(dtype)
+        return feats[o], w, w * t
+
+    def diagonal(seg):
+        s = counts[seg].astype(dtype) if count_scaled else jnp.ones(seg.shape, dtype)
+        return s[:, None] * pen[None, :] + extra[None, :]
+
+    max_count = data.shape[1 - side]
+    if solve == "cg":
+        return bucketed_cg(seg_side, X0, contrib, lambda v, seg: diagonal(seg) * v, cg_steps, max_count, data.nnz)
+    return bucketed_solve(seg_side, X0, contrib, lambda G, R, seg, x0: solve_spd(G, R, diagonal(seg)), max_count,
+                          data.nnz)
+
+
+@cached_factory
+def _als(l2W, l2H, biases: bool, bias_l2, count_scaled: bool, solve: str, cg_steps: int, chunk_size: int) -> Solver:
+    loss = ratings_loss((l2W, l2H), bias_l2, count_scaled=count_scaled, chunk_size=chunk_size)
+
+    def init(f: Factors, data, key=None):
+        return EmptyState() if isinstance(data, Dense) else sparse_layout(data)
+
+    def half(f: Factors, state, data, mask, side) -> Factors:
+        """``f`` with the rows of ``W`` (side 0) or the columns of ``H`` (side 1) solved, the other side fixed."""
+        k = f.W.shape[1]
+        dtype = f.W.dtype
+        mask = jnp.ones((k,), dtype) if mask is None else mask.astype(dtype)
+        X, F = (f.W, f.H.T) if side == 0 else (f.H.T, f.W)
+        own_bias, other_bias = (f.row_bias, f.col_bias) if side == 0 else (f.col_bias, f.row_bias)
+        lam = l2W if side == 0 else l2H
+        pen = lam * jnp.ones((k,), dtype)
+        extra = 1 - mask  # masked-out columns: unit diagonal, no coupling, zero solution
+        F = F * mask
+        if biases:
+            pen = jnp.concatenate([pen, jnp.full((1,), bias_l2, dtype)])
+            extra = jnp.concatenate([extra, jnp.zeros((1,), dtype)])
+            X = jnp.concatenate([X, own_bias[:, None]], axis=1)
+            shift = other_bias if f.offset is None else other_bias + f.offset
+        else:
+            shift = None
+        F = _augment(F, biases)
+        if isinstance(data, Dense):
+            counts = weight_sums(data)[side] if count_scaled else None
+            sol = _dense_side(data, F, shift, side, pen, extra, counts, count_scaled)
+        else:
+            sol = _sparse_side(data, state, X, F, shift, side, pen, extra, count_scaled, solve, cg_steps)
+        new = sol[:, :k] * mask
+        if side == 0:
+            f = f._replace(W=new)
+            return f._replace(row_bias=sol[:, k]) if biases else f
+        f = f._replace(H=new.T)
+        return f._replace(col_bias=sol[:, k]) if biases else f
+
+    def update_w(f: Factors, state, data, mask=None):
+        return half(f, state, data, mask, 0), state
+
+    def step(f: Factors, state, data, mask=None):
+        f = half(f, state, data, mask, 0)
+        return half(f, state, data, mask, 1), state
+
+    name = "als-wr" if count_scaled else "als"
+    return Solver(init=init, step=step, loss=loss, name=name, nonnegative=False, biases=biases, update_w=update_w)
 
 
 @cached_factory(searchable=("l2", "bias_l2"))
-def als(l2=0.0, biases: bool = False, bias_l2=None, row_scaled_l2: bool = False) -> Solver:
-    r"""Alternating least squares (exact ridge solves), dense, weighted and sparse.
+def als(l2=0.0, biases: bool = False, bias_l2=None, count_scaled: bool = False, solve: str = "cholesky",
+        cg_steps: int = 3, chunk_size: int = 1 << 16, row_scaled_l2=None) -> Solver:
+    r"""Alternating least squares (ridge solves), with optional biases and ALS-WR penalties; dense, weighted and sparse.
 
     Parameters
     ----------
@@ -107,86 +169,88 @@ def als(l2=0.0, biases: bool = False, bias_l2=None, row_scaled_l2: bool = False)
         underdetermined).
     biases : bool, default False
         Fit row and column biases with an offset (the observed mean):
-        ``yhat_ij = offset + b_i + c_j + w_i . h_j``.  Biases are also fitted
-        whenever the starting factors carry them (``fit(..., biases=True)``).
+        ``yhat_ij = offset + b_i + c_j + w_i . h_j``.
     bias_l2 : float, optional
         Ridge penalty on the biases (default: the ``W`` value of ``l2``).
-    row_scaled_l2 : bool, default False
+    count_scaled : bool, default False
         ALS-WR: scale each row's (column's) penalty by its number of observed
-        entries (sum of weights).  The monitored loss is then
-        :func:`row_scaled_frobenius` instead of :func:`jmf.losses.frobenius`.
+        entries (sum of weights).
+    solve : {"cholesky", "cg"}, default "cholesky"
+        Sparse data: ``"cholesky"`` solves every row exactly; ``"cg"`` runs
+        ``cg_steps`` conjugate-gradient iterations warm-started from the
+        current factors, matrix-free (``O(nnz k)`` per iteration instead of
+        ``O(nnz k^2)`` for the Gram matrices): each iteration decreases the
+        loss and the sweeps converge to the same fixed point, several times
+        faster on CPU.  Dense data is always solved exactly.
+    cg_steps : int, default 3
+    chunk_size : int, default 65536
+        Entries per chunk when the loss is evaluated on sparse data.
+    row_scaled_l2 : bool, optional
+        Deprecated spelling of ``count_scaled``.
 
     Returns
     -------
     Solver
-        ``loss`` is the objective each step minimizes exactly (in the mean
-        convention), so its history never increases.
+        ``loss`` is :func:`jmf.losses.ratings_loss` with the same penalties
+        (the Frobenius loss without ``count_scaled``), minimized exactly by
+        each half-step (``update_w`` is the first), so its history never
+        increases.  ``biases`` is part of the configuration: ``jmf.fit``
+        adds the bias terms to the starting factors.
 
     Notes
     -----
     Cost per step: dense ``4 m n k + O((m + n) k^2 + k^3)``; weighted dense
     ``2 m n k^2`` (Gram blocks by one matrix product) plus ``(m + n)``
     Cholesky factorizations of ``k x k``; sparse ``2 nnz k^2`` plus the same
-    factorizations.  Rank-masked members (:func:`jmf.fit_many` over ranks)
-    get 1 on the Gram diagonal of their inactive columns, so their systems
-    stay nonsingular and those columns stay exactly 0.
+    factorizations (``"cholesky"``) or ``4 cg_steps nnz k`` (``"cg"``).
+    Rank-masked members (:func:`jmf.fit_many` over ranks) get 1 on the Gram
+    diagonal of their inactive columns, so their systems stay nonsingular
+    and those columns stay exactly 0.
     """
-    l2W, l2H = _pair(l2, "l2", "als")
-    bias_l2 = l2W if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", "als")
-    biases = check_bool(biases, "biases", "als")
-    row_scaled_l2 = check_bool(row_scaled_l2, "row_scaled_l2", "als")
-    loss = row_scaled_frobenius((l2W, l2H), bias_l2) if row_scaled_l2 else frobenius((l2W, l2H), bias_l2=bias_l2)
+    who = "als"
+    if row_scaled_l2 is not None:
+        row_scaled_l2 = check_bool(row_scaled_l2, "row_scaled_l2", who)
+        warnings.warn("als(row_scaled_l2=...) is deprecated; use als(count_scaled=...)", DeprecationWarning,
+                      stacklevel=3)
+        return als(l2=l2, biases=biases, bias_l2=bias_l2, count_scaled=check_bool(count_scaled, "count_scaled", who)
+                   or row_scaled_l2, solve=solve, cg_steps=cg_steps, chunk_size=chunk_size)
+    l2W, l2H = _pair(l2, "l2", who)
+    biases = check_bool(biases, "biases", who)
+    bias_l2 = l2W if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", who)
+    count_scaled = check_bool(count_scaled, "count_scaled", who)
 
-    def init(f: Factors, data, key=None) -> ALSState:
-        if isinstance(data, Dense):
-            return ALSState(None)
-        q = f.W.shape[1] + (1 if f.row_bias is not None else 0)
-        return ALSState(sparse_layouts(data, q))
+    check_choice(solve, "solve", _SOLVES, who)
+    cg_steps = check_int(cg_steps, "cg_steps", who)
+    chunk_size = check_int(chunk_size, "chunk_size", who)
+    return _als(l2W, l2H, biases, bias_l2, count_scaled, solve, cg_steps, chunk_size)
 
-    def solve_side(data, state, F, shift, side, lam, bias_lam, mask, fit_biases, counts):
-        """New factor rows for one side: ``(g, k)`` and the bias ``(g,)`` (or None)."""
-        k = mask.shape[0]
-        dtype = F.dtype
-        pen = lam * jnp.ones((k,), dtype)
-        extra = 1 - mask  # masked-out columns: identity block, zero solution
-        if fit_biases:
-            pen = jnp.concatenate([pen, jnp.full((1,), bias_lam, dtype)])
-            extra = jnp.concatenate([extra, jnp.zeros((1,), dtype)])
-        if isinstance(data, Dense):
-            G, b = dense_normal_equations(data, F, shift, side)
-        else:
-            G, b = sparse_normal_equations(state.layouts[side], F, shift, data.shape[side])
-        if row_scaled_l2 and isinstance(data, Dense) and data.weights is None:
-            ridge = data.shape[1 - side] * pen + extra  # every row observes all columns: one shared system
-        elif row_scaled_l2:
-            ridge = counts[:, None] * pen[None, :] + extra[None, :]
-        else:
-            ridge = pen + extra
-        X = solve_spd(G, b, ridge)
-        return X[:, :k] * mask, (X[:, k] if fit_biases else None)
 
-    def step(f: Factors, state: ALSState, data, mask=None):
-        k = f.W.shape[1]
-        dtype = f.W.dtype
-        fit_biases = f.row_bias is not None or f.col_bias is not None
-        if fit_biases and (f.row_bias is None or f.col_bias is None):
-            raise ValueError("als fits both row and column biases; the factors have only one of them")
-        mask = jnp.ones((k,), dtype) if mask is None else mask.astype(dtype)
-        if row_scaled_l2:
-            if isinstance(data, Dense):
-                cr, cc = _counts(data)
-            else:
-                cr, cc = state.layouts[0].count, state.layouts[1].count
-        else:
-            cr = cc = None
-        W, rb = solve_side(data, state, _augment(f.H.T, fit_biases), _shift(f.offset, f.col_bias) if fit_biases else None,
-                           0, l2W, bias_l2, mask, fit_biases, cr)
-        Ht, cb = solve_side(data, state, _augment(W, fit_biases), _shift(f.offset, rb) if fit_biases else None,
-                            1, l2H, bias_l2, mask, fit_biases, cc)
-        new = f._replace(W=W, H=Ht.T)
-        if fit_biases:
-            new = new._replace(row_bias=rb, col_bias=cb)
-        return new, state
+def ratings_als(l2: float = 0.1, bias_l2=None, count_scaled: bool = False, biases: bool = True, solve: str = "cg",
+                cg_steps: int = 3, chunk_size: int = 1 << 16) -> Solver:
+    """:func:`als` preset for explicit ratings: biases on, matrix-free CG solves, ``l2 > 0`` required.
 
-    name = "als-wr" if row_scaled_l2 else "als"
-    return Solver(init=init, step=step, loss=loss, name=name, nonnegative=False, biases=biases)
+    ``ratings_als(l2, bias_l2, count_scaled, ...)`` is exactly
+    ``als(l2, biases=True, bias_l2=bias_l2, count_scaled=count_scaled, solve="cg", ...)``
+    (the same solver object); ``count_scaled=True`` is ALS-WR.
+
+    Parameters
+    ----------
+    l2 : float > 0, default 0.1
+        Ridge penalty on the factors (rows with fewer ratings than the rank
+        make the solves singular without it).
+    bias_l2, count_scaled, biases, solve, cg_steps, chunk_size
+        As in :func:`als` (different defaults: ``biases=True``, ``solve="cg"``).
+    """
+    who = "ratings_als"
+    # l2 = 0 would make rows with fewer ratings than the rank singular (an array is a grid: every value > 0).
+    for value in (np.asarray(l2).ravel() if _grid_axis(l2) else [l2]):
+        check_positive_float(value, "l2", who)
+    if not _grid_axis(bias_l2):
+        check_nonneg_float(bias_l2, "bias_l2", who, none_ok=True)
+    check_bool(count_scaled, "count_scaled", who)
+    check_bool(biases, "biases", who)
+    check_choice(solve, "solve", _SOLVES, who)
+    check_int(cg_steps, "cg_steps", who)
+    check_int(chunk_size, "chunk_size", who)
+    return als(l2=l2, biases=biases, bias_l2=bias_l2, count_scaled=count_scaled, solve=solve, cg_steps=cg_steps,
+               chunk_size=chunk_size)

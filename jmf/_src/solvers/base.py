@@ -7,28 +7,48 @@ A solver is a pair of pure functions in the shape of an Optax
     factors, state = solver.step(factors, state, data, mask)
 
 ``step`` performs exactly one iteration (no loop inside); :func:`jmf.fit`
-owns the loop, the stopping rule and the status.  ``mask`` is ``None`` or a
-0/1 vector of length ``k`` marking the active factor columns of a
-rank-padded member of :func:`jmf.fit_many`; a solver must keep the inactive
-columns of ``W`` and rows of ``H`` at zero and stay well defined (no 0/0)
-when they are zero.  Hyperparameters are closed over by the factory
-(``jmf.solvers.als(l2=0.1)``), so a solver is hashable and ``fit`` compiles
-once per solver object.
+owns the loop, the stopping rule and the status.  Hyperparameters are
+closed over by the factory (``jmf.solvers.als(l2=0.1)``), which validates
+them: ``init`` and ``step`` never raise, so a solver is hashable and ``fit``
+compiles once per solver object.  The configuration decides the model: a
+solver built with ``biases=True`` receives factors with biases, one built
+without receives none (:func:`jmf.fit` checks this at the edge).
+
+Rank masks are the solver's business: ``mask`` is ``None`` or a 0/1 vector
+of length ``k`` marking the active factor columns of a rank-padded member
+of :func:`jmf.fit_many`.  A solver keeps the inactive columns of ``W`` and
+rows of ``H`` out of its solves and returns them exactly zero (it needs the
+mask anyway, to keep padded columns from coupling with the active ones), so
+the driver never re-masks.
+
+Optional parts:
+
+* ``update_w(factors, state, data, mask) -> (factors, state)``: the solver's
+  update of ``W`` (and the row biases) with ``H`` (and the column biases and
+  offset) fixed.  For alternating solvers ``step`` is ``update_w`` followed by
+  the same update of ``H``; iterated alone it solves for the rows of new data
+  against fixed components (a transform).
+* ``direct(key, data, width, mask) -> Factors``: a method that computes its
+  solution in one go (the truncated SVD).  The run layer calls it once
+  instead of the loop, and reports one iteration, ``CONVERGED``.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
-from ..losses import Loss
+from ..losses import DATA_KINDS, Loss
 
-__all__ = ["Solver", "Grid", "DATA_KINDS", "cached_factory", "at_point"]
+__all__ = ["Solver", "EmptyState", "Grid", "DATA_KINDS", "cached_factory", "data_kind", "at_point"]
 
-DATA_KINDS = ("dense", "weighted", "sparse")
+
+class EmptyState(NamedTuple):
+    """The state of a solver that keeps nothing between steps (a pytree without leaves)."""
 
 
 class Solver(NamedTuple):
@@ -37,10 +57,11 @@ class Solver(NamedTuple):
     Attributes
     ----------
     init : (Factors, data, key) -> state
-        Build the solver state (a pytree); ``key`` is a PRNG key for
-        stochastic solvers (minibatch order), derived from the fit's key.
-    step : (Factors, state, data, mask) -> (Factors, state)
-        One iteration.
+        Build the solver state (a pytree, :class:`EmptyState` when there is
+        none); ``key`` is a PRNG key for stochastic solvers (minibatch
+        order), derived from the fit's key.
+    step : (Factors, state, data, mask) -> (Factors, state), or None
+        One iteration (``None`` for a direct method).
     loss : Loss
         The objective this solver decreases; :func:`jmf.fit` records
         ``loss.value`` in ``loss_history`` and applies ``tol`` to it.
@@ -78,6 +99,8 @@ class Solver(NamedTuple):
     biases: bool = False
     data_kinds: tuple = DATA_KINDS
     spec: Any = None
+    update_w: Optional[Callable[..., Any]] = None
+    direct: Optional[Callable[..., Any]] = None
     factory: Any = None
     grid: Any = None
 
@@ -124,8 +147,11 @@ def cached_factory(factory=None, *, searchable: tuple = ()):
     """Memoize a solver factory, and let it build hyperparameter grids.
 
     ``fit`` compiles once per solver object; memoizing the factories means
-    ``jmf.solvers.adam(1e-2)`` written twice does not compile twice.
-    Unhashable arguments bypass the cache.
+    ``jmf.solvers.adam(1e-2)`` written twice does not compile twice.  The
+    cache key is the full argument list with defaults filled in, so
+    ``als(0.1)``, ``als(l2=0.1)`` and ``als(l2=0.1, biases=False)`` are one
+    object.  Unhashable arguments and calls the signature does not accept
+    (the factory reports them) bypass the cache.
 
     ``searchable`` names hyperparameters the factory's solver can take as
     traced values: given a 1-D array for any of them, the factory returns a
@@ -137,32 +163,41 @@ def cached_factory(factory=None, *, searchable: tuple = ()):
     if factory is None:
         return functools.partial(cached_factory, searchable=tuple(searchable))
     signature = inspect.signature(factory)
+    var_keyword = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+    cache: collections.OrderedDict = collections.OrderedDict()
 
-    def make(**kwargs):
-        solver = factory(**kwargs)
-        if not searchable:
-            return solver
+    def make(named: dict):
+        solver = factory(**named)
+        # The solver can rebuild itself at other values of its searchable hyperparameters; a factory that
+        # forwards to another searchable one (a deprecated spelling, a preset) keeps the canonical recipe.
+        if searchable and solver.factory is None:
+            solver = solver._replace(factory=(factory, _frozen(named)))
+        return solver
+
+    def build(named: dict):
         try:
-            hash(_frozen(kwargs))
-        except TypeError:  # unhashable settings (e.g. arrays): the solver cannot be rebuilt for a grid
-            return solver
-        return solver._replace(factory=(factory, _frozen(kwargs)))
-
-    cached = functools.lru_cache(maxsize=256)(make)
-
-    def build(kwargs):
-        try:
-            hash(_frozen(kwargs))
-        except TypeError:
-            return make(**kwargs)
-        return cached(**kwargs)
+            k = _frozen(named)
+            hash(k)
+        except TypeError:  # unhashable settings (e.g. arrays): no cache, and no grid rebuilding
+            return factory(**named)
+        if k in cache:
+            cache.move_to_end(k)
+            return cache[k]
+        solver = cache[k] = make(named)
+        if len(cache) > 256:
+            cache.popitem(last=False)
+        return solver
 
     @functools.wraps(factory)
     def wrapper(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return factory(*args, **kwargs)  # let the factory report the bad call
+        bound.apply_defaults()
         named = dict(bound.arguments)
-        extra = named.pop(next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), ""), {})
-        named.update(extra)
+        if var_keyword is not None:
+            named.update(named.pop(var_keyword))
         axes = {n: np.asarray(named[n]) for n in searchable if n in named and _grid_axis(named[n])}
         if not axes:
             return build(named)
@@ -192,4 +227,4 @@ def cached_factory(factory=None, *, searchable: tuple = ()):
 def at_point(solver: Solver, point: dict) -> Solver:
     """``solver`` rebuilt with hyperparameters ``point`` (traced values allowed; used inside compiled members)."""
     factory, static = solver.factory
-    return factory(**dict(static), **point)
+    return factory(**{**dict(static), **point})

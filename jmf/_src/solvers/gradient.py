@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import optax
 
 from .._validation import check_bool, check_choice, check_float, check_int, check_nonneg_float, check_positive_float
-from ..data import Sparse, _rebuild
+from ..data import Sparse, _rebuild, pad_entries
 from ..factors import Factors, apply_rank_mask
 from ..losses import Loss, frobenius
-from .base import DATA_KINDS, Solver, cached_factory
+from .base import Solver, cached_factory
 
-__all__ = ["gradient", "sgd", "adam", "nonnegative", "GradientState", "GradientSpec", "optax_update"]
+__all__ = ["gradient", "sgd", "adam", "nonnegative", "GradientState", "GradientSpec", "optax_update",
+           "gradient_update"]
 
 
 def nonnegative(f: Factors) -> Factors:
@@ -58,6 +59,34 @@ def _reject_value_transforms(optimizer, who: str) -> None:
         pass
 
 
+def _w_side_only(g: Factors) -> Factors:
+    """``g`` with the components of ``H``, the column biases and the offset zeroed."""
+    zero = lambda x: None if x is None else jnp.zeros_like(x)  # noqa: E731
+    return g._replace(H=zero(g.H), col_bias=zero(g.col_bias), offset=zero(g.offset))
+
+
+def gradient_update(optimizer, projection, f: Factors, g: Factors, opt_state, mask, w_only: bool = False):
+    """One optimizer update of ``f`` along gradient ``g``: ``(new factors, new optimizer state)``.
+
+    With ``w_only`` only ``W`` and the row biases move (``H``, the column
+    biases and the offset are kept exactly, whatever the optimizer's momentum
+    holds for them).  The update is projected, and inactive (rank-masked)
+    columns are zeroed in the gradient and in the result: the solver owns
+    its rank mask.
+    """
+    if w_only:
+        g = _w_side_only(g)
+    if mask is not None:
+        g = apply_rank_mask(g, mask)
+    updates, opt_state = optax_update(optimizer, g, opt_state, f)
+    new = optax.apply_updates(f, updates)
+    if projection is not None:
+        new = projection(new)
+    if w_only:
+        new = new._replace(H=f.H, col_bias=f.col_bias, offset=f.offset)
+    return apply_rank_mask(new, mask), opt_state
+
+
 class GradientState(NamedTuple):
     opt_state: optax.OptState
     key: jax.Array
@@ -75,19 +104,15 @@ class GradientSpec(NamedTuple):
 def _minibatch_epoch(loss: Loss, optimizer, projection, batch_size: int):
     """One step = one epoch over a fresh permutation of the observed entries."""
 
-    def epoch(f: Factors, state: GradientState, data: Sparse, mask):
+    def epoch(f: Factors, state: GradientState, data: Sparse, mask=None):
         nnz = data.vals.shape[-1]
         n_batches = -(-nnz // batch_size)
-        pad = n_batches * batch_size - nnz
         key, sub = jax.random.split(state.key)
         perm = jax.random.permutation(sub, nnz)
-        weights = data.effective_weights()
         total = data.n_observed()
-
-        def padded(x):
-            return jnp.pad(x[perm], (0, pad)).reshape(n_batches, batch_size)
-
-        batches = (padded(data.rows), padded(data.cols), padded(data.vals), padded(weights))
+        shuffled = pad_entries(data.rows[perm], data.cols[perm], data.vals[perm], data.effective_weights()[perm],
+                               n_batches * batch_size)
+        batches = tuple(x.reshape(n_batches, batch_size) for x in shuffled)
 
         def one(carry, batch):
             f, opt_state = carry
@@ -96,14 +121,7 @@ def _minibatch_epoch(loss: Loss, optimizer, projection, batch_size: int):
             # unbiased estimate of the full loss (same penalty scale).
             w = w * (total / jnp.maximum(jnp.sum(w), jnp.finfo(w.dtype).tiny))
             sub_data = _rebuild(Sparse, (r, c, v, w), data.shape)
-            g = loss.grad(f, sub_data)
-            if mask is not None:
-                g = apply_rank_mask(g, mask)
-            updates, opt_state = optax_update(optimizer, g, opt_state, f)
-            f = optax.apply_updates(f, updates)
-            if projection is not None:
-                f = projection(f)
-            return (f, opt_state), None
+            return gradient_update(optimizer, projection, f, loss.grad(f, sub_data), opt_state, mask), None
 
         (f, opt_state), _ = jax.lax.scan(one, (f, state.opt_state), batches)
         return f, GradientState(opt_state, key)
@@ -153,6 +171,10 @@ def gradient(
     Returns
     -------
     Solver
+        Accepts the data kinds ``loss`` is defined on (sparse only with
+        ``batch_size``).  ``update_w`` is a full-batch step on ``W`` and the
+        row biases alone (``H``, the column biases and the offset stay
+        exactly as they are, whatever the optimizer's state holds for them).
     """
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"gradient: name must be a non-empty string or None, got {name!r}")
@@ -179,22 +201,22 @@ def gradient(
             opt_state = optimizer.init(f)
         return GradientState(opt_state, key if batch_size is not None else None)
 
+    def full_batch(f: Factors, state: GradientState, data, mask, w_only):
+        f, opt_state = gradient_update(optimizer, projection, f, loss.grad(f, data), state.opt_state, mask, w_only)
+        return f, GradientState(opt_state, state.key)
+
+    def update_w(f: Factors, state: GradientState, data, mask=None):
+        return full_batch(f, state, data, mask, True)
+
     if batch_size is None:
 
         def step(f: Factors, state: GradientState, data, mask=None):
-            g = loss.grad(f, data)
-            if mask is not None:
-                g = apply_rank_mask(g, mask)
-            updates, opt_state = optax_update(optimizer, g, state.opt_state, f)
-            f = optax.apply_updates(f, updates)
-            if projection is not None:
-                f = projection(f)
-            return f, GradientState(opt_state, state.key)
+            return full_batch(f, state, data, mask, False)
 
-        kinds = DATA_KINDS
+        kinds = loss.data_kinds
     else:
         step = _minibatch_epoch(loss, optimizer, projection, batch_size)
-        kinds = ("sparse",)
+        kinds = tuple(k for k in loss.data_kinds if k == "sparse")
 
     return Solver(
         init=init,
@@ -205,6 +227,7 @@ def gradient(
         biases=biases,
         data_kinds=kinds,
         spec=GradientSpec(optimizer, projection, batch_size, bool(elementwise)),
+        update_w=update_w,
     )
 
 
@@ -227,11 +250,6 @@ def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 
     eps = check_nonneg_float(eps, "eps", "adam")
     kwargs.setdefault("elementwise", True)
     return gradient(optax.adam(learning_rate, b1=b1, b2=b2, eps=eps), name="adam", **kwargs)
-
-
-# sgd and adam pass their extra keyword arguments to gradient: tools that list or parse a
-# factory's hyperparameters (the jmf command's -p KEY=VALUE) look there too.
-sgd.forwards_to = adam.forwards_to = gradient
 
 
 def _check_lr(lr, owner: str):

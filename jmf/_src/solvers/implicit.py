@@ -22,82 +22,20 @@ with ``X = W`` (users) and ``Y = H^T`` (items).  Nothing ``m x n`` is formed:
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import jax
 import jax.numpy as jnp
 
 from .._validation import check_choice, check_int, check_nonneg_float
 from ..data import Sparse
 from ..factors import Factors
-from ..losses import Loss
-from ._blocked import Side, bucketed_cg, bucketed_solve, cg_solve, cholesky_solve, side_layout
+from ..losses.implicit import implicit_loss
+from ._blocked import Side, SparseLayout, bucketed_cg, bucketed_solve, sparse_layout
+from ._normal import solve_spd
 from .base import Solver, cached_factory
-from .ratings import chunked_entry_sum
 
-__all__ = ["implicit_als", "implicit_loss", "ImplicitLayout"]
+__all__ = ["implicit_als", "ImplicitLayout"]
 
-
-def _obs_terms(f: Factors, data: Sparse, idx, live, alpha):
-    r, c = data.rows[idx], data.cols[idx]
-    w = data.effective_weights()[idx] * live.astype(data.vals.dtype)
-    Wr, Hc = f.W[r], f.H.T[c]
-    s = jnp.sum(Wr * Hc, axis=1)
-    conf = 1 + alpha * data.vals[idx]
-    return r, c, w, Wr, Hc, s, conf
-
-
-def implicit_loss(alpha: float = 1.0, l2: float = 0.0, chunk_size: int = 1 << 16) -> Loss:
-    """The Hu-Koren-Volinsky objective (see the module docstring) as a :class:`jmf.losses.Loss`.
-
-    ``value`` and ``grad`` cost ``O(nnz k + (m + n) k^2)`` and stream over
-    chunks of observed entries; weight-0 entries are ignored.
-    """
-    alpha = check_nonneg_float(alpha, "alpha", "implicit_loss")
-    l2 = check_nonneg_float(l2, "l2", "implicit_loss")
-    chunk_size = check_int(chunk_size, "chunk_size", "implicit_loss")
-
-    def value(f: Factors, data):
-        f = jax.tree_util.tree_map(jnp.asarray, f)
-        if not isinstance(data, Sparse):
-            raise TypeError("implicit_loss works on jmf.Sparse data")
-        m, n = data.shape
-        dtype = f.W.dtype
-
-        def fn(acc, idx, live):
-            *_, w, _, _, s, conf = _obs_terms(f, data, idx, live, alpha)
-            return acc + jnp.sum(w.astype(dtype) * (conf * (1 - s) ** 2 - s * s))
-
-        obs = chunked_entry_sum(data.nnz, chunk_size, fn, jnp.zeros((), dtype))
-        full = jnp.sum((f.W.T @ f.W) * (f.H @ f.H.T))
-        pen = l2 * (jnp.sum(f.W * f.W) + jnp.sum(f.H * f.H))
-        return (full + obs + pen) / jnp.asarray(m * n, dtype)
-
-    def grad(f: Factors, data):
-        f = jax.tree_util.tree_map(jnp.asarray, f)
-        m, n = data.shape
-        dtype = f.W.dtype
-
-        def fn(acc, idx, live):
-            gW, gHt = acc
-            r, c, w, Wr, Hc, s, conf = _obs_terms(f, data, idx, live, alpha)
-            coef = (w * (conf - (conf - 1) * s)).astype(dtype)
-            return gW.at[r].add(coef[:, None] * Hc, indices_are_sorted=True), gHt.at[c].add(coef[:, None] * Wr)
-
-        gW, gHt = chunked_entry_sum(data.nnz, chunk_size, fn, (jnp.zeros_like(f.W), jnp.zeros_like(f.H.T)))
-        inv = 1 / jnp.asarray(m * n, dtype)
-        gW = 2 * (f.W @ (f.H @ f.H.T) - gW + l2 * f.W) * inv
-        gH = 2 * ((f.W.T @ f.W) @ f.H - gHt.T + l2 * f.H) * inv
-        return Factors(gW, gH, *(None if x is None else jnp.zeros_like(x) for x in f[2:]))
-
-    return Loss(value, grad, "implicit")
-
-
-class ImplicitLayout(NamedTuple):
-    """Solver state of :func:`implicit_als`: the static layout of the data (computed once in ``init``)."""
-
-    rows: Side
-    cols: Side
+#: Solver state of :func:`implicit_als`: the layout of the data (computed once in ``init``).
+ImplicitLayout = SparseLayout
 
 
 def _half_step(X, Y, data: Sparse, side: Side, other_idx, alpha, l2, mask, solve, cg_steps, max_count):
@@ -115,20 +53,13 @@ def _half_step(X, Y, data: Sparse, side: Side, other_idx, alpha, l2, mask, solve
         r = alpha * data.vals[ent].astype(dtype)
         return Ym[other_idx[ent]], w * r, w * (1 + r)
 
-    def system(G, R, seg, x0):
-        if mask is not None:
-            G = G * (mask[:, None] * mask[None, :])[None]
-            R = R * mask[None]
-            x0 = x0 * mask[None]
-        A = G + base[None]
-        if solve == "cholesky":
-            return cholesky_solve(A, R)
-        return cg_solve(A, R, x0, cg_steps)
-
+    # The features are masked, so the inactive columns of G and R are zero: base's unit diagonal there
+    # keeps the systems nonsingular and their solution zero.
     if solve == "cg":
         Xn = bucketed_cg(side, X, contrib, lambda p, seg: p @ base, cg_steps, max_count, data.nnz)
     else:
-        Xn = bucketed_solve(side, X, contrib, system, max_count, data.nnz)
+        Xn = bucketed_solve(side, X, contrib, lambda G, R, seg, x0: solve_spd(G + base[None], R), max_count,
+                            data.nnz)
     return Xn if mask is None else Xn * mask[None, :]
 
 
@@ -171,14 +102,16 @@ def implicit_als(l2: float = 1.0, alpha: float = 2.0, solve: str = "cg", cg_step
     loss = implicit_loss(alpha, l2, chunk_size)
 
     def init(f: Factors, data, key=None):
-        m, n = data.shape
-        order = jnp.argsort(data.cols, stable=True).astype(jnp.int32)
-        return ImplicitLayout(side_layout(data.rows, m, None, n), side_layout(data.cols[order], n, order, m))
+        return sparse_layout(data)
 
-    def step(f: Factors, lay: ImplicitLayout, data: Sparse, mask=None):
-        m, n = data.shape
-        W = _half_step(f.W, f.H.T, data, lay.rows, data.cols, alpha, l2, mask, solve, cg_steps, n)
-        Ht = _half_step(f.H.T, W, data, lay.cols, data.rows, alpha, l2, mask, solve, cg_steps, m)
-        return f._replace(W=W, H=Ht.T), lay
+    def update_w(f: Factors, lay: SparseLayout, data: Sparse, mask=None):
+        W = _half_step(f.W, f.H.T, data, lay.rows, data.cols, alpha, l2, mask, solve, cg_steps, data.shape[1])
+        return f._replace(W=W), lay
 
-    return Solver(init=init, step=step, loss=loss, name="implicit-als", biases=False, data_kinds=("sparse",))
+    def step(f: Factors, lay: SparseLayout, data: Sparse, mask=None):
+        f, lay = update_w(f, lay, data, mask)
+        Ht = _half_step(f.H.T, f.W, data, lay.cols, data.rows, alpha, l2, mask, solve, cg_steps, data.shape[0])
+        return f._replace(H=Ht.T), lay
+
+    return Solver(init=init, step=step, loss=loss, name="implicit-als", biases=False, data_kinds=("sparse",),
+                  update_w=update_w)

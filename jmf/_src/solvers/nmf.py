@@ -24,8 +24,10 @@ keeping the others fixed::
 with ``G = H H^T + l2 I`` and ``B = A H^T - l1/2`` computed once per half
 step (``2 m n k + n k^2`` FLOPs), so the loop over the ``k`` columns costs
 only ``m k^2``.  With weights or sparse data each row has its own Gram block
-``G_i = sum_j w_ij h_j h_j^T`` (see :mod:`jmf._src.solvers._normal`) and the
-same coordinate updates run on all rows at once.
+``G_i = sum_j w_ij h_j h_j^T`` (dense weights: all at once, see
+:mod:`jmf._src.solvers._normal`; sparse data: bucket by bucket in the sparse
+engine, :mod:`jmf._src.solvers._blocked`) and the same coordinate updates
+run on all rows of a block at once.
 
 Penalties ``l1`` and ``l2`` (a number or a pair ``(for W, for H)``) are in
 the sum units of :func:`jmf.losses.frobenius`: the objective is
@@ -36,8 +38,6 @@ beta-divergence, see :func:`jmf.losses.beta_divergence`).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,22 +45,19 @@ from jax import lax
 
 from .._validation import check_fraction, check_int, is_int
 from ..data import Dense
-from ..divergences import _check_eps, beta_divergence, check_beta
 from ..factors import Factors, predict_entries
-from ..losses import _pair, frobenius
-from .base import Solver, cached_factory
-from ._normal import dense_normal_equations, sparse_layouts, sparse_normal_equations
+from ..losses import frobenius
+from ..losses.base import _pair
+from ..losses.beta import _check_eps, beta_divergence, check_beta
+from .base import EmptyState, Solver, cached_factory
+from ._blocked import SparseLayout, bucketed_solve, sparse_layout
+from ._normal import dense_normal_equations
 
 __all__ = ["mu", "hals", "HALSState"]
 
 # scikit-learn zeroes factors below float64's machine epsilon after each
 # multiplicative update when beta < 1 (W) or beta <= 1 (H), for stability.
 _TINY = float(np.finfo(np.float64).eps)
-
-
-def _no_biases(f: Factors, name: str):
-    if f.has_biases:
-        raise ValueError(f"{name} fits a plain nonnegative model W H; it does not fit biases (use biases=False)")
 
 
 def _mask(mask, k, dtype):
@@ -103,7 +100,7 @@ def _mu_terms(data, W, H, side, beta, eps):
     if data.weights is not None:
         num_w, den_w = data.weights * num_w, data.weights * den_w
     Fo = F[other]
-    # Not flagged as sorted: stacked sparse batches append padding entries at (0, 0).
+    # Not flagged as sorted: the column side is not in column order.
     num = jax.ops.segment_sum(num_w[:, None] * Fo, own, num_segments=g)
     den = jax.ops.segment_sum(den_w[:, None] * Fo, own, num_segments=g)
     return num, den
@@ -188,7 +185,7 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
         pen = ((2 * l2W, l1W), (2 * l2H, l1H))
 
     def init(f, data, key=None):
-        return ()
+        return EmptyState()
 
     def half(data, W, H, side, mask):
         X = W if side == 0 else H.T
@@ -207,7 +204,7 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
             X = jnp.where(X < _TINY, 0, X)
         return X
 
-    def frobenius_dense_step(f: Factors, A, mask):
+    def frobenius_update(f: Factors, A, mask, side) -> Factors:
         # Unweighted Frobenius: W <- W * A H^T / (W H H^T + ...), H <- H * W^T A / (W^T W H + ...), 4 m n k FLOPs.
         def update(X, num, den, lam2, lam1):
             if _nz(lam1):
@@ -218,25 +215,29 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
 
         m, n = A.shape
         k = f.W.shape[1]
-        H = f.H
-        num, G = A @ H.T, H @ H.T
-        W = _repeated(lambda X: update(X, num, X @ G, *pen[0]), f.W, _inner_sweeps(inner, m, n, k, mask), inner_tol)
-        num, G = W.T @ A, W.T @ W
-        H = _repeated(lambda X: update(X, num, G @ X, *pen[1]), H, _inner_sweeps(inner, n, m, k, mask), inner_tol)
-        if mask is not None:
-            W, H = W * mask, H * mask[:, None]
-        return f._replace(W=W, H=H)
+        if side == 0:
+            num, G = A @ f.H.T, f.H @ f.H.T
+            W = _repeated(lambda X: update(X, num, X @ G, *pen[0]), f.W, _inner_sweeps(inner, m, n, k, mask),
+                          inner_tol)
+            return f._replace(W=W if mask is None else W * mask)
+        num, G = f.W.T @ A, f.W.T @ f.W
+        H = _repeated(lambda X: update(X, num, G @ X, *pen[1]), f.H, _inner_sweeps(inner, n, m, k, mask), inner_tol)
+        return f._replace(H=H if mask is None else H * mask[:, None])
+
+    def update_side(f: Factors, data, mask, side) -> Factors:
+        if beta == 2 and isinstance(data, Dense) and data.weights is None:
+            return frobenius_update(f, data.A, None if mask is None else mask.astype(f.W.dtype), side)
+        X = half(data, f.W, f.H, side, _mask(mask, f.W.shape[1], f.W.dtype))
+        return f._replace(W=X) if side == 0 else f._replace(H=X.T)
+
+    def update_w(f: Factors, state, data, mask=None):
+        return update_side(f, data, mask, 0), state
 
     def step(f: Factors, state, data, mask=None):
-        _no_biases(f, "mu")
-        if beta == 2 and isinstance(data, Dense) and data.weights is None:
-            return frobenius_dense_step(f, data.A, None if mask is None else mask.astype(f.W.dtype)), state
-        mask = _mask(mask, f.W.shape[1], f.W.dtype)
-        W = half(data, f.W, f.H, 0, mask)
-        H = half(data, W, f.H, 1, mask).T
-        return f._replace(W=W, H=H), state
+        f = update_side(f, data, mask, 0)
+        return update_side(f, data, mask, 1), state
 
-    return Solver(init=init, step=step, loss=loss, name=f"mu(beta={beta:g})", nonnegative=True)
+    return Solver(init=init, step=step, loss=loss, name=f"mu(beta={beta:g})", nonnegative=True, update_w=update_w)
 
 
 def _nz(x) -> bool:
@@ -246,10 +247,28 @@ def _nz(x) -> bool:
 # -- HALS / coordinate descent ------------------------------------------------------
 
 
-class HALSState(NamedTuple):
-    """Tile layouts of sparse data (by row, by column); ``None`` for dense data."""
+#: Solver state of :func:`hals` on sparse data (:class:`EmptyState` for dense data).
+HALSState = SparseLayout
 
-    layouts: Optional[tuple] = None
+
+def _sparse_sweep(data, lay: SparseLayout, X, F, side, sweep):
+    """``sweep(G_i, b_i, x_i)`` on every row's normal equations, formed bucket by bucket by the sparse engine."""
+    seg_side, other_idx = (lay.rows, data.cols) if side == 0 else (lay.cols, data.rows)
+    p = F.shape[0]
+    dtype = F.dtype
+    feats = jnp.concatenate([F, jnp.zeros((1, F.shape[1]), dtype)], axis=0)
+    w_all = data.effective_weights()
+
+    def contrib(ent, valid):
+        o = jnp.where(valid, other_idx[ent], p)
+        a = data.vals[ent].astype(dtype)
+        if data.weights is None:
+            return feats[o], None, jnp.where(valid, a, 0)
+        w = jnp.where(valid, w_all[ent], 0).astype(dtype)
+        return feats[o], w, w * a
+
+    # Rows without entries start from (and keep) 0: see bucketed_solve.
+    return bucketed_solve(seg_side, X, contrib, lambda G, R, seg, x0: sweep(G, R, x0), data.shape[1 - side], data.nnz)
 
 
 def _cd_shared(X, G, B):
@@ -388,57 +407,58 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
     inner, inner_tol = _check_inner(inner, inner_tol, "hals")
     loss = frobenius((l2W, l2H), (l1W, l1H))
 
-    def init(f: Factors, data, key=None) -> HALSState:
-        if isinstance(data, Dense):
-            return HALSState(None)
-        return HALSState(sparse_layouts(data, f.W.shape[1]))
+    def init(f: Factors, data, key=None):
+        return EmptyState() if isinstance(data, Dense) else sparse_layout(data)
 
-    def dense_step(f: Factors, A, mask):
+    def dense_side(f: Factors, A, mask, side) -> Factors:
         # Unweighted dense: shared Grams, coordinate sweeps on rows of W^T (k, m) and of H (k, n),
         # the layouts in which a coordinate is a contiguous row.
         k = f.W.shape[1]
-        eye = jnp.eye(k, dtype=f.W.dtype)
-        H = f.H
-        G = H @ H.T
-        B = (A @ H.T).T
-        if _nz(l2W):
-            G = G + l2W * eye
-        if _nz(l1W):
-            B = B - l1W / 2
         m, n = A.shape
-        W = _repeated(lambda X: _cd_shared(X, G, B), f.W.T, _inner_sweeps(inner, m, n, k, mask), inner_tol).T
-        G = W.T @ W
-        B = W.T @ A
-        if _nz(l2H):
-            G = G + l2H * eye
-        if _nz(l1H):
-            B = B - l1H / 2
-        H = _repeated(lambda X: _cd_shared(X, G, B), H, _inner_sweeps(inner, n, m, k, mask), inner_tol)
-        if mask is not None:
-            W, H = W * mask, H * mask[:, None]
-        return f._replace(W=W, H=H)
-
-    def half(data, state, X, F, side, lam2, lam1, mask):
-        """New ``X`` (``(g, k)``: ``W``, or ``H^T``) given the other factor ``F`` (``(p, k)``); weighted or sparse data."""
-        k = X.shape[1]
-        eye = jnp.eye(k, dtype=X.dtype)
-        if isinstance(data, Dense):
-            G, B = dense_normal_equations(data, F, None, side)
+        eye = jnp.eye(k, dtype=f.W.dtype)
+        lam2, lam1 = (l2W, l1W) if side == 0 else (l2H, l1H)
+        if side == 0:
+            G, B, X, sweeps = f.H @ f.H.T, (A @ f.H.T).T, f.W.T, _inner_sweeps(inner, m, n, k, mask)
         else:
-            G, B = sparse_normal_equations(state.layouts[side], F, None, data.shape[side])
+            G, B, X, sweeps = f.W.T @ f.W, f.W.T @ A, f.H, _inner_sweeps(inner, n, m, k, mask)
         if _nz(lam2):
             G = G + lam2 * eye
         if _nz(lam1):
             B = B - lam1 / 2
-        return _cd_blocks(X, G, B) * mask
+        X = _repeated(lambda X: _cd_shared(X, G, B), X, sweeps, inner_tol)
+        if mask is not None:
+            X = X * mask[:, None]
+        return f._replace(W=X.T) if side == 0 else f._replace(H=X)
 
-    def step(f: Factors, state: HALSState, data, mask=None):
-        _no_biases(f, "hals")
+    def half(f: Factors, state, data, mask, side) -> Factors:
+        """New ``W`` (side 0) or ``H`` (side 1), the other factor fixed."""
         if isinstance(data, Dense) and data.weights is None:
-            return dense_step(f, data.A, None if mask is None else mask.astype(f.W.dtype)), state
-        mask = _mask(mask, f.W.shape[1], f.W.dtype)
-        W = half(data, state, f.W, f.H.T, 0, l2W, l1W, mask)
-        Ht = half(data, state, f.H.T, W, 1, l2H, l1H, mask)
-        return f._replace(W=W, H=Ht.T), state
+            return dense_side(f, data.A, None if mask is None else mask.astype(f.W.dtype), side)
+        k = f.W.shape[1]
+        mask = _mask(mask, k, f.W.dtype)
+        eye = jnp.eye(k, dtype=f.W.dtype)
+        lam2, lam1 = (l2W, l1W) if side == 0 else (l2H, l1H)
+        X, F = (f.W, f.H.T) if side == 0 else (f.H.T, f.W)
+        F = F * mask
 
-    return Solver(init=init, step=step, loss=loss, name="hals", nonnegative=True)
+        def sweep(G, B, X):
+            if _nz(lam2):
+                G = G + lam2 * eye
+            if _nz(lam1):
+                B = B - lam1 / 2
+            return _cd_blocks(X, G, B)
+
+        if isinstance(data, Dense):
+            X = sweep(*dense_normal_equations(data, F, None, side), X)
+        else:
+            X = _sparse_sweep(data, state, X, F, side, sweep)
+        X = X * mask
+        return f._replace(W=X) if side == 0 else f._replace(H=X.T)
+
+    def update_w(f: Factors, state, data, mask=None):
+        return half(f, state, data, mask, 0), state
+
+    def step(f: Factors, state, data, mask=None):
+        return half(half(f, state, data, mask, 0), state, data, mask, 1), state
+
+    return Solver(init=init, step=step, loss=loss, name="hals", nonnegative=True, update_w=update_w)

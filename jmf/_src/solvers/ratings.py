@@ -1,332 +1,29 @@
-r"""Explicit ratings: biased matrix factorization, by blocked ALS or by gradient on a chunked loss.
+r"""Explicit ratings by first-order methods: a full-batch gradient of the biased model in two bucketed passes.
 
-Model and objective (mean convention of :mod:`jmf.losses`)::
-
-    yhat_ij = mu + b_i + c_j + w_i . h_j
-    L = ( sum_obs w_ij (a_ij - yhat_ij)^2
-          + l2 sum_i s_i |w_i|^2 + l2 sum_j s_j |h_j|^2
-          + bias_l2 (sum_i s_i b_i^2 + sum_j s_j c_j^2) ) / N
-
-with ``s = 1`` (plain ridge) or, with ``count_scaled=True``, ``s_i`` the
-(weighted) number of ratings of row ``i`` -- the ALS-WR weighting of Zhou et
-al. (2008), which regularizes heavy users and popular items more.  The
-offset ``mu`` is the global mean of the observed ratings (set by
-:func:`jmf.fit` with ``biases=True``) and is not updated.
-
-:func:`ratings_als` alternates exact ridge solves for ``[w_i, b_i]`` and
-``[h_j, c_j]``; :func:`ratings_loss` is the same objective as a
-:class:`jmf.losses.Loss` whose value and gradient stream over fixed-size
-chunks of entries, so memory stays O(nnz + (m + n) k) even at 20M ratings
-(the core Frobenius loss materializes ``(nnz, k)`` gathers); use it with
-:func:`jmf.solvers.gradient` for full-batch or minibatch Adam.
+The objective is :func:`jmf.losses.ratings_loss` (biases, optional
+count-scaled penalties); the alternating solver of the same model is
+:func:`jmf.solvers.als` (and its preset :func:`jmf.solvers.ratings_als`).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-import jax
 import jax.numpy as jnp
 
-from .._validation import check_bool, check_choice, check_int, check_nonneg_float, check_positive_float
+from .._validation import check_bool, check_int, check_nonneg_float
 from ..data import Sparse
 from ..factors import Factors
-from ..losses import Loss
-from ._blocked import Side, bucketed_cg, bucketed_rows, bucketed_solve, cg_solve, cholesky_solve, side_layout
-from .base import Solver, cached_factory
+from ..losses.ratings import ratings_loss
+from ._blocked import SparseLayout, bucketed_rows, sparse_layout
+from .base import Solver
+from .gradient import gradient_update
 
-__all__ = ["ratings_loss", "ratings_als", "ratings_gradient", "RatingsLayout", "RatingsGradientState",
-           "chunked_entry_sum"]
-
-
-def chunked_entry_sum(nnz: int, chunk_size: int, fn, init):
-    """Fold ``fn(carry, idx, live)`` over chunks of entry positions, without padding copies.
-
-    ``idx`` (C,) are entry positions; ``live`` (C,) is False for positions
-    already visited (the last chunk is shifted back to end at ``nnz``).
-    """
-    C = min(chunk_size, nnz)
-    n_chunks = -(-nnz // C)
-    lane = jnp.arange(C, dtype=jnp.int32)
-
-    def body(carry, c):
-        nominal = c * C
-        start = jnp.minimum(nominal, nnz - C)
-        idx = start + lane
-        return fn(carry, idx, idx >= nominal), None
-
-    carry, _ = jax.lax.scan(body, init, jnp.arange(n_chunks, dtype=jnp.int32))
-    return carry
+__all__ = ["ratings_gradient", "RatingsLayout", "RatingsGradientState"]
 
 
-def _counts(data: Sparse):
-    w = data.effective_weights()
-    m, n = data.shape
-    return (jax.ops.segment_sum(w, data.rows, num_segments=m, indices_are_sorted=True),
-            jax.ops.segment_sum(w, data.cols, num_segments=n))
-
-
-def _penalty(f: Factors, data: Sparse, l2, bias_l2, count_scaled):
-    if count_scaled:
-        sr, sc = _counts(data)
-        sr, sc = sr.astype(f.W.dtype), sc.astype(f.W.dtype)
-        out = l2 * (jnp.sum(sr * jnp.sum(f.W * f.W, axis=1)) + jnp.sum(sc * jnp.sum(f.H * f.H, axis=0)))
-    else:
-        sr = sc = None
-        out = l2 * (jnp.sum(f.W * f.W) + jnp.sum(f.H * f.H))
-    if f.row_bias is not None:
-        out = out + bias_l2 * jnp.sum((f.row_bias * f.row_bias) if sr is None else sr * f.row_bias * f.row_bias)
-    if f.col_bias is not None:
-        out = out + bias_l2 * jnp.sum((f.col_bias * f.col_bias) if sc is None else sc * f.col_bias * f.col_bias)
-    return out, sr, sc
-
-
-def _entry_terms(f: Factors, data: Sparse, idx, live):
-    r, c = data.rows[idx], data.cols[idx]
-    w = data.effective_weights()[idx] * live.astype(data.vals.dtype)
-    Wr = f.W[r]
-    Hc = f.H.T[c]
-    pred = jnp.sum(Wr * Hc, axis=1)
-    if f.row_bias is not None:
-        pred = pred + f.row_bias[r]
-    if f.col_bias is not None:
-        pred = pred + f.col_bias[c]
-    if f.offset is not None:
-        pred = pred + f.offset
-    res = data.vals[idx] - pred
-    return r, c, w, Wr, Hc, res
-
-
-def _squared_error(f: Factors, data: Sparse, chunk_size: int):
-    def fn(acc, idx, live):
-        *_, w, _, _, res = _entry_terms(f, data, idx, live)
-        return acc + jnp.sum(w * res * res)
-
-    return chunked_entry_sum(data.nnz, chunk_size, fn, jnp.zeros((), data.vals.dtype))
-
-
-def ratings_loss(l2: float = 0.0, bias_l2: Optional[float] = None, count_scaled: bool = False,
-                 chunk_size: int = 1 << 16) -> Loss:
-    """Regularized squared error of a biased MF model on sparse ratings, streamed over entry chunks.
-
-    Parameters
-    ----------
-    l2 : float
-        Ridge penalty on the factors (see the module docstring).
-    bias_l2 : float, optional
-        Ridge penalty on the biases (default ``l2``); the offset is free.
-    count_scaled : bool
-        ALS-WR: scale each row's / column's penalty by its number of ratings.
-    chunk_size : int
-        Entries per chunk: working memory ``O(chunk_size k)``.
-
-    Returns
-    -------
-    Loss
-        ``value`` and ``grad`` (hand-derived; the gradient of ``W`` is
-        accumulated with sorted scatter-adds, that of ``H`` with scatter-adds)
-        for :class:`jmf.Sparse` data.
-    """
-    l2 = check_nonneg_float(l2, "l2", "ratings_loss")
-    bias_l2 = l2 if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", "ratings_loss")
-    count_scaled = check_bool(count_scaled, "count_scaled", "ratings_loss")
-    chunk_size = check_int(chunk_size, "chunk_size", "ratings_loss")
-
-    def value(f: Factors, data):
-        f = jax.tree_util.tree_map(jnp.asarray, f)
-        if not isinstance(data, Sparse):
-            raise TypeError("ratings_loss works on jmf.Sparse data")
-        pen, _, _ = _penalty(f, data, l2, bias_l2, count_scaled)
-        return (_squared_error(f, data, chunk_size) + pen) / data.n_observed()
-
-    def grad(f: Factors, data):
-        f = jax.tree_util.tree_map(jnp.asarray, f)
-        m, n = data.shape
-        dtype = f.W.dtype
-
-        def fn(acc, idx, live):
-            gW, gHt, gb, gc, go = acc
-            r, c, w, Wr, Hc, res = _entry_terms(f, data, idx, live)
-            wr = (w * res).astype(dtype)
-            gW = gW.at[r].add(wr[:, None] * Hc, indices_are_sorted=True)
-            gHt = gHt.at[c].add(wr[:, None] * Wr)
-            if gb is not None:
-                gb = gb.at[r].add(wr, indices_are_sorted=True)
-            if gc is not None:
-                gc = gc.at[c].add(wr)
-            if go is not None:
-                go = go + jnp.sum(wr)
-            return gW, gHt, gb, gc, go
-
-        zeros = lambda x: None if x is None else jnp.zeros_like(x)
-        init = (jnp.zeros_like(f.W), jnp.zeros_like(f.H.T), zeros(f.row_bias), zeros(f.col_bias), zeros(f.offset))
-        gW, gHt, gb, gc, go = chunked_entry_sum(data.nnz, chunk_size, fn, init)
-        _, sr, sc = _penalty(f, data, 0.0, 0.0, count_scaled) if count_scaled else (None, None, None)
-        inv_n = (1 / data.n_observed()).astype(dtype)
-        if count_scaled:
-            pW, pH = 2 * l2 * sr[:, None] * f.W, 2 * l2 * sc[None, :] * f.H
-            pb = None if f.row_bias is None else 2 * bias_l2 * sr * f.row_bias
-            pc = None if f.col_bias is None else 2 * bias_l2 * sc * f.col_bias
-        else:
-            pW, pH = 2 * l2 * f.W, 2 * l2 * f.H
-            pb = None if f.row_bias is None else 2 * bias_l2 * f.row_bias
-            pc = None if f.col_bias is None else 2 * bias_l2 * f.col_bias
-        out = Factors(
-            (pW - 2 * gW) * inv_n,
-            (pH - 2 * gHt.T) * inv_n,
-            None if gb is None else (pb - 2 * gb) * inv_n,
-            None if gc is None else (pc - 2 * gc) * inv_n,
-            None if go is None else -2 * go * inv_n,
-        )
-        return out
-
-    return Loss(value, grad, "ratings" + ("-wr" if count_scaled else ""))
-
-
-def _half_step(X, xb, Y, yb, offset, data, side, other_idx, weight_sums, l2, bias_l2,
-               count_scaled, mask, solve, cg_steps, max_count):
-    """Solve for one side ``[X_i, xb_i]`` given the other side's ``Y`` (n_other, k) and biases ``yb``."""
-    S, k = X.shape
-    use_bias = xb is not None
-    K = k + 1 if use_bias else k
-    dtype = X.dtype
-    w_all = data.effective_weights()
-    base = jnp.zeros((), dtype) if offset is None else offset
-    feats = Y if not use_bias else jnp.concatenate([Y, jnp.ones((Y.shape[0], 1), dtype)], axis=1)
-    m_ext = None
-    if mask is not None:
-        m_ext = mask if not use_bias else jnp.concatenate([mask, jnp.ones((1,), dtype)])
-        feats = feats * m_ext[None, :]
-    diag = jnp.full((K,), l2, dtype)
-    if use_bias:
-        diag = diag.at[k].set(bias_l2)
-    eye = jnp.eye(K, dtype=dtype)
-
-    # a zero row at the end: padded slots gather zeros, so unweighted data need no Gram weights
-    feats = jnp.concatenate([feats, jnp.zeros((1, K), dtype)], axis=0)
-    n_other = Y.shape[0]
-
-    def contrib(ent, valid):
-        o = jnp.where(valid, other_idx[ent], n_other)
-        t = data.vals[ent].astype(dtype) - base  # target: a - mu - (other side's bias)
-        if yb is not None:
-            t = t - jnp.concatenate([yb, jnp.zeros((1,), dtype)])[o]
-        if data.weights is None:
-            return feats[o], None, jnp.where(valid, t, 0)
-        w = jnp.where(valid, w_all[ent], 0).astype(dtype)
-        return feats[o], w, w * t
-
-    def system(G, R, seg, x0):
-        s = weight_sums[seg].astype(dtype) if count_scaled else jnp.ones(seg.shape, dtype)
-        d = s[:, None] * diag[None, :]
-        if m_ext is not None:
-            # inactive columns: zero coupling, unit diagonal, zero rhs -> exactly zero, no 0/0
-            G = G * (m_ext[:, None] * m_ext[None, :])[None]
-            R = R * m_ext[None]
-            d = d * m_ext[None] + (1 - m_ext)[None]
-            x0 = x0 * m_ext[None]
-        d = jnp.where(d > 0, d, 1)  # empty segments under count scaling: x = 0
-        A = G + d[:, :, None] * eye[None]
-        if solve == "cholesky":
-            return cholesky_solve(A, R)
-        return cg_solve(A, R, x0, cg_steps)
-
-    X0 = X if not use_bias else jnp.concatenate([X, xb[:, None]], axis=1)
-    if solve == "cg":
-        def base_apply(p, seg):
-            s = weight_sums[seg].astype(dtype) if count_scaled else jnp.ones(seg.shape, dtype)
-            d = s[:, None] * diag[None, :]
-            if m_ext is not None:
-                d = d * m_ext[None] + (1 - m_ext)[None]
-            return jnp.where(d > 0, d, 1) * p
-
-        sol = bucketed_cg(side, X0, contrib, base_apply, cg_steps, max_count, data.nnz)
-    else:
-        sol = bucketed_solve(side, X0, contrib, system, max_count, data.nnz)
-    Xn = sol[:, :k]
-    if mask is not None:
-        Xn = Xn * mask[None, :]
-    return Xn, (sol[:, k] if use_bias else None)
-
-
-class RatingsLayout(NamedTuple):
-    """Solver state of :func:`ratings_als`: the static layout of the data (computed once in ``init``)."""
-
-    rows: Side
-    cols: Side
-    row_weight: jax.Array  # (m,) sum of weights per row (ALS-WR)
-    col_weight: jax.Array
-
-
-def _layout(data: Sparse) -> RatingsLayout:
-    m, n = data.shape
-    order = jnp.argsort(data.cols, stable=True).astype(jnp.int32)
-    rows = side_layout(data.rows, m, None, n)
-    cols = side_layout(data.cols[order], n, order, m)
-    rw, cw = _counts(data)
-    return RatingsLayout(rows, cols, rw, cw)
-
-
-@cached_factory(searchable=("l2", "bias_l2"))
-def ratings_als(l2: float = 0.1, bias_l2: Optional[float] = None, count_scaled: bool = False, biases: bool = True,
-                solve: str = "cg", cg_steps: int = 3, chunk_size: int = 1 << 16) -> Solver:
-    """Alternating least squares for explicit ratings with biases (sparse data, O(nnz + (m + n) k) memory).
-
-    One step updates ``[W, row_bias]`` (every row's ridge regression on its
-    observed entries) and then ``[H, col_bias]``, each minimizing
-    :func:`ratings_loss` given the other side; cost ``O(nnz k^2)`` for the
-    Gram matrices (batched matrix products over buckets of rows with similar
-    numbers of ratings, see :mod:`jmf._src.solvers._blocked`) plus the solves.
-
-    Parameters
-    ----------
-    l2, bias_l2, count_scaled
-        As in :func:`ratings_loss` (``count_scaled=True`` is ALS-WR).
-    biases : bool, default True
-        Fit row/column biases (the offset is the global mean, set by ``fit``).
-    solve : {"cg", "cholesky"}, default "cg"
-        ``"cg"``: ``cg_steps`` matrix-free conjugate-gradient iterations
-        warm-started from the current factors (``O(nnz k)`` per step, no
-        Gram matrices; each one decreases the objective; the
-        iteration converges to the ALS fixed point over sweeps and is much
-        faster than batched Cholesky on CPU).  ``"cholesky"``: exact solves.
-    cg_steps : int, default 3
-    chunk_size : int
-        Entries per chunk in the loss evaluation.
-
-    Returns
-    -------
-    Solver
-        For :class:`jmf.Sparse` data; supports rank masks (:func:`jmf.fit_many`).
-    """
-    who = "ratings_als"
-    l2 = check_positive_float(l2, "l2", who)  # 0 would make rows with fewer ratings than the rank singular
-    bias_l2 = l2 if bias_l2 is None else check_nonneg_float(bias_l2, "bias_l2", who)
-    count_scaled = check_bool(count_scaled, "count_scaled", who)
-    biases = check_bool(biases, "biases", who)
-    check_choice(solve, "solve", ("cg", "cholesky"), who)
-    cg_steps = check_int(cg_steps, "cg_steps", who)
-    chunk_size = check_int(chunk_size, "chunk_size", who)
-    loss = ratings_loss(l2, bias_l2, count_scaled, chunk_size)
-
-    def init(f: Factors, data, key=None):
-        return _layout(data)
-
-    def step(f: Factors, lay: RatingsLayout, data: Sparse, mask=None):
-        m, n = data.shape
-        rb = f.row_bias if biases else None
-        cb = f.col_bias if biases else None
-        W, rb = _half_step(f.W, rb, f.H.T, cb, f.offset, data, lay.rows, data.cols, lay.row_weight, l2, bias_l2,
-                           count_scaled, mask, solve, cg_steps, n)
-        Ht, cb = _half_step(f.H.T, cb, W, rb, f.offset, data, lay.cols, data.rows, lay.col_weight, l2, bias_l2,
-                            count_scaled, mask, solve, cg_steps, m)
-        f = f._replace(W=W, H=Ht.T)
-        if biases:
-            f = f._replace(row_bias=rb, col_bias=cb)
-        return f, lay
-
-    return Solver(init=init, step=step, loss=loss, name="ratings-als" + ("-wr" if count_scaled else ""),
-                  biases=biases, data_kinds=("sparse",))
+#: Former name of the sparse layout in the state of ratings solvers.
+RatingsLayout = SparseLayout
 
 
 class RatingsGradientState(NamedTuple):
@@ -413,16 +110,17 @@ def ratings_gradient(optimizer, l2: float = 0.1, bias_l2: Optional[float] = None
     loss = ratings_loss(l2, bias_l2, count_scaled, chunk_size)
 
     def init(f: Factors, data, key=None):
-        return RatingsGradientState(optimizer.init(f), _layout(data))
+        return RatingsGradientState(optimizer.init(f), sparse_layout(data))
+
+    def update(f: Factors, state: RatingsGradientState, data: Sparse, mask, w_only):
+        g = _bucketed_grad(f, state.layout, data, l2, bias_l2, count_scaled)
+        f, opt_state = gradient_update(optimizer, None, f, g, state.opt_state, mask, w_only)
+        return f, RatingsGradientState(opt_state, state.layout)
 
     def step(f: Factors, state: RatingsGradientState, data: Sparse, mask=None):
-        import optax
+        return update(f, state, data, mask, False)
 
-        g = _bucketed_grad(f, state.layout, data, l2, bias_l2, count_scaled)
-        if mask is not None:
-            g = g._replace(W=g.W * mask, H=g.H * mask[:, None])
-        with jax.numpy_dtype_promotion("standard"):  # optax mixes int32 step counts with floats
-            updates, opt_state = optimizer.update(g, state.opt_state, f)
-        return optax.apply_updates(f, updates), RatingsGradientState(opt_state, state.layout)
+    def update_w(f: Factors, state: RatingsGradientState, data: Sparse, mask=None):
+        return update(f, state, data, mask, True)
 
-    return Solver(init=init, step=step, loss=loss, name=name, biases=biases, data_kinds=("sparse",))
+    return Solver(init=init, step=step, loss=loss, name=name, biases=biases, data_kinds=("sparse",), update_w=update_w)

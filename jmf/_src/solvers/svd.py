@@ -1,40 +1,32 @@
-r"""Truncated SVD as a solver: the Eckart--Young optimum in one step.
+r"""Truncated SVD as a direct method: the Eckart--Young optimum, computed once.
 
 For an unweighted dense matrix the best rank-``k`` approximation in
-Frobenius norm is the truncated SVD ``U_k S_k V_k^T`` (Eckart & Young 1936).
-:func:`svd` computes it once, in the solver's ``init``, and every ``step``
-returns it (split as ``W = U_k S_k^{1/2}``, ``H = S_k^{1/2} V_k^T``).  Run
-through :func:`jmf.fit` it therefore gives the optimum after one iteration;
-the driver's tolerance rule sees an unchanged loss at the second check and
-reports ``CONVERGED`` there (at the first check with ``init="svd"``).  Rank-
-masked members of :func:`jmf.fit_many` keep their leading components, which
-is the rank-``r`` optimum.
+Frobenius norm is the truncated SVD ``U_k S_k V_k^T`` (Eckart & Young 1936),
+split as ``W = U_k S_k^{1/2}``, ``H = S_k^{1/2} V_k^T``.  :func:`svd` is a
+*direct* solver (:attr:`Solver.direct`): :func:`jmf.fit` computes the
+decomposition once instead of running the loop and reports one iteration
+with status ``CONVERGED`` (history: the loss of the initial factors, then
+the optimum).  Rank-masked members of :func:`jmf.fit_many` keep their
+leading components, which is the rank-``r`` optimum.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import jax
 import jax.numpy as jnp
 
 from .._validation import check_choice, check_int
 from ..data import Dense
-from ..factors import Factors
+from ..factors import Factors, apply_rank_mask
 from ..linalg import _exact, _randomized
 from ..losses import frobenius
-from .base import Solver, cached_factory
+from .base import EmptyState, Solver, cached_factory
 
 __all__ = ["svd", "SVDState"]
 
 _METHODS = ("auto", "exact", "randomized")
 
-
-class SVDState(NamedTuple):
-    """The truncated SVD factors ``W = U S^{1/2}``, ``H = S^{1/2} V^T``."""
-
-    W: jax.Array
-    H: jax.Array
+#: The state of :func:`svd` (it keeps none: the decomposition is the result).
+SVDState = EmptyState
 
 
 @cached_factory
@@ -62,34 +54,27 @@ def svd(method: str = "auto", n_oversamples: int = 10, n_power_iter: int = 4) ->
 
     Notes
     -----
-    The decomposition is computed in ``init`` from the solver key (used by
-    the randomized method only); ``step`` costs nothing.
+    A direct method: ``step`` is ``None`` and the run layer calls
+    ``direct(key, data, width, mask)`` once.  The exact method needs dense
+    data (the factory declares it), the randomized one uses the key.
     """
     check_choice(method, "method", _METHODS, "svd")
     n_oversamples = check_int(n_oversamples, "n_oversamples", "svd", lo=0)
     n_power_iter = check_int(n_power_iter, "n_power_iter", "svd", lo=0)
+    kinds = ("dense",) if method == "exact" else ("dense", "sparse")
 
-    def init(f: Factors, data, key=None) -> SVDState:
-        if f.has_biases:
-            raise ValueError("svd does not fit biases (use biases=False)")
-        k = f.W.shape[1]
+    def init(f: Factors, data, key=None):
+        return EmptyState()
+
+    def direct(key, data, width: int, mask=None) -> Factors:
         use = method
         if use == "auto":
             use = "exact" if isinstance(data, Dense) else "randomized"
         if use == "exact":
-            if not isinstance(data, Dense):
-                raise ValueError("svd(method='exact') needs dense data; use method='randomized' for jmf.Sparse")
-            U, s, Vt = _exact(data, k)
+            U, s, Vt = _exact(data, width)
         else:
-            key = jax.random.key(0) if key is None else key
-            U, s, Vt = _randomized(data, k, key, int(n_oversamples), int(n_power_iter))
-        root = jnp.sqrt(s).astype(f.W.dtype)
-        return SVDState(U * root, root[:, None] * Vt)
+            U, s, Vt = _randomized(data, width, key, int(n_oversamples), int(n_power_iter))
+        root = jnp.sqrt(s).astype(data.dtype)
+        return apply_rank_mask(Factors(U * root, root[:, None] * Vt), mask)
 
-    def step(f: Factors, state: SVDState, data, mask=None):
-        W, H = state.W, state.H
-        if mask is not None:
-            W, H = W * mask, H * mask[:, None]
-        return f._replace(W=W, H=H), state
-
-    return Solver(init=init, step=step, loss=frobenius(), name=f"svd({method})", data_kinds=("dense", "sparse"))
+    return Solver(init=init, step=None, loss=frobenius(), name=f"svd({method})", data_kinds=kinds, direct=direct)

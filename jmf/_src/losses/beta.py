@@ -30,14 +30,13 @@ Itakura--Saito the data too (zeros of ``a`` would make it infinite).
 
 from __future__ import annotations
 
-import jax
+from functools import partial
+
 import jax.numpy as jnp
 import numpy as np
 
-from .data import Dense
-from .factors import Factors, matmul, predict_entries
-from ._validation import check_float, is_real
-from .losses import Loss, _pair, _penalty_grad, penalty
+from .._validation import check_float, is_real
+from .base import Loss, _pair, entry_grad, entry_sum, mean_of
 
 __all__ = ["beta_divergence", "elementwise_beta_divergence", "check_beta", "DEFAULT_EPS"]
 
@@ -98,42 +97,6 @@ def _derivative(a, y, beta: float, eps: float):
     return yc ** (beta - 1) - a * yc ** (beta - 2)
 
 
-def _sum_divergence(f: Factors, data, beta: float, eps: float):
-    if isinstance(data, Dense):
-        d = elementwise_beta_divergence(data.A, f.predict(), beta, eps)
-        if data.weights is not None:
-            d = data.weights * d
-        return jnp.sum(d)
-    d = elementwise_beta_divergence(data.vals, predict_entries(f, data.rows, data.cols), beta, eps)
-    if data.weights is not None:
-        d = data.weights * d
-    return jnp.sum(d)
-
-
-def _data_grad(f: Factors, data, beta: float, eps: float) -> Factors:
-    """Gradient of the weighted divergence sum (not divided by N)."""
-    if isinstance(data, Dense):
-        G = _derivative(data.A, f.predict(), beta, eps)
-        if data.weights is not None:
-            G = data.weights * G
-        gW = matmul(G, f.H.T)
-        gH = matmul(f.W.T, G)
-        g_row = None if f.row_bias is None else jnp.sum(G, axis=1)
-        g_col = None if f.col_bias is None else jnp.sum(G, axis=0)
-        g_off = None if f.offset is None else jnp.sum(G)
-        return Factors(gW, gH, g_row, g_col, g_off)
-    m, n = data.shape
-    G = _derivative(data.vals, predict_entries(f, data.rows, data.cols), beta, eps)
-    if data.weights is not None:
-        G = data.weights * G
-    gW = jax.ops.segment_sum(G[:, None] * f.H.T[data.cols], data.rows, num_segments=m)
-    gH = jax.ops.segment_sum(G[:, None] * f.W[data.rows], data.cols, num_segments=n).T
-    g_row = None if f.row_bias is None else jax.ops.segment_sum(G, data.rows, num_segments=m)
-    g_col = None if f.col_bias is None else jax.ops.segment_sum(G, data.cols, num_segments=n)
-    g_off = None if f.offset is None else jnp.sum(G)
-    return Factors(gW, gH, g_row, g_col, g_off)
-
-
 def beta_divergence(beta=2.0, l1=0.0, l2=0.0, eps=None) -> Loss:
     r"""Mean beta-divergence over observed entries plus penalties.
 
@@ -168,14 +131,9 @@ def beta_divergence(beta=2.0, l1=0.0, l2=0.0, eps=None) -> Loss:
     eps = _check_eps(eps)
     _pair(l1, "l1"), _pair(l2, "l2")
 
-    def value(f: Factors, data):
-        return (_sum_divergence(f, data, beta, eps) + penalty(f, l2, l1)) / data.n_observed()
-
-    def grad(f: Factors, data):
-        inv_n = 1 / data.n_observed()
-        return jax.tree_util.tree_map(
-            lambda a, b: (a + b) * inv_n, _data_grad(f, data, beta, eps), _penalty_grad(f, l2, l1, 0.0)
-        )
+    rho = partial(elementwise_beta_divergence, beta=beta, eps=eps)
+    drho = partial(_derivative, beta=beta, eps=eps)
+    value, grad = mean_of(lambda f, d: entry_sum(f, d, rho), lambda f, d: entry_grad(f, d, drho), l2, l1, 0.0)
 
     names = {2.0: "beta-divergence(2)", 1.0: "kullback-leibler", 0.0: "itakura-saito"}
     return Loss(value, grad, names.get(beta, f"beta-divergence({beta:g})"))
