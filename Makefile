@@ -20,9 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) experiments/compare_solvers.py
 
+# Lint first (ruff: pyflakes, pycodestyle, import order; the import-layer contract is a test).
 # Two workers (one per core); --dist loadfile keeps each test file in one
 # process so its compiled functions are reused by its tests.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The documentation site in site/ (mkdocs-material + mkdocstrings): the API pages must match the

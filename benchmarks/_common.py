@@ -74,7 +74,8 @@ def machine_info() -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     import jax
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"python {platform.python_version()}, "
             f"jax {jax.__version__}, load average {load[0]:.2f}")
 
 

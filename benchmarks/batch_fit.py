@@ -30,7 +30,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import numpy as np  # noqa: E402
-
 from _common import machine_info, median_time, run_python, table  # noqa: E402
 
 SEED_A = [[5.0, 3.0], [3.0, 2.0], [2.0, 1.0], [1.0, 1.0]]
@@ -151,8 +150,9 @@ def bench_medium(B, threads_list, repeats):
 
 def bench_hals(ranks, n_restarts, max_iter):
     import jax
-    import jmf
     from sklearn.decomposition import NMF
+
+    import jmf
 
     rng = np.random.default_rng(0)
     m, n = 500, 300
@@ -187,7 +187,8 @@ def main(argv=None):
     p.add_argument("--max-batch", type=int, default=100_000)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--torch-budget", type=float, default=120.0, help="skip batched PyTorch runs estimated above this (s)")
+    p.add_argument("--torch-budget", type=float, default=120.0,
+                   help="skip batched PyTorch runs estimated above this (s)")
     args = p.parse_args(argv)
     from _common import matmul_rate
 
@@ -195,7 +196,8 @@ def main(argv=None):
     print(f"# Batch fitting ({machine_info()}); numpy float32 matmul rate {rate / 1e9:.0f} GFLOP/s (2 threads)\n")
     batches = [b for b in (1, 10, 100, 1000, 10_000, 100_000) if b <= (100 if args.quick else args.max_batch)]
     print("## Seed example (4x2, rank 2, Adam 0.01, 5000 steps)")
-    seed = bench_seed(batches, args.threads, 2.0 if args.quick else args.torch_budget, 1 if args.quick else args.repeats)
+    seed = bench_seed(batches, args.threads, 2.0 if args.quick else args.torch_budget,
+                      1 if args.quick else args.repeats)
     print(table(seed))
     print("\n## 100x50, rank 5, 1000 Adam steps")
     med = bench_medium(10 if args.quick else 1000, args.threads, 1 if args.quick else args.repeats)

@@ -87,6 +87,7 @@ def _time_jmf_fit(data, solver, rank, iters, repeats):
     The first call (compilation included) uses another key than the timed ones.
     """
     import jax
+
     import jmf
 
     def run(key):
@@ -210,7 +211,8 @@ def implicit_part(args):
         model, t = _median_time(fit_implicit, args.repeats)
         f = jmf.Factors(np.asarray(model.user_factors), np.asarray(model.item_factors).T)
         r = jmf.metrics.ranking_metrics(f, test, k=10, train=R.data, threshold=cf.RELEVANT)
-        rows.append(dict(solver="implicit AlternatingLeastSquares", ndcg_at_10=r["ndcg"], precision_at_10=r["precision"],
+        rows.append(dict(solver="implicit AlternatingLeastSquares", ndcg_at_10=r["ndcg"],
+                         precision_at_10=r["precision"],
                          recall_at_10=r["recall"], fit_seconds=t, compile_seconds=0.0,
                          params=dict(factors=64, iterations=15, regularization=model.regularization,
                                      alpha=model.alpha)))
@@ -259,7 +261,6 @@ def _matmul_flops():
 def scale_child(n_users, n_items, n_ratings, rank, sweeps, epochs):
     """Runs in a subprocess; prints one JSON line."""
     import jax
-    import jax.numpy as jnp
     import optax
 
     import jmf
@@ -386,7 +387,8 @@ def print_tables(res):
     if "scale" in res:
         r = res["scale"]
         print(f"\nScale: {r['n_users']} x {r['n_items']}, {r['n_ratings']} ratings, rank {r['rank']}")
-        print(f"copy bandwidth {r['copy_bandwidth'] / 1e9:.1f} GB/s, float32 matmul {r['matmul_flops'] / 1e9:.0f} GFLOP/s")
+        print(f"copy bandwidth {r['copy_bandwidth'] / 1e9:.1f} GB/s, "
+              f"float32 matmul {r['matmul_flops'] / 1e9:.0f} GFLOP/s")
         print("| step | seconds | floor s | ratio | compile s |\n|---|---|---|---|---|")
         print(f"| ALS sweep (ratings_als, CG) | {r['als_seconds_per_iter']:.2f} | {r['als_floor_seconds']:.2f} "
               f"({r['als_flops'] / 1e9:.0f} GFLOP) | {r['als_ratio']:.1f}x | {r['als_compile_seconds']:.1f} |")

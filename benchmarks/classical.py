@@ -49,11 +49,10 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
+from _common import jax_matmul_rate, machine_info, matmul_rate, median_time, table  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 import jmf  # noqa: E402
-from _common import jax_matmul_rate, machine_info, matmul_rate, median_time, table  # noqa: E402
 
 DTYPES = (np.float32, np.float64)
 
@@ -321,7 +320,8 @@ def sparse_als_child(m, n, nnz, k, repeats):
     first = time.perf_counter() - t0
     t = median_time(lambda: jax.block_until_ready(step(f, state, data, None)), repeats=repeats, warmup=0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"RESULT nnz={data.nnz} sweep={t} compile={max(first - t, 0)} layout={t_layout} rss_data={rss_data} rss={rss}")
+    print(f"RESULT nnz={data.nnz} sweep={t} compile={max(first - t, 0)} layout={t_layout} "
+          f"rss_data={rss_data} rss={rss}")
 
 
 def sparse_als(m, n, nnz, k, repeats, rate32):
@@ -370,7 +370,8 @@ def main(argv=None):
         rows = []
         for dt in DTYPES:
             rows += nmf_race(A.astype(dt), k, repeats, f"{m}x{n} k={k}")
-        print(f"## (a) nonnegative {m}x{n}, rank {k} + noise, NNDSVDa start: time to scikit-learn's final error (tol 1e-4)\n")
+        print(f"## (a) nonnegative {m}x{n}, rank {k} + noise, NNDSVDa start: "
+              "time to scikit-learn's final error (tol 1e-4)\n")
         print(table(rows))
         print()
 
@@ -412,7 +413,7 @@ def main(argv=None):
         m, n, nnz = args.ratings or ((4000, 1000, 200_000) if quick else (40_000, 8_000, 4_000_000))
         k = 16 if quick and args.ratings is None else args.rank
         rows = sparse_als(m, n, nnz, k, repeats, r["float32"])
-        print(f"## (d) sparse ALS with biases (ALS-WR), synthetic power-law ratings, float32, fresh process\n")
+        print("## (d) sparse ALS with biases (ALS-WR), synthetic power-law ratings, float32, fresh process\n")
         print(table(rows))
         print()
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")

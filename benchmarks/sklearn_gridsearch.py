@@ -71,12 +71,12 @@ def main():
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     import numpy as np
+    from _common import machine_info, matmul_rate, table
     from sklearn.datasets import load_digits
     from sklearn.decomposition import NMF as SkNMF
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, KFold
 
-    from _common import machine_info, matmul_rate, table
     from jmf.sklearn import NMF as JmfNMF
     from jmf.sklearn import reconstruction_scorer
 

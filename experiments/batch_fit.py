@@ -97,8 +97,9 @@ def measure(name: str, make, sizes, solver, rank: int, steps: int, key, loop_fit
 
 
 def _figure(out, rows, subtitle=""):
-    import jmf.plotting as P
     from matplotlib.figure import Figure
+
+    import jmf.plotting as P
 
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()

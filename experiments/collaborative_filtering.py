@@ -158,14 +158,15 @@ def split_frame(df, test_fraction=0.2, seed=0):
 
 # Each entry is one fit per fold; "checkpoints" are the sweep / epoch counts scored from that same fit.
 CV_GRID = {
-    "als-wr": [dict(rank=r, l2=l, sweeps=10, checkpoints=(4, 6, 8, 10)) for r in (16, 32) for l in (0.1, 0.15, 0.2)],
-    "adam": [dict(rank=32, l2=l, learning_rate=lr, epochs=400, checkpoints=(100, 200, 300, 400))
-             for l in (0.05, 0.1) for lr in (0.005, 0.01, 0.02)],
-    "minibatch-adam": [dict(rank=32, l2=l, learning_rate=lr, epochs=30, batch_size=4096, checkpoints=(10, 20, 30))
-                       for l in (0.05, 0.1) for lr in (0.001, 0.002, 0.005)],
+    "als-wr": [dict(rank=r, l2=lam, sweeps=10, checkpoints=(4, 6, 8, 10))
+               for r in (16, 32) for lam in (0.1, 0.15, 0.2)],
+    "adam": [dict(rank=32, l2=lam, learning_rate=lr, epochs=400, checkpoints=(100, 200, 300, 400))
+             for lam in (0.05, 0.1) for lr in (0.005, 0.01, 0.02)],
+    "minibatch-adam": [dict(rank=32, l2=lam, learning_rate=lr, epochs=30, batch_size=4096, checkpoints=(10, 20, 30))
+                       for lam in (0.05, 0.1) for lr in (0.001, 0.002, 0.005)],
     # ranking model: scored by NDCG@10 (higher is better); rank and sweeps fixed by the benchmark (64, 15)
-    "implicit-als": [dict(rank=64, l2=l, alpha=a, sweeps=15, checkpoints=(15,)) for a in (0.5, 1.0)
-                     for l in (10.0, 20.0, 30.0, 50.0)],
+    "implicit-als": [dict(rank=64, l2=lam, alpha=a, sweeps=15, checkpoints=(15,)) for a in (0.5, 1.0)
+                     for lam in (10.0, 20.0, 30.0, 50.0)],
 }
 
 
@@ -295,7 +296,8 @@ def main(argv=None):
 
 
 def format_table(rows, desc):
-    head = "| solver | RMSE | MAE | P@10 | R@10 | NDCG@10 | fit s (warm) | compile s |\n|---|---|---|---|---|---|---|---|"
+    head = ("| solver | RMSE | MAE | P@10 | R@10 | NDCG@10 | fit s (warm) | compile s |\n"
+            "|---|---|---|---|---|---|---|---|")
     lines = [f"Data: {desc}", "", head]
     for r in rows:
         lines.append("| {} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | {:.4f} | {:.3f} | {:.1f} |".format(

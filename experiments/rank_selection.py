@@ -87,8 +87,9 @@ def cross_validate(A, holdout, ranks, solver, restarts: int = 2, max_iter: int =
 
 
 def _figures(out, ranks, cv, true_rank, selected):
-    import jmf.plotting as P
     from matplotlib.figure import Figure
+
+    import jmf.plotting as P
 
     ranks = np.asarray(ranks)
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
@@ -171,7 +172,8 @@ def main(argv=None):
     for s in range(seeds):
         rm = np.sqrt(cv["heldout_mse"][s])
         print(f"{s:4d}  {selected[s]:8d}  {rm[selected[s] - 1]:.4f} / {rm[true_rank - 1]:.4f}")
-    print(f"\ntrue rank {true_rank} recovered in {int(np.sum(selected == true_rank))} of {seeds} seeds ({100 * rate:.0f}%)")
+    found = int(np.sum(selected == true_rank))
+    print(f"\ntrue rank {true_rank} recovered in {found} of {seeds} seeds ({100 * rate:.0f}%)")
 
     os.makedirs(os.path.join(args.out, "figures"), exist_ok=True)
     from jmf.io import atomic_write

@@ -16,17 +16,13 @@ from jmf._src.sharding import configure_cpu_devices as _configure_cpu_devices
 _configure_cpu_devices()  # before anything starts JAX's backends
 _configure_cache()
 
-from jmf._src.data import Dense, Sparse, as_data, stack
-from jmf._src.factors import Factors
-from jmf._src.fit import FitManyResult, FitResult, ProgressInfo, Status, fit, fit_many
-from jmf._src.linalg import SVDResult, randomized_svd, truncated_svd
-from jmf._src.consensus import Alignment, align_restarts, match_components
-from jmf import sharding
-from jmf import init, losses, solvers
-from jmf import cf, datasets, metrics, model_selection
-from jmf import compress, experiments, io
-
-from jmf._version import __version__
+from jmf import cf, compress, datasets, experiments, init, io, losses, metrics, model_selection, sharding, solvers  # noqa: E402
+from jmf._src.consensus import Alignment, align_restarts, match_components  # noqa: E402
+from jmf._src.data import Dense, Sparse, as_data, stack  # noqa: E402
+from jmf._src.factors import Factors  # noqa: E402
+from jmf._src.fit import FitManyResult, FitResult, ProgressInfo, Status, fit, fit_many  # noqa: E402
+from jmf._src.linalg import SVDResult, randomized_svd, truncated_svd  # noqa: E402
+from jmf._version import __version__  # noqa: E402, F401
 
 __all__ = [
     "Dense",

@@ -233,7 +233,6 @@ def _cmd_fit(args) -> int:
     import jmf
     import jmf.experiments as E
     from jmf._src.experiments import _member_metrics
-
     from jmf._src.registry import make_solver, solver_entry
 
     name = args.solver or "als"

@@ -14,4 +14,5 @@ from jmf._src.init import (
     uniform,
 )
 
-__all__ = ["random", "uniform", "normal", "svd", "nndsvd", "nndsvda", "nndsvdar", "add_biases", "get_initializer", "top_singular_triplets", "INITIALIZERS"]
+__all__ = ["random", "uniform", "normal", "svd", "nndsvd", "nndsvda", "nndsvdar", "add_biases", "get_initializer",
+           "top_singular_triplets", "INITIALIZERS"]

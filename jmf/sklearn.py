@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+
 import numpy as np
 
 try:
@@ -65,7 +66,9 @@ import jax.numpy as jnp
 import scipy.sparse as sp
 
 import jmf
-from jmf._src._validation import check_choice, check_float, check_int, is_int as _is_int, is_real as _is_real
+from jmf._src._validation import check_choice, check_float, check_int
+from jmf._src._validation import is_int as _is_int
+from jmf._src._validation import is_real as _is_real
 from jmf._src.registry import make_solver
 
 __all__ = [
@@ -125,7 +128,8 @@ def _key_from_random_state(random_state):
     if random_state is None or isinstance(random_state, np.random.RandomState):
         seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
         return jax.random.key(int(seed))
-    raise TypeError(f"random_state must be None, an int or a numpy.random.RandomState, got {type(random_state).__name__}")
+    raise TypeError("random_state must be None, an int or a numpy.random.RandomState, "
+                    f"got {type(random_state).__name__}")
 
 
 def _check_random_state_type(est):
@@ -419,7 +423,8 @@ def _warn_status(est, result, tol):
 def _report(est, result):
     if est.verbose:
         print(
-            f"[{type(est).__name__}] {int(np.asarray(result.n_iter))} iterations, loss {float(np.asarray(result.loss)):.6g}, "
+            f"[{type(est).__name__}] {int(np.asarray(result.n_iter))} iterations, "
+            f"loss {float(np.asarray(result.loss)):.6g}, "
             f"status {result.status_name}"
         )
 
@@ -644,7 +649,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         else:
             raise ValueError(f"NMF: beta_loss must be a float or one of {sorted(_BETA_NAMES)}, got {bl!r}")
         if p["solver"] == "cd" and beta != 2.0:
-            raise ValueError(f"NMF: solver='cd' handles beta_loss='frobenius' only, got beta_loss={bl!r}; use solver='mu'")
+            raise ValueError(f"NMF: solver='cd' handles beta_loss='frobenius' only, got beta_loss={bl!r}; "
+                             "use solver='mu'")
         p["beta"] = beta
         p["tol"] = _check_real(self, "tol")
         p["max_iter"] = _check_int(self, "max_iter", 1)
@@ -787,7 +793,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_components_ = int(k)
         self.n_iter_ = int(np.asarray(res.n_iter))
         self.loss_ = float(np.asarray(res.loss))
-        self.reconstruction_err_ = float(np.sqrt(2.0 * max(_beta_divergence(X, W_out, self.components_, p["beta"]), 0.0)))
+        divergence = _beta_divergence(X, W_out, self.components_, p["beta"])
+        self.reconstruction_err_ = float(np.sqrt(2.0 * max(divergence, 0.0)))
         return W_out
 
     def fit(self, X, y=None, **params):
@@ -1010,7 +1017,8 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         m, n = X.shape
         if k > min(m, n):
             extra = f" (n_samples = {m})" if m == 1 else ""
-            raise ValueError(f"TruncatedSVD: n_components={k} must be <= min(n_samples, n_features) = {min(m, n)}{extra}")
+            raise ValueError(f"TruncatedSVD: n_components={k} must be <= min(n_samples, n_features) = "
+                             f"{min(m, n)}{extra}")
         dt = _compute_dtype(X.dtype)
         if algorithm == "exact":
             if sp.issparse(X):
@@ -1200,7 +1208,8 @@ class MatrixFactorization(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         if not isinstance(self.nonnegative, (bool, np.bool_)):
             raise TypeError(f"MatrixFactorization: nonnegative must be a bool, got {self.nonnegative!r}")
         if not (isinstance(self.init, str) and self.init in jmf.init.INITIALIZERS):
-            raise ValueError(f"MatrixFactorization: init must be one of {sorted(jmf.init.INITIALIZERS)}, got {self.init!r}")
+            raise ValueError(f"MatrixFactorization: init must be one of {sorted(jmf.init.INITIALIZERS)}, "
+                             f"got {self.init!r}")
         s = self.solver
         if isinstance(s, jmf.solvers.Solver):
             if s.biases:
@@ -1218,7 +1227,8 @@ class MatrixFactorization(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Bas
         # Names are built by the solver registry (the one the jmf command and experiments use).
         if s == "als":
             if l1 != (0.0, 0.0):
-                raise ValueError("MatrixFactorization: solver='als' does not support l1; use 'hals' or a gradient solver")
+                raise ValueError("MatrixFactorization: solver='als' does not support l1; "
+                                 "use 'hals' or a gradient solver")
             hyper = {"l2": l2}
         elif s == "svd":
             if l1 != (0.0, 0.0) or l2 != (0.0, 0.0):

@@ -19,7 +19,6 @@ import numpy as np  # noqa: E402
 
 import jmf  # noqa: E402
 
-
 A = np.random.default_rng(42).random((8, 12, 9))  # the same batch as the test's single-process run
 mesh = jmf.sharding.batch_mesh()
 local = jmf.Dense(A[pid * 4:(pid + 1) * 4])  # this process's shard only

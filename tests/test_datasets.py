@@ -11,8 +11,16 @@ import pytest
 import scipy.sparse as sp
 
 import jmf
-from jmf.datasets import (ARCHIVES, extract_zip, index_ratings, movielens, movielens_path, ratings_from_scipy,
-                          read_ratings, synthetic_ratings)
+from jmf.datasets import (
+    ARCHIVES,
+    extract_zip,
+    index_ratings,
+    movielens,
+    movielens_path,
+    ratings_from_scipy,
+    read_ratings,
+    synthetic_ratings,
+)
 
 from .conftest import movielens_small_path
 

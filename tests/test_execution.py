@@ -98,9 +98,9 @@ def test_lapack_solvers_are_not_split_but_gradient_solvers_are():
 
 
 def test_blocking_custom_calls_found_in_lowered_member_program():
+    from jmf._src.init import get_initializer
     from jmf._src.run.driver import Args, Job
     from jmf._src.run.loop import RunConfig
-    from jmf._src.init import get_initializer
 
     data = jmf.Dense(np.ones((5, 4)))
     key = jax.random.split(jax.random.key(0), 2)

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jmf
 from tests.conftest import low_rank
@@ -107,7 +108,8 @@ def test_itakura_saito_matches_sklearn():
     np.testing.assert_allclose(H, Hs, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("solver_name,beta_loss", [("cd", "frobenius"), ("mu", "frobenius"), ("mu", "kullback-leibler")])
+@pytest.mark.parametrize("solver_name,beta_loss",
+                         [("cd", "frobenius"), ("mu", "frobenius"), ("mu", "kullback-leibler")])
 def test_penalties_match_sklearn_units(solver_name, beta_loss):
     """scikit-learn's (alpha, l1_ratio) map onto jmf's sum-unit (l1, l2) pairs."""
     A, _ = _problem(2)

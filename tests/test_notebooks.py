@@ -29,7 +29,8 @@ def test_committed_notebook_matches_build_script(name):
     assert [c.source for c in committed.cells] == [c.source for c in fresh.cells], (
         f"{name} is out of date: run python notebooks/build.py {name[:2]}")
     code = [c for c in committed.cells if c.cell_type == "code"]
-    assert all(c.outputs for c in code[:1]) and all(c.execution_count for c in code), f"{name} committed without outputs"
+    executed = all(c.outputs for c in code[:1]) and all(c.execution_count for c in code)
+    assert executed, f"{name} committed without outputs"
     assert not any(o.output_type == "error" for c in code for o in c.outputs)
 
 

@@ -96,7 +96,7 @@ def test_parameter_errors():
 
 
 def test_robust_losses_recover_the_clean_matrix_despite_outliers():
-    """Gross outliers in 5% of the entries: Huber and L1 fits stay close to the clean low-rank matrix, Frobenius does not."""
+    """Gross outliers in 5% of the entries: Huber and L1 fits stay close to the clean matrix, Frobenius does not."""
     rng = np.random.default_rng(2)
     m, n, k = 60, 50, 3
     clean = low_rank(rng, m, n, k)  # entries of unit-ish scale (std about sqrt(3))

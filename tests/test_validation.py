@@ -6,7 +6,7 @@ import pytest
 
 import jmf
 from jmf._src import _validation as V
-from jmf.solvers import ratings_als, ratings_gradient, implicit_als
+from jmf.solvers import implicit_als, ratings_als, ratings_gradient
 
 S = jmf.solvers
 OPT = optax.sgd(0.1)

@@ -1012,8 +1012,8 @@ def run(
 
 # -- tables ---------------------------------------------------------------------------------
 
-_FRONT = ["dataset", "solver", "rank", "restart", "loss", "svd_loss", "rel_error", "svd_rel_error", "train_rmse", "test_rmse",
-          "test_mae", "n_iter", "status", "seconds", "compile_seconds"]
+_FRONT = ["dataset", "solver", "rank", "restart", "loss", "svd_loss", "rel_error", "svd_rel_error", "train_rmse",
+          "test_rmse", "test_mae", "n_iter", "status", "seconds", "compile_seconds"]
 
 
 def load_results(path, *, ids: Optional[Iterable[str]] = None):

@@ -96,7 +96,8 @@ def _check_solver(solver, data):
         raise TypeError(f"solver must be a jmf Solver (e.g. jmf.solvers.adam(1e-2)), got {type(solver).__name__}")
     kind = data_kind(data)
     if kind not in solver.data_kinds:
-        raise ValueError(f"solver {solver.name!r} does not support {kind} data (supports: {', '.join(solver.data_kinds)})")
+        raise ValueError(f"solver {solver.name!r} does not support {kind} data "
+                         f"(supports: {', '.join(solver.data_kinds)})")
     if solver.nonnegative and not is_global(data):
         lo = data.min()
         if lo < 0:
@@ -310,7 +311,8 @@ class FitManyResult(NamedTuple):
             x = jnp.asarray(x)
             if x.ndim < len(self.axes):  # e.g. `iterations`, shared by all members
                 return x
-            i = jnp.expand_dims(idx, ax).reshape(idx.shape[:ax] + (1,) + idx.shape[ax:] + (1,) * (x.ndim - len(self.axes)))
+            trailing = (1,) * (x.ndim - len(self.axes))
+            i = jnp.expand_dims(idx, ax).reshape(idx.shape[:ax] + (1,) + idx.shape[ax:] + trailing)
             return jnp.take_along_axis(x, i, axis=ax).squeeze(ax)
 
         result = jax.tree_util.tree_map(pick, self.result._replace(iterations=None))
@@ -457,7 +459,8 @@ def fit_many(
             if keys.ndim != 1:
                 raise ValueError(f"keys must be a 1-D array of keys, got shape {keys.shape}")
         elif keys.ndim != 2 or keys.shape[-1] != 2:
-            raise ValueError(f"keys must be jax.random.split(key, S) (typed keys or uint32 (S, 2)), got shape {keys.shape}")
+            raise ValueError("keys must be jax.random.split(key, S) (typed keys or uint32 (S, 2)), "
+                             f"got shape {keys.shape}")
         elif keys.dtype != jnp.uint32:
             raise TypeError(f"keys must be typed PRNG keys or uint32 key data (jax.random.split(key, S)), "
                             f"got an array of {keys.dtype}")
@@ -553,7 +556,8 @@ def _fit_list(items: Sequence, solver, max_buckets: int = 8, **kwargs) -> list:
     kinds = {type(d) for d in datas}
     if len(kinds) > 1:
         raise TypeError("data mixes Dense and Sparse matrices; fit them in separate calls")
-    requested = [r for r in ([kwargs.get("rank")] + list(kwargs.get("ranks") or [])) if isinstance(r, (int, np.integer))]
+    candidates = [kwargs.get("rank")] + list(kwargs.get("ranks") or [])
+    requested = [r for r in candidates if isinstance(r, (int, np.integer))]
     for i, d in enumerate(datas):
         if requested and max(requested) > min(d.shape):
             raise ValueError(f"rank {max(requested)} is out of range for data[{i}] of shape {d.shape}: "

@@ -4,7 +4,8 @@ Every initializer has the signature ``init(key, data, width, rank=None) ->
 Factors`` with ``W`` of shape ``(m, width)`` and ``H`` of shape ``(width, n)``.
 ``rank`` (``<= width``, may be a traced integer) is the member's actual rank:
 columns beyond it are zero.  Random components are drawn so that the
-first ``r`` columns do not depend on ``width`` (see :func:`_components`): a rank-``r`` member padded to the largest rank of a
+first ``r`` columns do not depend on ``width`` (see :func:`_components`):
+a rank-``r`` member padded to the largest rank of a
 :func:`jmf.fit_many` call starts from exactly the factors of a separate
 rank-``r`` fit with the same key.
 """
@@ -269,4 +270,5 @@ def add_biases(f: Factors, data) -> Factors:
     """Zero row/column biases and the observed mean as offset."""
     m, n = data.shape
     dtype = f.W.dtype
-    return f._replace(row_bias=jnp.zeros((m,), dtype), col_bias=jnp.zeros((n,), dtype), offset=data.mean().astype(dtype))
+    return f._replace(row_bias=jnp.zeros((m,), dtype), col_bias=jnp.zeros((n,), dtype),
+                      offset=data.mean().astype(dtype))

@@ -517,7 +517,8 @@ def _load_npz_matrix(path: str, dtype, info: dict):
         try:
             m = sp.load_npz(path).tocoo()
         except _CORRUPT as exc:
-            raise ValueError(f"{path!r} is not a readable scipy.sparse .npz file: {type(exc).__name__}: {exc}") from None
+            raise ValueError(f"{path!r} is not a readable scipy.sparse .npz file: "
+                             f"{type(exc).__name__}: {exc}") from None
         _check_fits(m.data, dtype, repr(path), _RANGE_HINT)
         info.update(kind="sparse", shape=tuple(m.shape), nnz=int(m.nnz))
         return Sparse(m.row, m.col, m.data.astype(dtype), m.shape, duplicates="sum"), info

@@ -221,7 +221,9 @@ def _gradient_loss(who, loss, l2, l1, bias_l2, delta, count_scaled):
 
 
 def _gradient_extras(who, loss, l2, l1, bias_l2, delta, count_scaled, projection, batch_size, biases) -> dict:
-    """Keyword arguments of :func:`jmf.solvers.gradient`, leaving out its defaults (so equal settings share a cache entry)."""
+    """Keyword arguments of :func:`jmf.solvers.gradient`, leaving out its defaults.
+
+    Equal settings then share a cache entry."""
     extras = dict(loss=_gradient_loss(who, loss, l2, l1, bias_l2, delta, count_scaled), projection=projection,
                   batch_size=batch_size, biases=biases)
     return {k: v for k, v in extras.items() if v is not None and v is not False}
@@ -453,7 +455,9 @@ DATASETS: dict[str, Callable] = {
 
 
 def register_dataset(kind: str, generator: Callable) -> None:
-    """Add a dataset kind: ``generator(**params)`` (plus ``key`` if it takes one) -> array, Dense, Sparse or (that, info)."""
+    """Add a dataset kind.
+
+    ``generator(**params)`` (plus ``key`` if it takes one) returns an array, a Dense, a Sparse, or (that, info)."""
     if not callable(generator):
         raise TypeError(f"generator must be callable, got {type(generator).__name__}")
     DATASETS[kind] = generator

@@ -89,7 +89,8 @@ def _lookup(known: np.ndarray, raw) -> np.ndarray:
     try:
         pos = np.searchsorted(known, raw)
     except TypeError as exc:
-        raise TypeError(f"ids of type {raw.dtype} cannot be compared with the index ids ({known.dtype}): {exc}") from None
+        raise TypeError(f"ids of type {raw.dtype} cannot be compared with the index ids ({known.dtype}): "
+                        f"{exc}") from None
     pos = np.clip(pos, 0, known.size - 1)
     found = known[pos] == raw
     return np.where(found, pos, -1).astype(np.int64)

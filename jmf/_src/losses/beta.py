@@ -47,7 +47,8 @@ _NAMES = {"frobenius": 2.0, "kullback-leibler": 1.0, "kl": 1.0, "itakura-saito":
 
 
 def check_beta(beta, owner=None) -> float:
-    """``beta`` as a float; accepts the names ``"frobenius"`` (2), ``"kullback-leibler"`` (1), ``"itakura-saito"`` (0)."""
+    """``beta`` as a float; accepts the names ``"frobenius"`` (2), ``"kullback-leibler"`` (1) and
+    ``"itakura-saito"`` (0)."""
     if isinstance(beta, str):
         key = beta.lower()
         if key not in _NAMES:

@@ -138,14 +138,17 @@ def start(job: Job, args: Args) -> Carry:
 
 
 def _direct(job: Job, args: Args, carry: Carry) -> Carry:
-    """The finished carry of a direct solver: its solution as iteration 1 (``CONVERGED``, or ``DIVERGED`` if not finite)."""
+    """The finished carry of a direct solver: its solution as iteration 1.
+
+    The status is ``CONVERGED``, or ``DIVERGED`` if the solution is not finite."""
 
     def member(key, f, s, d, mk):
         f, _ = first_iteration(job, key, f, s, d, mk)
         return f, job.solver.loss.value(f, d)
 
     every = frozenset(job.axes)
-    run = nest_vmap(member, job.axes, (frozenset({"restart"}), every, every, frozenset({"matrix"}), frozenset({"rank"})))
+    axes = (frozenset({"restart"}), every, every, frozenset({"matrix"}), frozenset({"rank"}))
+    run = nest_vmap(member, job.axes, axes)
     f, loss = run(args.key, carry.factors, carry.state, args.data, args.mask)
     ok = jnp.isfinite(loss)  # the solution does not depend on the start, whatever its loss
     status = jnp.where(ok, Status.CONVERGED.value, Status.DIVERGED.value).astype(jnp.int32)

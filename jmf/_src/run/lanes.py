@@ -142,7 +142,9 @@ def eligible(job: Job, args: Args) -> bool:
         return False
     if spec.projection not in (None, nonnegative) or solver.loss.spec[:1] != ("frobenius",):
         return False
-    if not job.axes or cfg.biases or not isinstance(data, Dense) or args.factors0 is not None or args.hparams is not None:
+    if not job.axes or cfg.biases or not isinstance(data, Dense):
+        return False
+    if args.factors0 is not None or args.hparams is not None:
         return False
     m, n = data.shape
     return m * n * cfg.width <= MAX_WORK

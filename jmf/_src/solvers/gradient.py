@@ -35,7 +35,9 @@ def optax_update(optimizer, grads, opt_state, params):
 
 
 def _reject_value_transforms(optimizer, who: str) -> None:
-    """Refuse Optax transforms whose ``update`` needs the loss value (``optax.lbfgs``, polyak_sgd, reduce_on_plateau...).
+    """Refuse Optax transforms whose ``update`` needs the loss value.
+
+    E.g. ``optax.lbfgs``, ``polyak_sgd``, ``reduce_on_plateau``.
 
     The update is traced once with :func:`jax.eval_shape` on tiny dummy factors: such transforms
     fail with a ``TypeError`` about missing ``value``/``grad``/``value_fn`` keyword arguments.

@@ -49,9 +49,9 @@ from ..factors import Factors, predict_entries
 from ..losses import frobenius
 from ..losses.base import _pair
 from ..losses.beta import _check_eps, beta_divergence, check_beta
-from .base import EmptyState, Solver, cached_factory
 from ._blocked import SparseLayout, bucketed_solve, sparse_layout
 from ._normal import dense_normal_equations
+from .base import EmptyState, Solver, cached_factory
 
 __all__ = ["mu", "hals", "HALSState"]
 
@@ -272,7 +272,9 @@ def _sparse_sweep(data, lay: SparseLayout, X, F, side, sweep):
 
 
 def _cd_shared(X, G, B):
-    """One cyclic coordinate sweep over the rows of ``X`` (``(k, p)``) for ``min 1/2 x^T G x - b^T x, x >= 0`` columnwise.
+    """One cyclic coordinate sweep over the rows of ``X`` (``(k, p)``).
+
+    Columnwise, for ``min 1/2 x^T G x - b^T x, x >= 0``.
 
     ``G`` (``(k, k)``) is shared by all ``p`` columns of ``X``; ``B`` is ``(k, p)``.
     A component with ``G[t, t] = 0`` (dead or rank-masked) is left as is.
