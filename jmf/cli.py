@@ -232,7 +232,7 @@ def _cmd_fit(args) -> int:
 
     import jmf
     import jmf.experiments as E
-    from jmf._src.experiments import _member_metrics
+    from jmf._src.experiments.runner import _member_metrics
     from jmf._src.registry import make_solver, solver_entry
 
     name = args.solver or "als"
@@ -274,7 +274,7 @@ def _cmd_fit(args) -> int:
         prepared = E.make_dataset({"name": os.path.basename(args.file), "data": data, "holdout": args.holdout})
     except (ValueError, TypeError) as exc:
         raise UsageError(f"--holdout {args.holdout}: {exc}" if args.holdout else str(exc)) from None
-    from jmf._src.experiments import _compatibility
+    from jmf._src.experiments.runner import _compatibility
 
     problem = _compatibility(solver, prepared.train)
     if problem is not None:

@@ -1,4 +1,4 @@
-"""Saving and loading factors, fit results and input matrices -- without pickle.
+"""Saving and loading factors and fit results -- without pickle.
 
 Files written here are ``.npz`` archives of plain numeric arrays plus one
 JSON string (``__meta__``) for metadata, so :func:`numpy.load` reads them with
@@ -10,9 +10,8 @@ directory, flushed to disk (``fsync``) and moved over the target with
 old file or the new one, never a truncated mix; an existing file is never
 touched unless the new one is complete.
 
-:func:`load_matrix` reads the input formats of the ``jmf`` command
-(``.npy``, ``.npz``, Matrix Market ``.mtx``, numeric CSV/TSV and ratings
-tables).
+Reading input files (matrices and ratings tables) lives in
+:mod:`jmf._src.datasets.readers`.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .data import Dense, Sparse, _check_fits
 from .factors import Factors
 
 __all__ = [
@@ -36,7 +34,6 @@ __all__ = [
     "load_factors",
     "save_result",
     "load_result",
-    "load_matrix",
     "atomic_write",
     "MATRIX_SUFFIXES",
 ]
@@ -365,184 +362,3 @@ def load_result(path, *, with_metadata: bool = False):
     if with_metadata:
         return res, meta.get("metadata", {})
     return res
-
-
-# -- input matrices ---------------------------------------------------------------------
-
-_RATING_HEADERS = {"user", "userid", "user_id", "item", "itemid", "item_id", "movie", "movieid", "movie_id",
-                   "rating", "score", "value"}
-
-
-def _sniff_delimiter(line: str) -> Optional[str]:
-    for delim in ("::", "\t", ",", ";"):
-        if delim in line:
-            return delim
-    return None  # whitespace
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-def load_matrix(path, *, format: str = "auto", dtype=np.float32):
-    """Read a matrix file into :class:`~jmf.Dense` or :class:`~jmf.Sparse`.
-
-    Parameters
-    ----------
-    path : str
-        ``.npy`` (one 2-D array), ``.npz`` (one 2-D array, or a
-        ``scipy.sparse.save_npz`` file), ``.mtx`` (Matrix Market, sparse or
-        dense), ``.csv``/``.tsv``/``.txt`` (a dense numeric table; NaN or an
-        empty field marks a missing entry; a non-numeric first row is a
-        header and is skipped), or a ratings table
-        (``user, item, rating[, timestamp]`` rows; ``.data``/``.dat``/``.base``/
-        ``.test`` files such as MovieLens' ``u.data`` and ``ratings.dat``).
-    format : {"auto", "dense", "ratings"}
-        How to read text files.  "auto" treats a text file as ratings when
-        its header names user/item/rating columns or its suffix is a ratings
-        suffix, else as a dense table.
-    dtype : numpy dtype, default float32
-
-    Returns
-    -------
-    data : Dense or Sparse
-        Ratings become a :class:`Sparse` with raw user/item ids re-indexed to
-        ``0..m-1`` / ``0..n-1`` in order of first appearance of the sorted ids.
-    info : dict
-        ``{"path", "kind", "shape", "nnz", ...}``; ratings add ``"user_ids"``
-        and ``"item_ids"`` (the raw id of each row/column) and ``"duplicates"``
-        (repeated user/item pairs, merged keeping the last rating); a dense
-        table with a header adds ``"header"``.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    ValueError
-        If the suffix is unknown, the file is empty, truncated or corrupted,
-        or the content is not a numeric matrix.
-    """
-    path = os.fspath(path)
-    if format not in ("auto", "dense", "ratings"):
-        raise ValueError(f"format must be 'auto', 'dense' or 'ratings', got {format!r}")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path!r}")
-    if os.path.isdir(path):
-        raise ValueError(f"{path!r} is a directory; give a matrix file ({', '.join(MATRIX_SUFFIXES)})")
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in MATRIX_SUFFIXES:
-        raise ValueError(f"unknown file type {suffix!r} for {path!r}; supported: {', '.join(MATRIX_SUFFIXES)}")
-    info: dict = {"path": path}
-    if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            if "pickle" in str(exc):
-                raise ValueError(f"{path!r} is not a pickle-free numeric .npy file: {exc}") from None
-            raise ValueError(f"{path!r} is not a readable .npy file (truncated or corrupted?): {exc}") from None
-        except (EOFError, OSError) as exc:  # a zero-byte file raises EOFError
-            raise ValueError(f"{path!r} is not a readable .npy file (empty, truncated or corrupted?): "
-                             f"{type(exc).__name__}: {exc}") from None
-        return _dense_from_array(arr, path, dtype, info)
-    if suffix == ".npz":
-        return _load_npz_matrix(path, dtype, info)
-    if suffix == ".mtx":
-        import scipy.io
-        import scipy.sparse as sp
-
-        try:
-            m = scipy.io.mmread(path)
-        except Exception as exc:
-            raise ValueError(f"{path!r} is not a readable Matrix Market file: {exc}") from None
-        if sp.issparse(m):
-            coo = m.tocoo()
-            _check_fits(coo.data, dtype, repr(path), _RANGE_HINT)
-            info.update(kind="sparse", shape=tuple(coo.shape), nnz=int(coo.nnz))
-            data = Sparse(coo.row, coo.col, coo.data.astype(dtype), coo.shape, duplicates="sum")
-            return data, info
-        return _dense_from_array(np.asarray(m), path, dtype, info)
-    # text
-    with open(path, "r", encoding="utf-8", errors="replace") as fh:
-        first, first_line = "", 0
-        for first_line, line in enumerate(fh, 1):
-            if line.strip() and not line.lstrip().startswith("#"):
-                first = line.strip()
-                break
-    if not first:
-        raise ValueError(f"{path!r} is empty")
-    delim = _sniff_delimiter(first)
-    tokens = [t.strip().strip('"').lower() for t in (first.split(delim) if delim else first.split())]
-    has_header = not all(_is_number(t) or t in ("", "nan") for t in tokens)
-    ratings_header = has_header and len(_RATING_HEADERS.intersection(tokens)) >= 2
-    is_ratings = format == "ratings" or (format == "auto" and (
-        ratings_header or suffix in (".data", ".dat", ".base", ".test")))
-    if is_ratings:
-        return _load_ratings(path, dtype, info)
-    # A non-numeric first row of a dense table is a header (column names): skip it.
-    if has_header:
-        info["header"] = [t.strip().strip('"') for t in (first.split(delim) if delim else first.split())]
-    try:
-        arr = np.genfromtxt(path, delimiter=delim if delim != "::" else None, dtype=np.float64, comments="#",
-                            filling_values=np.nan, invalid_raise=True, skip_header=first_line if has_header else 0)
-    except ValueError as exc:
-        raise ValueError(f"{path!r} is not a rectangular numeric table: {exc}") from None
-    arr = np.atleast_2d(arr)
-    return _dense_from_array(arr, path, dtype, info)
-
-
-_RANGE_HINT = "rescale the data (or read it with load_matrix(..., dtype=np.float64) with JAX's x64 mode on)"
-
-
-def _dense_from_array(arr: np.ndarray, path: str, dtype, info: dict):
-    if arr.dtype.kind not in "fiub":
-        raise ValueError(f"{path!r} holds a {arr.dtype} array; expected numbers")
-    if arr.ndim != 2:
-        raise ValueError(f"{path!r} holds an array of shape {arr.shape}; expected a 2-D matrix")
-    _check_fits(arr, dtype, repr(path), _RANGE_HINT)
-    arr = arr.astype(dtype)
-    missing = int(np.isnan(arr).sum()) if arr.dtype.kind == "f" else 0
-    info.update(kind="dense", shape=tuple(arr.shape), nnz=int(arr.size - missing), missing=missing)
-    return (Dense.from_nan(arr) if missing else Dense(arr)), info
-
-
-def _load_npz_matrix(path: str, dtype, info: dict):
-    arrays = _load_npz(path)
-    if {"format", "shape", "data"}.issubset(arrays):  # scipy.sparse.save_npz
-        import scipy.sparse as sp
-
-        try:
-            m = sp.load_npz(path).tocoo()
-        except _CORRUPT as exc:
-            raise ValueError(f"{path!r} is not a readable scipy.sparse .npz file: "
-                             f"{type(exc).__name__}: {exc}") from None
-        _check_fits(m.data, dtype, repr(path), _RANGE_HINT)
-        info.update(kind="sparse", shape=tuple(m.shape), nnz=int(m.nnz))
-        return Sparse(m.row, m.col, m.data.astype(dtype), m.shape, duplicates="sum"), info
-    names = [f for f in arrays if f != _META]
-    if not names:
-        raise ValueError(f"{path!r} holds no arrays")
-    key = "A" if "A" in names else names[0] if len(names) == 1 else None
-    if key is None:
-        raise ValueError(f"{path!r} holds several arrays {names}; name the matrix 'A' or save only one")
-    return _dense_from_array(arrays[key], path, dtype, info)
-
-
-def _load_ratings(path: str, dtype, info: dict):
-    from .datasets import index_ratings, read_ratings
-
-    try:
-        df = read_ratings(path)
-        # Repeated (user, item) pairs are merged keeping the last; count them so callers can say so.
-        duplicates = int(df.duplicated(subset=["user", "item"]).sum())
-        table = index_ratings(df, duplicates="last", dtype=dtype)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path!r} is not a readable ratings table: {exc}") from None
-    users, items = np.asarray(table.users), np.asarray(table.items)
-    info.update(kind="ratings", shape=tuple(table.data.shape), nnz=int(table.data.nnz), duplicates=duplicates,
-                user_ids=users.astype(str) if users.dtype == object else users,
-                item_ids=items.astype(str) if items.dtype == object else items)
-    return table.data, info

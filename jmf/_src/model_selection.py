@@ -18,7 +18,7 @@ import numpy as np
 from ._validation import as_key
 from .data import Sparse, _rebuild
 
-__all__ = ["train_test_split", "leave_k_out", "kfold", "subset"]
+__all__ = ["train_test_split", "leave_k_out", "kfold", "subset", "holdout_mask"]
 
 
 def _check(data):
@@ -41,6 +41,21 @@ def subset(data: Sparse, index) -> Sparse:
     idx = jnp.asarray(index, dtype=jnp.int32)
     w = None if data.weights is None else data.weights[idx]
     return _rebuild(Sparse, (data.rows[idx], data.cols[idx], data.vals[idx], w), data.shape)
+
+
+def holdout_mask(n_entries: int, fraction: float, rng: np.random.Generator, weights=None) -> np.ndarray:
+    """A boolean mask of ``round(fraction * n_observed)`` entries drawn without replacement.
+
+    Entries with weight 0 (``weights``, optional) are never drawn.  ``rng``
+    is a NumPy generator (see :func:`jmf._src._validation.numpy_rng` to
+    derive one from a key); the experiment runner uses this to hide and
+    hold out entries of its datasets.
+    """
+    observed = np.flatnonzero(np.asarray(weights) > 0) if weights is not None else np.arange(n_entries)
+    n_test = int(round(fraction * len(observed)))
+    mask = np.zeros(n_entries, bool)
+    mask[rng.choice(observed, size=n_test, replace=False)] = True
+    return mask
 
 
 def train_test_split(data: Sparse, test_size: float = 0.2, key=0):

@@ -425,7 +425,7 @@ def _image(name: str = "china.jpg", step: int = 1):
 
 def _file(path: str, format: str = "auto"):
     """A matrix file read with :func:`jmf.io.load_matrix`."""
-    from .io import load_matrix
+    from .datasets.readers import load_matrix
 
     data, info = load_matrix(path, format=format)
     return data, {k: v for k, v in info.items() if k in ("kind", "shape", "nnz", "missing")}

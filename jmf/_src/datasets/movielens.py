@@ -34,7 +34,8 @@ import tempfile
 import zipfile
 from typing import Optional
 
-from .ratings import index_ratings, read_ratings
+from .ratings import index_ratings
+from .readers import read_ratings
 
 __all__ = ["movielens", "movielens_path", "ARCHIVES", "data_home", "download", "extract_zip"]
 

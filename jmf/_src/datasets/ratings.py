@@ -1,4 +1,4 @@
-"""Ratings tables: reading files, re-indexing raw ids, building :class:`jmf.Sparse`.
+"""Ratings tables: re-indexing raw ids, building :class:`jmf.Sparse` (files: :mod:`.readers`).
 
 A ratings table has one row per observed (user, item, rating) triple, with
 arbitrary raw ids (MovieLens movie ids are sparse integers, other sources use
@@ -11,14 +11,13 @@ back to the biases, see :func:`jmf.cf.predict`).
 
 from __future__ import annotations
 
-import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
 from ..data import Sparse
 
-__all__ = ["Ratings", "index_ratings", "read_ratings", "ratings_from_scipy", "RATING_COLUMNS"]
+__all__ = ["Ratings", "index_ratings", "ratings_from_scipy", "RATING_COLUMNS"]
 
 RATING_COLUMNS = ("user", "item", "rating", "timestamp")
 
@@ -180,120 +179,3 @@ def ratings_from_scipy(matrix) -> Ratings:
     data = Sparse.from_scipy(matrix)
     m, n = data.shape
     return Ratings(data, np.arange(m), np.arange(n))
-
-
-# -- reading files ------------------------------------------------------------------------
-
-_FORMATS = ("csv", "tsv", "dat", "whitespace", "parquet")
-
-
-def _sniff(path: str):
-    """Guess ``(sep, has_header)`` from the first line of a text ratings file."""
-    with open(path, "rb") as fh:
-        head = fh.readline().decode("utf-8", errors="replace").strip("\r\n")
-    if not head.strip():
-        raise ValueError(f"{path}: the first line is empty; cannot tell the format")
-    if "::" in head:
-        sep = "::"
-    elif "\t" in head:
-        sep = "\t"
-    elif "," in head:
-        sep = ","
-    elif ";" in head:
-        sep = ";"
-    else:
-        sep = r"\s+"
-    fields = [f for f in (head.split() if sep == r"\s+" else head.split(sep)) if f != ""]
-    if len(fields) < 3:
-        raise ValueError(f"{path}: expected at least 3 fields (user, item, rating) per line, got {fields!r}")
-
-    def numeric(s):
-        try:
-            float(s)
-            return True
-        except ValueError:
-            return False
-
-    has_header = not numeric(fields[2])
-    return sep, has_header
-
-
-def read_ratings(path, format: Optional[str] = None, names=None):
-    """Read a ratings file into a DataFrame with columns user, item, rating[, timestamp].
-
-    Parameters
-    ----------
-    path : str or path-like
-        A file in one of the MovieLens layouts or a generic table:
-        ``ratings.csv`` (comma, header ``userId,movieId,rating,timestamp``),
-        ``ratings.dat`` (``::``-separated, ml-1m / ml-10m), ``u.data`` /
-        ``u1.base`` / ``u1.test`` (tab-separated, ml-100k), any other
-        comma / tab / semicolon / whitespace separated text with or without a
-        header, or ``.parquet``.  The separator and header are sniffed from
-        the first line.
-    format : {"csv", "tsv", "dat", "whitespace", "parquet"}, optional
-        Force the layout instead of sniffing.
-    names : sequence of str, optional
-        Column names for headerless files (default user, item, rating, timestamp).
-
-    Returns
-    -------
-    pandas.DataFrame
-        The first three columns renamed ``user``, ``item``, ``rating`` (a
-        fourth one, if present, ``timestamp``); extra columns are dropped.
-    """
-    import pandas as pd
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ratings file not found: {path}")
-    if format is not None and format not in _FORMATS:
-        raise ValueError(f"format must be one of {_FORMATS}, got {format!r}")
-    if format == "parquet" or (format is None and path.endswith(".parquet")):
-        df = pd.read_parquet(path)
-        return _normalize(df)
-    if format is None:
-        sep, header = _sniff(path)
-    else:
-        sep = {"csv": ",", "tsv": "\t", "dat": "::", "whitespace": r"\s+"}[format]
-        header = _sniff(path)[1]
-    hdr = 0 if header else None
-    if sep == "::":
-        # The fast C parser takes one-character separators: split on ':' and keep every other field.
-        with open(path, "rb") as fh:
-            n_fields = fh.readline().decode("utf-8", errors="replace").count("::") + 1
-        df = pd.read_csv(path, sep=":", header=hdr, usecols=list(range(0, 2 * n_fields, 2)), engine="c")
-    elif sep == r"\s+":
-        df = pd.read_csv(path, sep=r"\s+", header=hdr)
-    else:
-        df = pd.read_csv(path, sep=sep, header=hdr, engine="c")
-    if not header:
-        cols = list(names) if names is not None else list(RATING_COLUMNS)
-        df.columns = (cols + [f"c{i}" for i in range(len(cols), df.shape[1])])[: df.shape[1]]
-    return _normalize(df)
-
-
-def _normalize(df):
-    if df.shape[1] < 3:
-        raise ValueError(f"a ratings table needs at least 3 columns (user, item, rating), got {list(df.columns)}")
-    cols = list(df.columns)
-    lower = {str(c).lower(): c for c in cols}
-    pick = []
-    for want, aliases in (
-        ("user", ("user", "userid", "user_id", "uid")),
-        ("item", ("item", "itemid", "item_id", "movieid", "movie_id", "iid")),
-        ("rating", ("rating", "ratings", "score", "value")),
-        ("timestamp", ("timestamp", "time", "ts")),
-    ):
-        found = next((lower[a] for a in aliases if a in lower), None)
-        pick.append(found)
-    if all(p is not None for p in pick[:3]):
-        chosen = [p for p in pick if p is not None]
-        out = df[chosen].copy()
-        out.columns = list(RATING_COLUMNS[: len(chosen)])
-    else:
-        out = df.iloc[:, : min(4, df.shape[1])].copy()
-        out.columns = list(RATING_COLUMNS[: out.shape[1]])
-    if out["rating"].dtype == object:
-        raise TypeError("the rating column is not numeric")
-    return out
