@@ -147,7 +147,7 @@ def test_sparse_equals_dense_masked(biases, row_scaled):
 
 
 def test_sparse_engine_against_the_definition(monkeypatch):
-    """Bucketed Gram blocks + batched Cholesky give every row's ridge solution, whatever the entry order."""
+    """Packed Gram blocks + batched Cholesky give every row's ridge solution, whatever the entry order."""
     A, M = _masked(6)
     data = _sparse(A, M)
     f0 = _start(4, biases=True)
@@ -168,7 +168,7 @@ def test_sparse_engine_against_the_definition(monkeypatch):
         def system(G, R, seg, x0):
             return _normal.solve_spd(G, R, jnp.full(R.shape, ridge))
 
-        return _blocked.bucketed_solve(lay.rows, jnp.zeros((M_, K_ + 1)), contrib, system, N_, data.nnz), lay
+        return _blocked.packed_solve(lay.rows, jnp.zeros((M_, K_ + 1)), contrib, system, N_, data.nnz), lay
 
     x, lay = jax.jit(solve)(data)
     Fn, t = np.asarray(F), A - np.asarray(shift)[None, :]

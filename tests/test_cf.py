@@ -143,16 +143,16 @@ def test_bad_hyperparameters():
 
 
 @pytest.mark.parametrize("count_scaled", [False, True])
-def test_bucketed_gradient_matches_autodiff(rng, count_scaled):
+def test_packed_gradient_matches_autodiff(rng, count_scaled):
     from jmf._src.solvers._blocked import sparse_layout
-    from jmf._src.solvers.ratings import _bucketed_grad
+    from jmf._src.solvers.ratings import _packed_grad
 
     data, r, c, v = _ratings(rng, 50, 70, density=0.3)  # columns with more entries than the smallest bucket
     m, n = data.shape
     f = jmf.Factors(rng.standard_normal((m, 4)), rng.standard_normal((4, n)), rng.standard_normal(m),
                     rng.standard_normal(n), np.float64(3.0))
     f = jax.tree_util.tree_map(jnp.asarray, f)
-    g = jax.jit(lambda f, d: _bucketed_grad(f, sparse_layout(d), d, 0.3, 0.3, count_scaled))(f, data)
+    g = jax.jit(lambda f, d: _packed_grad(f, sparse_layout(d), d, 0.3, 0.3, count_scaled))(f, data)
     ref = jax.grad(lambda f: _dense_loss(f, r, c, v, m, n, 0.3, count_scaled))(f)
     for a, b in zip(g, ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-12)

@@ -304,7 +304,7 @@ _register("ratings_gradient", _ratings_gradient, (
     _LR,
     Param("l2", "float", 0.1, "ridge penalty on W and H (sum units)", lo=0.0),
     _BIAS_L2, _COUNT_SCALED, _BIASES._replace(default=True), _CHUNK,
-), "Full-batch gradient steps for explicit ratings (biases, bucketed gradient).")
+), "Full-batch gradient steps for explicit ratings (biases, packed gradient passes).")
 
 
 def solver_names() -> list[str]:

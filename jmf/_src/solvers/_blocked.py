@@ -1,4 +1,4 @@
-r"""The sparse normal-equation engine: per-row systems in O(nnz + (m + n) k) memory, with batched matrix products.
+r"""The sparse normal-equation engine: per-row systems in O(nnz + (m + n) k) memory, in one small program.
 
 Alternating least squares on observed entries solves, for every segment
 ``s`` (a row of one side, e.g. a user), a small ridge regression over the
@@ -11,31 +11,33 @@ Forming ``y_j y_j^T`` per entry and scattering costs ``nnz K^2`` memory
 traffic at elementwise speed, and XLA's CPU scatter of wide windows is slow,
 so instead:
 
-* segments are grouped into *buckets* by their number of entries, bucket
-  ``b`` holding the segments with ``2^(b-1) < count <= 2^b`` entries (the
-  smallest bucket, 32 entries, also holds the short and the empty segments);
-* a bucket is processed in blocks of ``VB`` segments: their entries are
-  gathered into a zero-padded ``(VB, 2^b, K)`` slab (at most 2x padding),
-  the Gram matrices come from one batched matrix product, the systems are
-  solved right there (by the caller's ``system``: a Cholesky solve with
-  :func:`._normal.solve_spd`, coordinate descent for NMF, ...; or matrix-free
-  conjugate gradients warm-started from the current rows, which never form
-  the Gram matrices), and only the ``(VB, K)`` solutions are written out.
-  The block size grows with ``nnz`` (2,048 to 65,536 entries per slab).
+* each segment's entries (contiguous in a processing order) are cut into
+  *tiles* of ``T`` slots, one width for all (:func:`tile_width`: about half
+  the average segment length, a power of two in [4, 64]);
+* whole segments are *packed* into chunks of ``C`` tiles, in processing
+  order, a segment never straddling two chunks (``C`` holds at least two
+  of the longest possible segment, so every chunk but the last is more
+  than half full);
+* a chunk is processed in one step: its entries are gathered into a
+  zero-padded ``(C, T, K)`` slab, per-tile Grams / right-hand sides are
+  summed into the chunk's segments with a sorted ``segment_sum``, the
+  systems are solved right there (by the caller's ``system``: a Cholesky
+  solve with :func:`._normal.solve_spd`, coordinate descent for NMF, ...;
+  or matrix-free conjugate gradients warm-started from the current rows,
+  which never form the Gram matrices and keep the slab in cache across
+  their steps), and only the segments' ``(K,)`` solutions are written out.
 
-Every ALS-type solver on sparse data runs on this engine (ALS with or
-without biases and count scaling, masked HALS, implicit ALS, the bucketed
-gradient of ratings models).  It replaced a second engine that summed tiled
-Gram blocks into an ``(S, K, K)`` array and solved them afterwards: on 100k
-synthetic ratings at rank 32 the two took about the same time per exact
-sweep, but only this one can run conjugate gradients without forming the
-Gram matrices (3x faster sweeps) and never holds ``S K^2`` floats.
+All chunks share one shape, so a half-step is ONE loop body whatever the
+distribution of segment lengths: the engine it replaced grouped segments
+into power-of-two length buckets with one loop body each (about 22 on
+MovieLens latest-small), which made ALS programs take 20-30 s to compile;
+the packed engine compiles in a few seconds (BENCHMARKS.md, compilation).
 
 No ``(S, K, K)`` array is ever formed.  Everything runs inside ``jit``: the
-bucket of each segment, the segment order and the number of blocks per
-bucket (a ``fori_loop`` with a traced trip count) come from the sorted
-segment ids; only the bucket sizes ``2^b`` are static.
+packing comes from a ``lax.scan`` over the segments' tile counts, and the
+number of chunks is a traced trip count; only ``T`` and ``C`` are static.
 """
+
 
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Side", "SparseLayout", "side_layout", "sparse_layout", "bucketed_rows", "bucketed_solve", "bucketed_cg",
-           "segment_counts"]
+__all__ = ["Side", "SparseLayout", "side_layout", "sparse_layout", "packed_rows", "packed_solve", "packed_cg",
+           "per_segment", "packing", "tile_width", "segment_counts"]
 
 
 def _cg_iteration(matvec: Callable, state):
@@ -69,117 +71,129 @@ def _cg_iteration(matvec: Callable, state):
 
 
 class Side(NamedTuple):
-    """Static-size layout of one side's segments (computed once per data set, in ``Solver.init``)."""
+    """Static-size packing of one side's segments (computed once per data set, in ``Solver.init``).
+
+    Tile slots are laid out chunk after chunk (``n_slots = n_chunks_max * C``).
+    """
 
     counts: jax.Array  # (S,) entries per segment
-    indptr: jax.Array  # (S,) first entry of each segment in processing order
+    indptr: jax.Array  # (S,) processing position of each segment's first entry
     order: Optional[jax.Array]  # (nnz,) data position of each entry in processing order; None: identity
-    seg_order: jax.Array  # (S,) segments sorted by bucket (empty ones in the first)
-    bucket_start: jax.Array  # (n_buckets,) first position in seg_order of each bucket
-    bucket_size: jax.Array  # (n_buckets,)
+    tile_start: jax.Array  # (n_slots,) processing position of each tile's first entry
+    tile_length: jax.Array  # (n_slots,) entries in the tile (0: an unused slot)
+    tile_local: jax.Array  # (n_slots,) the tile's segment within its chunk (C for unused slots)
+    local_segment: jax.Array  # (n_slots,) segment id of each chunk-local segment slot (S: unused)
+    n_chunks: jax.Array  # () chunks in use
 
 
-# Smallest bucket: segments with up to this many entries share one slab width.  Ratings data are
-# dominated by short rows/columns (ml-latest-small: most items have < 10 ratings), which a
-# 32-wide slab padded ~6x; 4 made implicit ALS 1.5x and ALS-WR 1.7x faster there, for a few
-# more loop bodies to compile (BENCHMARKS.md, CF section).
-MIN_ENTRIES = 4
+def tile_width(nnz: int, n_segments: int) -> int:
+    """Slots per tile: about half a segment's average length, a power of two in [4, 64] (static)."""
+    average = max(nnz / max(n_segments, 1), 1.0)
+    return int(min(64, max(4, 2 ** round(math.log2(max(average / 2, 1.0))))))
 
 
-def _bucket_range(max_count: int, min_entries: int = MIN_ENTRIES):
-    b_min = max(0, int(math.ceil(math.log2(max(min_entries, 1)))))
-    b_max = max(b_min, int(math.ceil(math.log2(max(max_count, 1)))))
-    return b_min, b_max
+def packing(nnz: int, n_segments: int, max_count: int) -> tuple[int, int, int]:
+    """Static ``(T, C, n_chunks_max)``: tile width, tiles per chunk, and a bound on the chunks.
+
+    ``C`` holds two of the longest possible segments (``max_count`` entries)
+    and at least ~16k slots, so each chunk but the last is more than half
+    full and there are at most ``2 tiles / C + 1`` chunks.
+    """
+    T = tile_width(nnz, n_segments)
+    longest = -(-max(max_count, 1) // T)
+    n_tiles = nnz // T + n_segments  # each segment adds at most one partial tile
+    C = max(2 * longest, min(-(-(1 << 14) // T), n_tiles))
+    return T, C, 2 * n_tiles // C + 2
 
 
-def side_layout(seg, n_segments: int, order, max_count: int, min_entries: int = MIN_ENTRIES) -> Side:
-    """Layout of the segments with sorted ids ``seg`` (processing order); see :func:`bucketed_solve`."""
-    counts, indptr = segment_counts(seg, n_segments)
-    b_min, b_max = _bucket_range(max_count, min_entries)
-    bucket = jnp.full((n_segments,), b_min, jnp.int32)
-    for b in range(b_min, b_max):
-        bucket = bucket + (counts > (1 << b)).astype(jnp.int32)
-    key = bucket  # empty segments (count 0) join the smallest bucket
-    seg_order = jnp.argsort(key, stable=True).astype(jnp.int32)
-    n_in = jax.ops.segment_sum(jnp.ones_like(key), key - b_min, num_segments=b_max - b_min + 1)
-    return Side(counts, indptr, order, seg_order, (jnp.cumsum(n_in) - n_in).astype(jnp.int32),
-                n_in.astype(jnp.int32))
+def side_layout(seg, n_segments: int, order, max_count: int) -> Side:
+    """Packing of the segments with sorted ids ``seg`` (processing order); see the module docstring."""
+    S = n_segments
+    nnz = seg.shape[0]
+    T, C, NC = packing(nnz, S, max_count)
+    counts, indptr = segment_counts(seg, S)
+    n_tiles = (counts + T - 1) // T
+
+    def place(carry, nt):
+        chunk, fill, local = carry
+        new = fill + nt > C
+        chunk, fill, local = jnp.where(new, chunk + 1, chunk), jnp.where(new, 0, fill), jnp.where(new, 0, local)
+        return (chunk, fill + nt, local + (nt > 0).astype(jnp.int32)), (chunk, fill, local)
+
+    zero = jnp.zeros((), jnp.int32)
+    (last, _, _), (chunk, fill, local) = jax.lax.scan(place, (zero, zero, zero), n_tiles)
+    first_slot = chunk * C + fill  # nondecreasing in processing order
+    p = jnp.arange(NC * C, dtype=jnp.int32)
+    s = jnp.clip(jnp.searchsorted(first_slot, p, side="right").astype(jnp.int32) - 1, 0, S - 1)
+    j = p - first_slot[s]
+    used = (j >= 0) & (j < n_tiles[s])
+    tile_start = jnp.where(used, indptr[s] + j * T, 0)
+    tile_length = jnp.where(used, jnp.clip(counts[s] - j * T, 0, T), 0)
+    tile_local = jnp.where(used, local[s], C)
+    slot = jnp.where(n_tiles > 0, chunk * C + local, NC * C)  # empty segments own no slot
+    local_segment = jnp.full((NC * C,), S, jnp.int32).at[slot].set(jnp.arange(S, dtype=jnp.int32), mode="drop")
+    return Side(counts, indptr, order, tile_start.astype(jnp.int32), tile_length.astype(jnp.int32),
+                tile_local.astype(jnp.int32), local_segment, last + 1)
 
 
-def bucketed_rows(side: Side, X0, block_fn: Callable, max_count: int, nnz: int, min_entries: int = MIN_ENTRIES):
-    """New rows of ``X0`` (S, K') computed block by block from each segment's entries.
+def packed_rows(side: Side, X0, chunk_fn: Callable, nnz: int, max_count: int):
+    """New rows of ``X0`` (S, K') computed chunk by chunk from each segment's entries.
 
-    ``block_fn(ent, valid, seg, cnt, x0)`` gets the entry positions ``ent``
-    (VB, L) (valid where ``valid``), the segment ids ``seg`` (VB,), their
-    entry counts ``cnt`` (0 for padding) and current rows ``x0`` (VB, K'),
-    and returns the new rows (VB, K').  Rows of segments that are not
-    visited (none: every segment is in a bucket) keep ``X0``.
+    ``chunk_fn(ent, valid, tile_local, seg, x0)`` gets the entry positions
+    ``ent`` (C, T) of the chunk's tiles (valid where ``valid``), each tile's
+    chunk-local segment ``tile_local`` (C,) (``C`` for unused tiles; sorted,
+    so :func:`per_segment` sums tiles into segments), the segment id ``seg``
+    (C,) of each local segment slot (``S`` for unused slots) and their
+    current rows ``x0`` (C, K'), and returns the new rows (C, K').  Segments
+    without entries get rows of zeros.
     """
     S = X0.shape[0]
-    b_min, b_max = _bucket_range(max_count, min_entries)
-    counts, indptr, order, seg_order = side.counts, side.indptr, side.order, side.seg_order
-    start, n_in = side.bucket_start, side.bucket_size
-    # Entries per block: a slab is processed whole even when its bucket has fewer segments, so the
-    # block size grows with nnz (the waste stays a small fraction) while bounding memory and loop overhead.
-    per_block = int(min(max(2 ** round(math.log2(max(nnz, 1) / 32)), 2048), 65536))
-    X = X0
-    for i, b in enumerate(range(b_min, b_max + 1)):
-        L = 1 << b
-        # at most nnz / 2^(b-1) segments have more than 2^(b-1) entries
-        cap = max(1, nnz // max(1, L // 2))
-        # small buckets: at least 8192 entries per block (many segments; loop overhead dominates there)
-        entries = per_block if L > 32 else max(per_block, 8192)
-        VB = int(max(1, min(entries // L, cap, S)))
-        lane = jnp.arange(L, dtype=jnp.int32)
-        first, n_b = start[i], n_in[i]
+    T, C, _ = packing(nnz, S, max_count)
+    lane = jnp.arange(T, dtype=jnp.int32)
+    order = side.order
 
-        def body(t, X, L=L, VB=VB, lane=lane, first=first, n_b=n_b):
-            j = t * VB + jnp.arange(VB, dtype=jnp.int32)
-            ok = j < n_b
-            seg = seg_order[jnp.minimum(first + j, S - 1)]
-            cnt = jnp.where(ok, counts[seg], 0)
-            valid = lane[None, :] < cnt[:, None]
-            pos = jnp.where(valid, indptr[seg][:, None] + lane[None, :], 0)
-            ent = pos if order is None else order[pos]
-            x = block_fn(ent, valid, seg, cnt, X[seg])
-            return X.at[jnp.where(ok, seg, S)].set(x, mode="drop")
+    def body(c, X):
+        at = c * C
+        start = jax.lax.dynamic_slice_in_dim(side.tile_start, at, C)
+        length = jax.lax.dynamic_slice_in_dim(side.tile_length, at, C)
+        tile_local = jax.lax.dynamic_slice_in_dim(side.tile_local, at, C)
+        seg = jax.lax.dynamic_slice_in_dim(side.local_segment, at, C)
+        valid = lane[None, :] < length[:, None]
+        pos = jnp.where(valid, start[:, None] + lane[None, :], 0)
+        ent = pos if order is None else order[pos]
+        x0 = jnp.where((seg < S)[:, None], X[jnp.minimum(seg, S - 1)], 0)
+        return X.at[seg].set(chunk_fn(ent, valid, tile_local, seg, x0), mode="drop")
 
-        X = jax.lax.fori_loop(0, (n_b + VB - 1) // VB, body, X)
-    return X
+    X = jax.lax.fori_loop(0, side.n_chunks, body, X0)
+    return jnp.where((side.counts > 0)[:, None], X, 0)
 
 
-def bucketed_solve(
-    side: Side,
-    X0,
-    contrib: Callable,
-    system: Callable,
-    max_count: int,
-    nnz: int,
-    min_entries: int = MIN_ENTRIES,
-):
-    """Solve every segment's normal equations, bucket by bucket.
+def per_segment(x, tile_local):
+    """Sum per-tile values ``x`` (C, ...) into the chunk's segments (C, ...) (unused tiles dropped)."""
+    C = tile_local.shape[0]
+    return jax.ops.segment_sum(x, tile_local, num_segments=C, indices_are_sorted=True)
+
+
+def packed_solve(side: Side, X0, contrib: Callable, system: Callable, max_count: int, nnz: int):
+    """Solve every segment's normal equations, chunk by chunk.
 
     Parameters
     ----------
     side : Side
-        From :func:`side_layout`: entries per segment, the position of each
-        segment's first entry in the processing order (entries of a segment
-        are contiguous there), the data position of each entry in processing
-        order (``None``: the data order, for the rows of a :class:`jmf.Sparse`)
-        and the segments grouped by bucket.
+        From :func:`side_layout`.
     X0 : (S, K)
-        Current solutions (warm start; written over segment by segment).
-        Segments with no entries get ``system`` applied to a zero Gram, zero
-        right-hand side and zero start (so 0 for a regularized system).
-    contrib : (ent (VB, L), valid (VB, L)) -> (Y (VB, L, K), g (VB, L) or None, h (VB, L))
+        Current solutions (the start of iterative ``system`` solvers).
+        Segments with no entries get 0.
+    contrib : (ent (C, T), valid (C, T)) -> (Y (C, T, K), g (C, T) or None, h (C, T))
         Features and weights of the entries; padded slots must get ``g = h = 0``
         (or, with ``g = None`` meaning all ones, zero features).
-    system : (G (VB, K, K), R (VB, K), seg (VB,), x0 (VB, K)) -> x (VB, K)
-        Adds the segment's regularization (and any shared term) and solves.
+    system : (G (C, K, K), R (C, K), seg (C,), x0 (C, K)) -> x (C, K)
+        Adds the segment's regularization (and any shared term) and solves;
+        ``seg`` is ``S`` for unused slots (their ``G``, ``R`` are 0).
     max_count : int
         Static upper bound on a segment's number of entries (the size of the other side).
     nnz : int
-        Number of entries (static); sets the block size.
+        Number of entries (static).
 
     Returns
     -------
@@ -187,49 +201,49 @@ def bucketed_solve(
     """
     dtype = X0.dtype
 
-    def block_fn(ent, valid, seg, cnt, x0):
+    def chunk_fn(ent, valid, tile_local, seg, x0):
         Y, g, h = contrib(ent, valid)
         Yg = Y if g is None else Y * g[..., None]
-        G = jnp.einsum("vlk,vlj->vkj", Yg, Y, preferred_element_type=dtype)
-        R = jnp.einsum("vlk,vl->vk", Y, h, preferred_element_type=dtype)
-        x0 = jnp.where((cnt > 0)[:, None], x0, 0)  # empty segments start (and stay) at 0
+        G = per_segment(jnp.einsum("ctk,ctj->ckj", Yg, Y, preferred_element_type=dtype), tile_local)
+        R = per_segment(jnp.einsum("ctk,ct->ck", Y, h, preferred_element_type=dtype), tile_local)
         return system(G, R, seg, x0)
 
-    return bucketed_rows(side, X0, block_fn, max_count, nnz, min_entries)
+    return packed_rows(side, X0, chunk_fn, nnz, max_count)
 
 
-def bucketed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: int, max_count: int, nnz: int,
-                min_entries: int = MIN_ENTRIES):
-    """Matrix-free variant of :func:`bucketed_solve` with conjugate gradients.
+def packed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: int, max_count: int, nnz: int):
+    """Matrix-free variant of :func:`packed_solve` with conjugate gradients.
 
     Each segment's matrix ``A_s = B_s + sum_l g_l y_l y_l^T`` is applied as
-    ``base_apply(p, seg) + Y^T (g * (Y p))`` on the gathered slab, so a CG
+    ``base_apply(p, seg) + Y^T (g * (Y p))`` on the chunk's slab, so a CG
     step costs ``O(L K)`` per segment instead of forming the ``K x K`` Gram
     matrix (``O(L K^2)``): the right choice when ``steps`` is small compared
     with ``K`` (as in implicit ALS, Takacs et al. 2011).  Same arguments as
-    :func:`bucketed_solve` with ``base_apply(p (VB, K), seg (VB,)) -> (VB, K)``
+    :func:`packed_solve` with ``base_apply(p (C, K), seg (C,)) -> (C, K)``
     applying the shared / regularization part ``B_s``.
     """
     dtype = X0.dtype
 
-    def block_fn(ent, valid, seg, cnt, x0):
+    def chunk_fn(ent, valid, tile_local, seg, x0):
         Y, g, h = contrib(ent, valid)
-        R = jnp.einsum("vlk,vl->vk", Y, h, preferred_element_type=dtype)
+        R = per_segment(jnp.einsum("ctk,ct->ck", Y, h, preferred_element_type=dtype), tile_local)
+        pad = jnp.zeros((1,) + x0.shape[1:], dtype)
 
         def matvec(p):
-            s = jnp.einsum("vlk,vk->vl", Y, p, preferred_element_type=dtype)
+            pt = jnp.concatenate([p, pad], axis=0)[tile_local]  # unused tiles read a zero row
+            s = jnp.einsum("ctk,ck->ct", Y, pt, preferred_element_type=dtype)
             if g is not None:
                 s = s * g
-            return base_apply(p, seg) + jnp.einsum("vlk,vl->vk", Y, s, preferred_element_type=dtype)
+            return base_apply(p, seg) + per_segment(jnp.einsum("ctk,ct->ck", Y, s, preferred_element_type=dtype),
+                                                    tile_local)
 
-        x = jnp.where((cnt > 0)[:, None], x0, 0)
-        r = R - matvec(x)
-        state = (x, r, r, jnp.sum(r * r, axis=1))
-        for _ in range(steps):  # unrolled: a few steps, fused with the slab gather
+        r = R - matvec(x0)
+        state = (x0, r, r, jnp.sum(r * r, axis=1))
+        for _ in range(steps):  # unrolled: a few steps on the slab while it is in cache
             state = _cg_iteration(matvec, state)
         return state[0]
 
-    return bucketed_rows(side, X0, block_fn, max_count, nnz, min_entries)
+    return packed_rows(side, X0, chunk_fn, nnz, max_count)
 
 
 def segment_counts(seg, n_segments: int):

@@ -40,7 +40,7 @@ from ..data import Dense
 from ..factors import Factors
 from ..losses.base import _pair
 from ..losses.ratings import ratings_loss, weight_sums
-from ._blocked import SparseLayout, bucketed_cg, bucketed_solve, sparse_layout
+from ._blocked import SparseLayout, packed_cg, packed_solve, sparse_layout
 from ._normal import dense_normal_equations, solve_spd
 from .base import EmptyState, Solver, _grid_axis, cached_factory
 
@@ -100,8 +100,8 @@ def _sparse_side(data, lay: SparseLayout, X0, F, shift, side, pen, extra, count_
 
     max_count = data.shape[1 - side]
     if solve == "cg":
-        return bucketed_cg(seg_side, X0, contrib, lambda v, seg: diagonal(seg) * v, cg_steps, max_count, data.nnz)
-    return bucketed_solve(seg_side, X0, contrib, lambda G, R, seg, x0: solve_spd(G, R, diagonal(seg)), max_count,
+        return packed_cg(seg_side, X0, contrib, lambda v, seg: diagonal(seg) * v, cg_steps, max_count, data.nnz)
+    return packed_solve(seg_side, X0, contrib, lambda G, R, seg, x0: solve_spd(G, R, diagonal(seg)), max_count,
                           data.nnz)
 
 

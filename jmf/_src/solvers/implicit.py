@@ -28,7 +28,7 @@ from .._validation import check_choice, check_int, check_nonneg_float
 from ..data import Sparse
 from ..factors import Factors
 from ..losses.implicit import implicit_loss
-from ._blocked import Side, SparseLayout, bucketed_cg, bucketed_solve, sparse_layout
+from ._blocked import Side, SparseLayout, packed_cg, packed_solve, sparse_layout
 from ._normal import solve_spd
 from .base import Solver, cached_factory
 
@@ -56,9 +56,9 @@ def _half_step(X, Y, data: Sparse, side: Side, other_idx, alpha, l2, mask, solve
     # The features are masked, so the inactive columns of G and R are zero: base's unit diagonal there
     # keeps the systems nonsingular and their solution zero.
     if solve == "cg":
-        Xn = bucketed_cg(side, X, contrib, lambda p, seg: p @ base, cg_steps, max_count, data.nnz)
+        Xn = packed_cg(side, X, contrib, lambda p, seg: p @ base, cg_steps, max_count, data.nnz)
     else:
-        Xn = bucketed_solve(side, X, contrib, lambda G, R, seg, x0: solve_spd(G + base[None], R), max_count,
+        Xn = packed_solve(side, X, contrib, lambda G, R, seg, x0: solve_spd(G + base[None], R), max_count,
                             data.nnz)
     return Xn if mask is None else Xn * mask[None, :]
 

@@ -49,7 +49,7 @@ from ..factors import Factors, predict_entries
 from ..losses import frobenius
 from ..losses.base import _pair
 from ..losses.beta import _check_eps, beta_divergence, check_beta
-from ._blocked import SparseLayout, bucketed_solve, sparse_layout
+from ._blocked import SparseLayout, packed_solve, sparse_layout
 from ._normal import dense_normal_equations
 from .base import EmptyState, Solver, cached_factory
 
@@ -267,8 +267,8 @@ def _sparse_sweep(data, lay: SparseLayout, X, F, side, sweep):
         w = jnp.where(valid, w_all[ent], 0).astype(dtype)
         return feats[o], w, w * a
 
-    # Rows without entries start from (and keep) 0: see bucketed_solve.
-    return bucketed_solve(seg_side, X, contrib, lambda G, R, seg, x0: sweep(G, R, x0), data.shape[1 - side], data.nnz)
+    # Rows without entries get 0: see packed_solve.
+    return packed_solve(seg_side, X, contrib, lambda G, R, seg, x0: sweep(G, R, x0), data.shape[1 - side], data.nnz)
 
 
 def _cd_shared(X, G, B):

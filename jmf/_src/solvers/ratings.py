@@ -1,4 +1,4 @@
-r"""Explicit ratings by first-order methods: a full-batch gradient of the biased model in two bucketed passes.
+r"""Explicit ratings by first-order methods: a full-batch gradient of the biased model in two packed passes.
 
 The objective is :func:`jmf.losses.ratings_loss` (biases, optional
 count-scaled penalties); the alternating solver of the same model is
@@ -15,7 +15,7 @@ from .._validation import check_bool, check_int, check_nonneg_float
 from ..data import Sparse
 from ..factors import Factors
 from ..losses.ratings import ratings_loss
-from ._blocked import SparseLayout, bucketed_rows, sparse_layout
+from ._blocked import SparseLayout, packed_rows, per_segment, sparse_layout
 from .base import Solver
 from .gradient import gradient_update
 
@@ -31,10 +31,10 @@ class RatingsGradientState(NamedTuple):
     layout: RatingsLayout
 
 
-def _bucketed_grad(f: Factors, lay: RatingsLayout, data: Sparse, l2, bias_l2, count_scaled):
-    """Gradient of :func:`ratings_loss` with two bucketed passes (rows, then columns) and no wide scatters.
+def _packed_grad(f: Factors, lay: RatingsLayout, data: Sparse, l2, bias_l2, count_scaled):
+    """Gradient of :func:`ratings_loss` with two packed passes (rows, then columns) and no wide scatters.
 
-    Each pass gathers a segment's entries into a padded slab, computes the
+    Each pass gathers a chunk of segments' entries into a padded slab, computes the
     residuals ``w (a - yhat)`` there and reduces them against the other
     side's factors with a batched product; only ``(S, k + 2)`` rows are
     written.  Memory ``O(nnz + (m + n) k)``.
@@ -52,16 +52,21 @@ def _bucketed_grad(f: Factors, lay: RatingsLayout, data: Sparse, l2, bias_l2, co
         Yx = jnp.concatenate([Y, jnp.zeros((1, k), dtype)], axis=0)
         ybx = jnp.concatenate([yb, jnp.zeros((1,), dtype)])
 
-        def block_fn(ent, valid, seg, cnt, x0):
+        S = X.shape[0]
+        Xx = jnp.concatenate([X, jnp.zeros((1, k), dtype)], axis=0)  # row S: unused slots
+        xbx = jnp.concatenate([xb, jnp.zeros((1,), dtype)])
+
+        def chunk_fn(ent, valid, tile_local, seg, x0):
             o = jnp.where(valid, other_idx[ent], n_other)
             Yg = Yx[o]
-            pred = jnp.einsum("vlk,vk->vl", Yg, X[seg]) + xb[seg][:, None] + ybx[o] + mu
+            s = jnp.minimum(seg, S)[jnp.minimum(tile_local, seg.shape[0] - 1)]  # each tile's segment
+            pred = jnp.einsum("ctk,ck->ct", Yg, Xx[s]) + xbx[s][:, None] + ybx[o] + mu
             w = jnp.where(valid, w_all[ent].astype(dtype), 0)
             r = w * (data.vals[ent].astype(dtype) - pred)
-            return jnp.concatenate([jnp.einsum("vl,vlk->vk", r, Yg), jnp.sum(r, axis=1, keepdims=True)], axis=1)
+            per_tile = jnp.concatenate([jnp.einsum("ct,ctk->ck", r, Yg), jnp.sum(r, axis=1, keepdims=True)], axis=1)
+            return per_segment(per_tile, tile_local)
 
-        S = X.shape[0]
-        return bucketed_rows(side, jnp.zeros((S, k + 1), dtype), block_fn, max_count, data.nnz)
+        return packed_rows(side, jnp.zeros((S, k + 1), dtype), chunk_fn, data.nnz, max_count)
 
     gr = side_grad(lay.rows, f.W, rb, Ht, cb, data.cols, n, n)
     gc = side_grad(lay.cols, Ht, cb, f.W, rb, data.rows, m, m)
@@ -83,7 +88,7 @@ def ratings_gradient(optimizer, l2: float = 0.1, bias_l2: Optional[float] = None
     """Full-batch first-order solver for biased MF on sparse ratings, with any Optax transformation.
 
     Same objective as :func:`ratings_loss`; the gradient comes from two
-    bucketed passes over the entries (see :func:`_bucketed_grad`) using the
+    packed passes over the entries (see :func:`_packed_grad`) using the
     layout built once in ``init``, instead of ``(nnz, k)`` gathers and
     scatter-adds: memory ``O(nnz + (m + n) k)`` and batched products, which
     is what makes an epoch at 20M ratings cheap.  For minibatch epochs use
@@ -113,7 +118,7 @@ def ratings_gradient(optimizer, l2: float = 0.1, bias_l2: Optional[float] = None
         return RatingsGradientState(optimizer.init(f), sparse_layout(data))
 
     def update(f: Factors, state: RatingsGradientState, data: Sparse, mask, w_only):
-        g = _bucketed_grad(f, state.layout, data, l2, bias_l2, count_scaled)
+        g = _packed_grad(f, state.layout, data, l2, bias_l2, count_scaled)
         f, opt_state = gradient_update(optimizer, None, f, g, state.opt_state, mask, w_only)
         return f, RatingsGradientState(opt_state, state.layout)
 
