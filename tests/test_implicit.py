@@ -108,7 +108,7 @@ def test_rank_mask_keeps_padding_zero(rng):
 def test_bad_input():
     with pytest.raises(ValueError, match="alpha"):
         implicit_als(alpha=-1.0)
-    with pytest.raises(ValueError, match="l2 must be > 0"):
+    with pytest.raises(ValueError, match="l2 must be a finite number > 0"):
         implicit_als(l2=0.0)
     with pytest.raises(ValueError, match="solve"):
         implicit_als(solve="qr")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from .._validation import check_choice, check_int, check_nonneg_float
+from .._validation import check_choice, check_int, check_nonneg_float, check_positive_float
 from ..data import Sparse
 from ..factors import Factors
 from ..losses.implicit import implicit_loss
@@ -92,10 +92,8 @@ def implicit_als(l2: float = 1.0, alpha: float = 2.0, solve: str = "cg", cg_step
         recorded by ``fit`` is :func:`implicit_loss`.  No biases.
     """
     who = "implicit_als"
-    l2 = check_nonneg_float(l2, "l2", who)
+    l2 = check_positive_float(l2, "l2", who)
     alpha = check_nonneg_float(alpha, "alpha", who)
-    if l2 == 0:
-        raise ValueError(f"{who}: l2 must be > 0 for implicit ALS")
     check_choice(solve, "solve", ("cg", "cholesky"), who)
     cg_steps = check_int(cg_steps, "cg_steps", who)
     chunk_size = check_int(chunk_size, "chunk_size", who)
