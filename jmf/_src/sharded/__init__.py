@@ -8,8 +8,9 @@ check-loop programs) <- ``io`` (per-shard files, gathering) and ``accounting``
 :mod:`jmf._src.fit` (``fit(..., mesh=)``) and re-exported by :mod:`jmf.sharding`.
 """
 
+from .io import gather_factors, load_sharded, save_sharded
 from .layout import Exchange, ShardedDense, ShardedSparse, process_rows, shard_dense, shard_sparse
 from .program import run_sharded
 
 __all__ = ["Exchange", "ShardedSparse", "ShardedDense", "shard_sparse", "shard_dense", "process_rows",
-           "run_sharded"]
+           "run_sharded", "gather_factors", "save_sharded", "load_sharded"]
