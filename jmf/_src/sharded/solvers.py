@@ -135,7 +135,7 @@ def observed(ctx: Ctx, d):
     if ctx.kind == "dense":
         i = lax.axis_index(ctx.axis)
         m, n = ctx.shape
-        return (i * mb + jnp.arange(mb)) < m, (i * nb + jnp.arange(nb)) < n
+        return (i * mb + jnp.arange(mb, dtype=jnp.int32)) < m, (i * nb + jnp.arange(nb, dtype=jnp.int32)) < n
     r = jax.ops.segment_sum((d.r_w > 0).astype(jnp.int32), d.r_seg, num_segments=mb + 1, indices_are_sorted=True)
     c = jax.ops.segment_sum((d.c_w > 0).astype(jnp.int32), d.c_seg, num_segments=nb + 1, indices_are_sorted=True)
     return r[:mb] > 0, c[:nb] > 0
