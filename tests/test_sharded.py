@@ -264,11 +264,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.timeout(300)
-def test_two_processes_doc_example(tmp_path):
-    script = tmp_path / "sharded_two_process.py"
-    script.write_text(_doc_example())
-    out = tmp_path / "model"
+def _two_processes(script, out) -> list:
+    """Run ``script PORT PID out`` as processes 0 and 1 (2 CPU devices each); their outputs."""
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -284,6 +281,15 @@ def test_two_processes_doc_example(tmp_path):
             raise
         logs.append(log.decode(errors="replace"))
         assert p.returncode == 0, logs[-1][-3000:]
+    return logs
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_doc_example(tmp_path):
+    script = tmp_path / "sharded_two_process.py"
+    script.write_text(_doc_example())
+    out = tmp_path / "model"
+    logs = _two_processes(script, out)
     assert "W on [(75, 8), (75, 8)] here" in logs[0]
     index = json.load(open(out / "index.json"))
     assert [s["process"] for s in index["shards"]] == [0, 0, 1, 1]  # 4 devices, 2 per process
@@ -296,3 +302,16 @@ def test_two_processes_doc_example(tmp_path):
     p1, p2 = np.asarray(one.factors.predict(r, c)), f.predict(r, c)
     assert np.max(np.abs(p1 - p2)) <= 1e-4 * np.max(np.abs(p1))
     np.testing.assert_allclose(meta["loss"], float(one.loss), rtol=1e-4)
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_dense(tmp_path):
+    """Each process passes only its rows of A; HALS over 2 processes equals the single-device fit."""
+    _two_processes(os.path.join(ROOT, "tests", "sharded_worker.py"), tmp_path / "out.npz")
+    A = np.random.default_rng(7).random((30, 22))  # as in the worker
+    one = jmf.fit(A, jmf.solvers.hals(), 3, key=0, max_iter=20, tol=1e-6, progress=False)
+    with np.load(tmp_path / "out.npz") as z:
+        assert z["rows"].tolist() == [0, 16] and z["local_shapes"].tolist() == [[8, 3], [8, 3]]
+        assert int(z["n_iter"]) == int(one.n_iter)
+        np.testing.assert_allclose(float(z["loss"]), float(one.loss), rtol=1e-10)
+        np.testing.assert_allclose(z["W"] @ z["H"], np.asarray(one.factors.W @ one.factors.H), rtol=1e-9, atol=1e-12)
