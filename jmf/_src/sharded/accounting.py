@@ -32,6 +32,7 @@ temporaries.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from typing import NamedTuple
@@ -44,7 +45,8 @@ from .layout import ShardedDense, ShardedSparse
 from .program import _start_program, loss_program, make_ctx, step_program
 from .solvers import make_impl
 
-__all__ = ["Collective", "hlo_collectives", "expected_collectives", "sent_bytes", "device_bytes", "measure"]
+__all__ = ["Collective", "hlo_collectives", "expected_collectives", "sent_bytes", "device_bytes", "measure",
+           "project"]
 
 _ITEMSIZE = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "s64": 8, "u64": 8, "pred": 1, "s8": 1,
              "u8": 1}
@@ -168,3 +170,33 @@ def measure(data, solver, rank: int, *, key=0, init: str = "random") -> dict:
         "factor_bytes": device_bytes(carry.factors),
         "data_bytes": device_bytes(data),
     }
+
+
+def project(nnz: float, m: float, n: float, k: int, devices: int, *, itemsize: int = 4, index_bytes: int = 4,
+            biases: bool = True, copies: int = 3) -> dict:
+    """The memory and traffic model of the module docstring, for entries spread uniformly at random.
+
+    ``T`` (rows one device needs from one other) is the expected number of
+    distinct rows of a block of ``b`` rows hit by the ``e = nnz / P^2``
+    entries a pair of devices shares: ``b (1 - exp(-e / b))``.  Skewed data
+    have a larger maximum over pairs; relabel rows and columns at random
+    (hash the ids) to spread heavy ones.  ``copies``: factor copies the check
+    loop holds at peak (iterate, accepted, kept).  Returns bytes per device.
+    """
+    P_ = devices
+    q = k + 1 if biases else k
+    mb, nb = math.ceil(m / P_), math.ceil(n / P_)
+    e = nnz / P_ ** 2
+    T_h, T_w = nb * -math.expm1(-e / nb), mb * -math.expm1(-e / mb)
+    rows_h = T_h if T_h < nb else nb  # the exchange that moves fewer bytes
+    rows_w = T_w if T_w < mb else mb
+    factors = (mb + nb) * q * itemsize
+    entries = 2 * (nnz / P_) * (2 * index_bytes + 2 * itemsize)
+    lists = P_ * (T_h + T_w) * index_bytes
+    table_h, table_w = P_ * rows_h * q * itemsize, P_ * rows_w * q * itemsize
+    return {"rows_per_device": mb, "cols_per_device": nb, "T_h": T_h, "T_w": T_w,
+            "h_mode": "all_to_all" if T_h < nb else "all_gather", "w_mode": "all_to_all" if T_w < mb else "all_gather",
+            "factors": factors, "entries": entries, "send_lists": lists, "table_h": table_h, "table_w": table_w,
+            "peak": copies * factors + entries + lists + max(table_h, table_w),
+            "sent_per_sweep": (P_ - 1) * (rows_h + rows_w) * q * itemsize,
+            "sent_per_check": (P_ - 1) * rows_h * q * itemsize}
