@@ -30,7 +30,7 @@ MODULES = [
     ("jmf.metrics", "jmf.metrics", "RMSE / MAE and ranking metrics"),
     ("jmf.model_selection", "jmf.model_selection", "seeded splits of observed entries"),
     ("jmf.datasets", "jmf.datasets", "MovieLens, ratings files, synthetic ratings"),
-    ("jmf.sharding", "jmf.sharding", "device meshes for fit_many"),
+    ("jmf.sharding", "jmf.sharding", "device meshes: batches (fit_many) and one huge matrix (fit)"),
     ("jmf.io", "jmf.io", "pickle-free persistence and matrix files"),
     ("jmf.experiments", "jmf.experiments", "declarative, resumable experiment grids"),
     ("jmf.compress", "jmf.compress", "low-rank compression and PSNR"),

@@ -17,7 +17,7 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 # Scripts that tests start as subprocesses run code at import: never collect them (--doctest-modules).
-collect_ignore = ["execution_worker.py", "multihost_worker.py"]
+collect_ignore = ["execution_worker.py", "multihost_worker.py", "sharded_worker.py"]
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 

@@ -25,6 +25,7 @@ from .init import get_initializer
 from .run.driver import Args, Job
 from .run.executor import ProgressInfo, execute, make_plan
 from .run.loop import RunConfig, Status, n_checks
+from .sharded import run_sharded
 from .sharding import is_global
 from .solvers.base import Solver, data_kind
 
@@ -187,6 +188,7 @@ def fit(
     progress: bool = True,
     callback: Optional[Callable[[ProgressInfo], Any]] = None,
     chunk_size: Optional[int] = None,
+    mesh=None,
 ) -> FitResult:
     """Fit ``A ~ W H`` with ``solver`` in one compiled loop.
 
@@ -226,12 +228,30 @@ def fit(
         stop (status ``STOPPED``).  Chunks reuse one compiled function.
     chunk_size : int, optional
         Iterations per chunk when a bar or callback is active (default ``max_iter / 20``).
+    mesh : jax.sharding.Mesh, optional
+        Shard this ONE matrix over a 1-D mesh (:func:`jmf.sharding.model_mesh`):
+        the rows of ``W`` and the columns of ``H`` (with their biases and
+        entries) are split over its devices and stay sharded in the result,
+        padded to a multiple of the device count (see
+        :func:`jmf.sharding.gather_factors`).  ``data`` may be pre-sharded with
+        :func:`jmf.sharding.shard_sparse` / :func:`~jmf.sharding.shard_dense`
+        (required with several processes).  Supported solvers and the
+        communication are described in ``docs/multihost.md``; ``state`` is None.
 
     Returns
     -------
     FitResult
         ``factors``, ``loss``, ``loss_history``, ``iterations``, ``n_iter``, ``status``, ``state``.
     """
+    if mesh is not None:  # one matrix sharded over devices and hosts (jmf._src.sharded)
+        _refuse_tracers("fit", rank=rank, key=key, init=init)
+        if isinstance(solver, Solver) and solver.grid is not None:
+            raise ValueError(f"solver {solver.name!r} carries a hyperparameter grid; a sharded fit takes one point")
+        biases = _check_biases(solver, biases) if isinstance(solver, Solver) else False
+        cfg, carry = run_sharded(data, solver, rank, key=key, init=init, max_iter=max_iter, tol=tol,
+                                 check_every=check_every, biases=biases, progress=progress, callback=callback,
+                                 chunk_size=chunk_size, mesh=mesh)
+        return _to_result(cfg, carry)
     _refuse_tracers("fit", data=data, rank=rank, key=key, init=init)
     data = as_data(data)
     if data.batch_shape:

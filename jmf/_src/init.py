@@ -46,21 +46,24 @@ def _seed_words(key):
     return seed
 
 
-def _grid_uniform(seed, stream: int, width: int, length: int):
-    """``(width, length)`` uniforms in (0, 1); entry ``(j, i)`` depends only on ``(seed, stream, j, i)``."""
+def _grid_uniform(seed, stream: int, width: int, length: int, start=0):
+    """``(width, length)`` uniforms in (0, 1); entry ``(j, i)`` depends only on ``(seed, stream, j, start + i)``.
+
+    ``start`` (may be traced) offsets the index: a device of a sharded fit draws exactly its own rows.
+    """
     j = jnp.arange(width, dtype=jnp.uint32)[:, None]
-    i = jnp.arange(length, dtype=jnp.uint32)[None, :]
+    i = (jnp.asarray(start, jnp.uint32) + jnp.arange(length, dtype=jnp.uint32))[None, :]
     h = _mix32(seed ^ jnp.uint32(stream * 0x85EBCA6B & 0xFFFFFFFF))
     h = _mix32(h ^ (j * jnp.uint32(_GOLDEN)))
     h = _mix32(h + i * jnp.uint32(0xC2B2AE35))
     return ((h >> jnp.uint32(8)).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))
 
 
-def _grid(seed, stream: int, width: int, length: int, kind: str, dtype):
-    u = _grid_uniform(seed, 2 * stream, width, length)
+def _grid(seed, stream: int, width: int, length: int, kind: str, dtype, start=0):
+    u = _grid_uniform(seed, 2 * stream, width, length, start)
     if kind == "uniform":
         return u.astype(dtype)
-    v = _grid_uniform(seed, 2 * stream + 1, width, length)
+    v = _grid_uniform(seed, 2 * stream + 1, width, length, start)
     z = jnp.sqrt(-2.0 * jnp.log(u)) * jnp.cos((2 * jnp.pi) * v)  # Box-Muller
     return z.astype(dtype)
 

@@ -1,4 +1,4 @@
-"""Placement at the edge: device meshes for the member (batch) axis of :func:`jmf.fit_many`.
+"""Placement at the edge: device meshes for the member (batch) axis of :func:`jmf.fit_many` and for one huge matrix.
 
 jmf never branches on the device kind inside a solver.  Placement is a
 property of the call: ``fit_many(..., mesh=jmf.sharding.batch_mesh())``
@@ -13,6 +13,10 @@ program: every process calls ``jax.distributed.initialize(...)``, builds the
 global mesh from ``jax.devices()``, wraps its *own* shard of the batch with
 :func:`distribute`, calls ``fit_many(..., mesh=mesh)``, and gathers the
 result with :func:`gather`.  See ``docs/multihost.md``.
+
+One matrix too large for one device is fitted with
+``jmf.fit(data, solver, rank, mesh=model_mesh())``: its factors are sharded
+over the mesh (``jmf._src.sharded``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["BATCH_AXIS", "batch_mesh", "distribute", "gather", "default_memory_budget", "is_global",
-           "configure_cpu_devices", "cpu_devices", "usable_cores"]
+__all__ = ["BATCH_AXIS", "MODEL_AXIS", "batch_mesh", "model_mesh", "distribute", "gather", "default_memory_budget",
+           "is_global", "configure_cpu_devices", "cpu_devices", "usable_cores"]
 
 BATCH_AXIS = "batch"
+MODEL_AXIS = "model"
 
 
 def usable_cores() -> int:
@@ -86,6 +91,17 @@ def batch_mesh(devices: Optional[Sequence] = None, axis_name: str = BATCH_AXIS) 
     if not devices:
         raise ValueError("devices is empty")
     return Mesh(np.asarray(devices), (axis_name,))
+
+
+def model_mesh(devices: Optional[Sequence] = None, axis_name: str = MODEL_AXIS) -> Mesh:
+    """A 1-D mesh for ONE huge matrix: ``jmf.fit(data, solver, rank, mesh=model_mesh())``.
+
+    The rows of ``W`` (with their entries) and the columns of ``H`` (with
+    theirs) are split into contiguous blocks, one per device, in the order of
+    ``devices`` (default: every device of every process).  See
+    :func:`jmf.sharding.shard_sparse` and ``docs/multihost.md``.
+    """
+    return batch_mesh(devices, axis_name)
 
 
 def _axis_name(mesh: Mesh) -> str:

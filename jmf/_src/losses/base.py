@@ -49,8 +49,9 @@ class Loss(NamedTuple):
         Gradient with the structure of the factors (``None`` leaves stay ``None``).
     name : str
     spec : tuple
-        ``("frobenius", l2, l1, bias_l2)`` for the built-in Frobenius loss: lets the run
-        layer pick specialized kernels; ``()`` otherwise.
+        ``("frobenius", l2, l1, bias_l2)`` for the built-in Frobenius loss and
+        ``("ratings", (l2W, l2H), bias_l2, count_scaled)`` for :func:`ratings_loss`: lets the
+        run layer pick specialized kernels and sharded fits rebuild the objective; ``()`` otherwise.
     data_kinds : tuple of str
         The data the loss is defined on ("dense", "weighted", "sparse"); solvers built on
         it accept no other (checked by :func:`jmf.fit` before anything runs).

@@ -198,7 +198,8 @@ def ratings_loss(l2=0.0, bias_l2: Optional[float] = None, count_scaled: bool = F
         inv_n = (1 / data.n_observed()).astype(f.W.dtype)
         return jax.tree_util.tree_map(lambda a, b: (a + b) * inv_n, g, _penalty_grad(f, l2W, l2H, bias_l2, sr, sc))
 
-    return Loss(value, grad, "ratings" + ("-wr" if count_scaled else ""))
+    return Loss(value, grad, "ratings" + ("-wr" if count_scaled else ""),
+                ("ratings", (l2W, l2H), bias_l2, count_scaled))
 
 
 def row_scaled_frobenius(l2=0.0, bias_l2=None) -> Loss:

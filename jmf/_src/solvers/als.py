@@ -70,11 +70,13 @@ def _dense_side(data: Dense, F, shift, side, pen, extra, counts, count_scaled):
     return solve_spd(G, b, ridge)
 
 
-def _sparse_side(data, lay: SparseLayout, X0, F, shift, side, pen, extra, count_scaled, solve, cg_steps):
+def _sparse_side(data, lay: SparseLayout, X0, F, shift, side, pen, extra, count_scaled, solve, cg_steps,
+                 spd=solve_spd):
     """Solutions ``(g, q)`` of every row (side 0) or column (side 1) of a :class:`Sparse`, bucket by bucket.
 
     ``X0`` (g, q) is the warm start of conjugate gradients; ``F`` (p, q) the
-    fixed features of the other side (inactive columns already zero).
+    fixed features of the other side (inactive columns already zero).  ``spd``
+    solves the exact systems (the sharded fits pass a LAPACK-free one).
     """
     seg_side, other_idx, counts = (lay.rows, data.cols, lay.row_weight) if side == 0 else \
         (lay.cols, data.rows, lay.col_weight)
@@ -101,7 +103,7 @@ def _sparse_side(data, lay: SparseLayout, X0, F, shift, side, pen, extra, count_
     max_count = data.shape[1 - side]
     if solve == "cg":
         return packed_cg(seg_side, X0, contrib, lambda v, seg: diagonal(seg) * v, cg_steps, max_count, data.nnz)
-    return packed_solve(seg_side, X0, contrib, lambda G, R, seg, x0: solve_spd(G, R, diagonal(seg)), max_count,
+    return packed_solve(seg_side, X0, contrib, lambda G, R, seg, x0: spd(G, R, diagonal(seg)), max_count,
                           data.nnz)
 
 
