@@ -8,13 +8,11 @@
 from jmf._src.sharded import (
     ShardedDense,
     ShardedSparse,
-    gather_factors,
-    load_sharded,
     process_rows,
-    save_sharded,
     shard_dense,
     shard_sparse,
 )
+from jmf._src.sharded.io import gather_factors, load_sharded, save_sharded
 from jmf._src.sharding import (
     BATCH_AXIS,
     MODEL_AXIS,

@@ -22,10 +22,12 @@ LAYERS = [
     ("run.driver", ["_src.run.driver"]),
     ("run.lanes", ["_src.run.lanes"]),
     ("run.executor", ["_src.run.executor"]),
+    ("run.sharded", ["_src.sharded", "_src.sharded.layout", "_src.sharded.linalg", "_src.sharded.solvers",
+                     "_src.sharded.program", "_src.sharded.accounting"]),
     ("fit", ["_src.fit"]),
     ("applications", ["_src.registry", "_src.consensus", "_src.metrics", "_src.model_selection", "_src.cf",
                       "_src.cf.*", "_src.datasets", "_src.datasets.*", "_src.readers", "_src.io", "_src.compress",
-                      "_src.sharded", "_src.sharded.*"]),
+                      "_src.sharded.io"]),
     ("faces", ["_src.plotting", "_src.experiments", "_src.experiments.*", "_src.sklearn", "_src.sklearn.*"]),
     ("public", ["", "[!_]*"]),  # jmf/__init__.py, the public facades and the CLI
 ]
