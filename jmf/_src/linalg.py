@@ -53,17 +53,7 @@ def operator(data) -> tuple[Callable, Callable]:
     if isinstance(data, Dense):
         A = data.A if data.weights is None else jnp.where(data.weights > 0, data.A, 0)
         return (lambda X: A @ X), (lambda Y: jnp.matmul(A.T, Y))
-    m, n = data.shape
-    vals = data.vals if data.weights is None else jnp.where(data.weights > 0, data.vals, 0)
-    rows, cols = data.rows, data.cols
-
-    def A_mul(X):
-        return jax.ops.segment_sum(vals[:, None] * X[cols], rows, num_segments=m)
-
-    def At_mul(Y):
-        return jax.ops.segment_sum(vals[:, None] * Y[rows], cols, num_segments=n)
-
-    return A_mul, At_mul
+    return (lambda X: data.dot(X)), (lambda Y: data.dot(Y, transpose=True))
 
 
 def _randomized(data, rank: int, key, n_oversamples: int, n_power_iter: int) -> SVDResult:
