@@ -55,7 +55,7 @@ from ._blocked import bucketed_solve, sparse_layout
 from ._normal import dense_normal_equations
 from .base import EmptyState, Solver, cached_factory
 
-__all__ = ["mu", "hals", "HALSState", "products"]
+__all__ = ["mu", "hals", "HALSState", "products", "mu_terms", "violation_progress"]
 
 # scikit-learn zeroes factors below float64's machine epsilon after each
 # multiplicative update when beta < 1 (W) or beta <= 1 (H), for stability.
@@ -114,7 +114,7 @@ def _all_entries_den(W, H, side, beta, eps):
     return fold_row_blocks(W, block, jnp.zeros(H.shape, H.dtype), n).T
 
 
-def _mu_terms(data, W, H, side, beta, eps):
+def mu_terms(data, W, H, side, beta, eps):
     """Numerator and data part of the denominator of the multiplicative update of one side.
 
     Side 0 updates ``W`` (rows ``(m, k)``) against ``F = H^T``; side 1 updates
@@ -142,6 +142,8 @@ def _mu_terms(data, W, H, side, beta, eps):
         # Stored entries carry the numerator (x = 0 adds nothing); the denominator runs over every entry.
         num_w, _ = _entry_weights(data.stored_vals(), y, beta, eps)
         num = jax.ops.segment_sum(num_w[:, None] * F[other], own, num_segments=g)
+        if beta == 2:
+            return num, X @ (F.T @ F)
         if beta == 1:
             return num, jnp.sum(F, axis=0)[None, :]
         return num, _all_entries_den(W, H, side, beta, eps)
@@ -243,7 +245,7 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
 
     def half(data, W, H, side, mask):
         X = W if side == 0 else H.T
-        num, den = _mu_terms(data, W, H, side, beta, eps)
+        num, den = mu_terms(data, W, H, side, beta, eps)
         lam2, lam1 = pen[side]
         if _nz(lam1):
             den = den + lam1
