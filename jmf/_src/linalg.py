@@ -69,10 +69,15 @@ def _normalized(Y, normalizer: str):
     return Y
 
 
-def _randomized(data, rank: int, key, n_oversamples: int, n_power_iter: int, normalizer: str = "qr") -> SVDResult:
+def _randomized(data, rank: int, key, n_oversamples: int, n_power_iter: int, normalizer: str = "qr",
+                transpose: bool = False) -> SVDResult:
+    """The range finder; ``transpose`` runs it on ``A^T`` (then ``A V_k = U_k S_k`` holds exactly, the
+    Rayleigh--Ritz property on the right side; scikit-learn transposes when ``m < n``)."""
     m, n = data.shape
     p = min(rank + n_oversamples, m, n)
     A_mul, At_mul = operator(data)
+    if transpose:
+        A_mul, At_mul, m, n = At_mul, A_mul, n, m
     Q = jax.random.normal(key, (n, p), data.dtype)
     for _ in range(n_power_iter):
         Q = _normalized(At_mul(_normalized(A_mul(Q), normalizer)), normalizer)
@@ -80,7 +85,10 @@ def _randomized(data, rank: int, key, n_oversamples: int, n_power_iter: int, nor
     B = At_mul(Q).T  # (p, n) = Q^T A
     Ub, s, Vt = jnp.linalg.svd(B, full_matrices=False)
     U = (Q @ Ub)[:, :rank]
-    U, Vt = flip_signs(U, Vt[:rank])
+    Vt = Vt[:rank]
+    if transpose:
+        U, Vt = Vt.T, U.T
+    U, Vt = flip_signs(U, Vt)
     return SVDResult(U, s[:rank], Vt)
 
 

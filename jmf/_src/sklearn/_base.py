@@ -10,10 +10,8 @@ jmf's driver (:mod:`._run`).
 
 from __future__ import annotations
 
-import functools
 import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
@@ -22,7 +20,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .._validation import is_int, is_real
 from ..factors import Factors
-from ..init import get_initializer
+from ._init import initialize_nmf, observed_mean
 from ._run import host_beta_divergence
 from ._validation import (
     absent_param,
@@ -54,11 +52,6 @@ def jmf_penalties(beta: float, reg) -> tuple:
     if beta == 2.0:
         return (2.0 * l1W, 2.0 * l1H), (l2W, l2H)
     return (l1W, l1H), (l2W / 2.0, l2H / 2.0)
-
-
-@functools.partial(jax.jit, static_argnames=("name", "width"))
-def _initializer(key, data, name, width):
-    return get_initializer(name)(key, data, width)
 
 
 def _check_init(A, shape, whom):
@@ -154,9 +147,7 @@ class BaseNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     @staticmethod
     def _mean(X, absent):
-        if sp.issparse(X):
-            return float(X.sum()) / (X.shape[0] * X.shape[1] if absent == "zero" else max(X.nnz, 1))
-        return float(np.nanmean(X))
+        return observed_mean(X, absent)
 
     # -- initial factors -------------------------------------------------------------
     def _resolve_init(self, k, m, n, n_init=1):
@@ -167,12 +158,14 @@ class BaseNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             init = "nndsvda" if k <= min(m, n) and n_init == 1 else "random"
         return init
 
-    def _check_w_h(self, X, data, W, H, update_H, key, start_w, n_init=1):
-        """The starting factors: ``Factors`` (custom, fixed ``H``, overcomplete) or an initializer name.
+    def _check_w_h(self, X, data, W, H, update_H, start_w, n_init=1):
+        """The starting factors, as ``Factors`` -- or an initializer name of :mod:`jmf.init` for ``n_init > 1``.
 
         Returns ``(init, k)``.  ``start_w(k)`` is the starting ``W`` when
         ``update_H=False`` (zeros for coordinate descent, ``sqrt(mean(X) / k)``
-        for multiplicative updates, as in scikit-learn).
+        for multiplicative updates, as in scikit-learn).  Other starts are
+        scikit-learn's own draws for ``random_state`` (:mod:`._init`); the
+        batched restarts of ``n_init > 1`` draw theirs from JAX keys.
         """
         name = type(self).__name__
         m, n = X.shape
@@ -203,9 +196,12 @@ class BaseNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             self._n_components = n
         k = self._n_components
         init = self._resolve_init(k, m, n, n_init)
-        if k > min(m, n):  # overcomplete: a random start jmf.fit does not draw itself
-            return _initializer(key, data, init, k), k
-        return init, k
+        if n_init > 1:
+            if k > min(m, n):
+                raise ValueError(f"{name}: n_init > 1 needs n_components <= min(n_samples, n_features)")
+            return init, k
+        W0, H0 = initialize_nmf(X, k, init, self.random_state, self._params()["absent"])
+        return Factors(jnp.asarray(W0, dt), jnp.asarray(H0, dt)), k
 
     # -- results -------------------------------------------------------------------
     def _reconstruction_err(self, X, W, H, beta, absent):

@@ -32,9 +32,9 @@ from ..losses.base import ALL_KINDS, zero_filled
 from ..losses.beta import DEFAULT_EPS, beta_divergence, elementwise_beta_divergence
 from ..solvers.base import EmptyState, Solver
 from ..solvers.nmf import mu, mu_terms
-from ._base import BaseNMF, _initializer, jmf_penalties
+from ._base import BaseNMF, jmf_penalties
 from ._run import error_loss, report, run, w_change, warn_max_iter
-from ._validation import as_data, bool_param, int_param, key_from_random_state, precision, real_param
+from ._validation import as_data, bool_param, int_param, precision, real_param
 
 __all__ = ["MiniBatchNMF"]
 
@@ -385,11 +385,8 @@ class MiniBatchNMF(BaseNMF):
         cfg = self._config(p, X, bs, self._rho, entries)
         with precision(X.dtype):
             data = as_data(X, absent)
-            key = key_from_random_state(self.random_state)
             start = lambda k: np.full((m, k), np.sqrt(max(self._mean(X, absent), 0.0) / k), X.dtype)  # noqa: E731
-            init, k = self._check_w_h(X, data, W, H, update_H, key, start)
-            if isinstance(init, str):
-                init = _initializer(key, data, init, k)
+            init, k = self._check_w_h(X, data, W, H, update_H, start)
             W0, H0 = np.asarray(init.W), np.asarray(init.H)
             if not update_H:
                 W_out = self._solve_w_all(X, H0, p, self._transform_max_iter)
@@ -434,11 +431,8 @@ class MiniBatchNMF(BaseNMF):
                 self._check_params(X)
                 self._check_zeros_for_beta(X, absent)
                 data = as_data(X, absent)
-                key = key_from_random_state(self.random_state)
                 start = lambda k: np.zeros((X.shape[0], k), X.dtype)  # noqa: E731
-                init, k = self._check_w_h(X, data, W, H, True, key, start)
-                if isinstance(init, str):
-                    init = _initializer(key, data, init, k)
+                init, k = self._check_w_h(X, data, W, H, True, start)
                 H0 = np.asarray(init.H).astype(X.dtype, copy=False)
                 self._components_numerator = H0.copy()
                 self._components_denominator = np.ones(H0.shape, dtype=H0.dtype)

@@ -210,9 +210,10 @@ class NMF(BaseNMF):
                           "You may try init='nndsvda' or init='nndsvdar' instead.", UserWarning, stacklevel=3)
         with precision(X.dtype):
             data = as_data(X, absent)
-            key = key_from_random_state(self.random_state)
             start = start_w_for(p["solver"], X, absent, X.dtype)
-            init, k = self._check_w_h(X, data, W, H, update_H, key, start, p["n_init"])
+            init, k = self._check_w_h(X, data, W, H, update_H, start, p["n_init"] if update_H else 1)
+            # A key only for what jmf draws itself (after the start, as scikit-learn draws from random_state).
+            key = key_from_random_state(self.random_state) if (p["shuffle"] or isinstance(init, str)) else None
             l1, l2 = jmf_penalties(p["beta"], self._compute_regularization(X))
             solver, check_every, tol = self._solver(p, l1, l2)
             if not update_H:

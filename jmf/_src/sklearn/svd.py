@@ -32,9 +32,9 @@ _NORMALIZER = {"QR": "qr", "LU": "lu", "none": "none"}
 ARPACK_MAX_ITER = 1000
 
 
-@functools.partial(jax.jit, static_argnames=("rank", "n_oversamples", "n_iter", "normalizer"))
-def _randomized_svd(data, key, rank, n_oversamples, n_iter, normalizer):
-    return _randomized(data, rank, key, n_oversamples, n_iter, normalizer)
+@functools.partial(jax.jit, static_argnames=("rank", "n_oversamples", "n_iter", "normalizer", "transpose"))
+def _randomized_svd(data, key, rank, n_oversamples, n_iter, normalizer, transpose):
+    return _randomized(data, rank, key, n_oversamples, n_iter, normalizer, transpose)
 
 
 @jax.jit
@@ -181,7 +181,8 @@ class TruncatedSVD(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             if algorithm == "randomized":
                 if normalizer == "auto":
                     normalizer = "none" if n_iter <= 2 else "LU"
-                U, s, Vt = _randomized_svd(data, key, k, n_over, n_iter, _NORMALIZER[normalizer])
+                # scikit-learn's transpose="auto": the range finder on the smaller side (X V_k = U_k S_k exactly)
+                U, s, Vt = _randomized_svd(data, key, k, n_over, n_iter, _NORMALIZER[normalizer], m < n)
             elif sp.issparse(X) and algorithm == "arpack":
                 block = min(max(2 * k, k + 10), min(m, n))
                 U, s, Vt = _subspace_svd(data, key, jnp.asarray(tol, data.dtype), k, block)
