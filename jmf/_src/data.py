@@ -5,10 +5,13 @@ Two containers cover every input:
 * :class:`Dense` -- a dense matrix ``A`` of shape ``(m, n)`` (or a stack of
   same-shape matrices ``(B, m, n)``) with optional entry weights.  A weight of
   0 marks a missing entry; real weights give weighted least squares.
-* :class:`Sparse` -- observed entries only, in coordinate (COO) form:
+* :class:`Sparse` -- stored entries only, in coordinate (COO) form:
   ``rows, cols, vals, weights`` of length ``nnz`` (or ``(B, nnz)`` for a
-  batch) and a static ``shape = (m, n)``.  Unobserved entries are *missing*,
-  not zero.  Nothing in jmf ever densifies a :class:`Sparse`.
+  batch) and a static ``shape = (m, n)``.  By default the entries not stored
+  are *missing*, not zero (``absent="missing"``: the loss sums over the
+  stored entries only); with ``absent="zero"`` they are zeros, as in a
+  ``scipy.sparse`` matrix (every one of the ``m n`` entries is observed; see
+  :meth:`Sparse.dot`).  Nothing in jmf ever densifies a :class:`Sparse`.
 
 Both are registered pytrees: the arrays are leaves, ``shape`` is static
 metadata, so they pass through ``jit``, ``vmap`` and sharding unchanged.
@@ -28,9 +31,12 @@ import numpy as np
 
 from ._validation import is_int
 
-__all__ = ["Dense", "Sparse", "as_data", "stack", "pad_entries"]
+__all__ = ["Dense", "Sparse", "as_data", "stack", "pad_entries", "ABSENT"]
 
 _DUPLICATE_POLICIES = ("error", "sum", "mean", "last")
+
+#: What the entries a :class:`Sparse` does not store are: "missing" (left out of every loss) or "zero".
+ABSENT = ("missing", "zero")
 
 
 def _is_tracer(x) -> bool:
@@ -292,7 +298,7 @@ class Dense:
 
 
 class Sparse:
-    """Observed entries of an ``(m, n)`` matrix in coordinate form.
+    """Stored entries of an ``(m, n)`` matrix in coordinate form; the others are missing (default) or zero.
 
     Entries are stored sorted row-major (by ``row``, then ``col``) -- an
     invariant the sparse solvers rely on (padding goes to the last row) --
@@ -316,14 +322,34 @@ class Sparse:
         them, since a silently summed rating is usually a data bug; "sum"
         follows scipy's COO convention, "mean" averages, "last" keeps the
         final occurrence.
+    absent : {"missing", "zero"}, default "missing"
+        What the entries not stored are.  "missing": unobserved, left out of
+        every loss (ratings, matrix completion; ``N = nnz``).  "zero": zeros
+        of the matrix, as in ``scipy.sparse`` and scikit-learn -- every entry
+        is observed (``N = m n``), and the solvers that accept this kind
+        (``"sparse-zero"`` in their ``data_kinds``: ALS, HALS, multiplicative
+        updates, the SVD, gradient solvers on the Frobenius loss) work from
+        sparse products ``X F``, ``X^T F`` and ``k x k`` Gram matrices, in
+        ``O(nnz k)`` memory, never an ``m x n`` array.  ``weights`` are not
+        allowed with "zero" (every entry weighs 1).
+
+    Notes
+    -----
+    ``absent`` is static metadata (like ``shape``), part of the compilation key.
     """
 
-    __slots__ = ("rows", "cols", "vals", "weights", "shape")
+    __slots__ = ("rows", "cols", "vals", "weights", "shape", "absent")
 
-    def __init__(self, rows, cols, vals, shape, weights=None, duplicates: str = "error"):
+    def __init__(self, rows, cols, vals, shape, weights=None, duplicates: str = "error", absent: str = "missing"):
         if duplicates not in _DUPLICATE_POLICIES:
             raise ValueError(f"duplicates must be one of {_DUPLICATE_POLICIES}, got {duplicates!r}")
+        if not isinstance(absent, str) or absent not in ABSENT:
+            raise ValueError(f"absent must be one of {ABSENT}, got {absent!r}")
+        if absent == "zero" and weights is not None:
+            raise ValueError("weights are not allowed with absent='zero': every entry of the matrix is observed "
+                             "with weight 1 (use absent='missing' for weighted observed entries)")
         shape = _check_shape(shape)
+        self.absent = absent
         if any(_is_tracer(x) for x in (rows, cols, vals, weights)):
             # Built inside a transformation: trust the caller, no host-side checks.
             self.rows, self.cols, self.vals, self.weights, self.shape = rows, cols, vals, weights, shape
@@ -371,7 +397,8 @@ class Sparse:
 
     # -- alternative constructors -------------------------------------------------
     @classmethod
-    def from_triplets(cls, rows, cols, vals, shape=None, weights=None, duplicates: str = "error") -> "Sparse":
+    def from_triplets(cls, rows, cols, vals, shape=None, weights=None, duplicates: str = "error",
+                      absent: str = "missing") -> "Sparse":
         """Build from index/value triplets; ``shape`` defaults to ``(max(rows)+1, max(cols)+1)``."""
         if shape is None:
             r = _as_index_array(rows, "rows")
@@ -379,21 +406,27 @@ class Sparse:
             if r.size == 0:
                 raise ValueError("no observed entries: rows, cols and vals are empty")
             shape = (int(r.max()) + 1, int(c.max()) + 1)
-        return cls(rows, cols, vals, shape, weights=weights, duplicates=duplicates)
+        return cls(rows, cols, vals, shape, weights=weights, duplicates=duplicates, absent=absent)
 
     @classmethod
-    def from_scipy(cls, matrix, weights=None) -> "Sparse":
+    def from_scipy(cls, matrix, weights=None, absent: str = "missing") -> "Sparse":
         """Build from any ``scipy.sparse`` matrix or array.
 
         Every *stored* entry is observed (explicit zeros included); entries not
-        stored are missing.  Duplicate stored coordinates are summed, as scipy does.
+        stored are missing, or zeros with ``absent="zero"`` (scipy's own
+        meaning).  Duplicate stored coordinates are summed, as scipy does.  A
+        matrix without stored entries is allowed with ``absent="zero"`` (the
+        zero matrix: one explicit zero is stored).
         """
         import scipy.sparse as sp
 
         if not sp.issparse(matrix):
             raise TypeError(f"matrix must be a scipy.sparse matrix, got {type(matrix).__name__}")
         coo = matrix.tocoo()
-        return cls(coo.row, coo.col, coo.data, coo.shape, weights=weights, duplicates="sum")
+        row, col, data = coo.row, coo.col, coo.data
+        if absent == "zero" and data.size == 0:
+            row, col, data = np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, data.dtype)
+        return cls(row, col, data, coo.shape, weights=weights, duplicates="sum", absent=absent)
 
     @classmethod
     def from_dense(cls, A, mask=None) -> "Sparse":
@@ -454,18 +487,31 @@ class Sparse:
     def is_weighted(self) -> bool:
         return self.weights is not None
 
+    @property
+    def zero_filled(self) -> bool:
+        """Absent entries are zeros (``absent="zero"``): every entry of the matrix is observed."""
+        return self.absent == "zero"
+
     def effective_weights(self):
         """Per-entry weights, ones where none were given."""
         return jnp.ones_like(self.vals) if self.weights is None else self.weights
 
+    def stored_vals(self):
+        """The stored values, with weight-0 (padding) entries as 0: the entries of the matrix ``X`` of :meth:`dot`."""
+        return self.vals if self.weights is None else jnp.where(self.weights > 0, self.vals, 0)
+
     def n_observed(self):
-        """Sum of weights (``nnz`` when unweighted), per matrix."""
+        """Sum of weights (``nnz`` when unweighted; ``m n`` with ``absent="zero"``), per matrix."""
+        if self.zero_filled:
+            return jnp.full(self.batch_shape, self.shape[0] * self.shape[1], dtype=self.dtype)
         if self.weights is None:
             return jnp.asarray(self.vals.shape[-1], dtype=self.dtype)
         return jnp.sum(self.weights, axis=-1)
 
     def mean(self):
-        """Weighted mean of the observed values, per matrix."""
+        """Weighted mean of the observed values (of all ``m n`` entries with ``absent="zero"``), per matrix."""
+        if self.zero_filled:
+            return jnp.sum(self.stored_vals(), axis=-1) / (self.shape[0] * self.shape[1])
         if self.weights is None:
             return jnp.mean(self.vals, axis=-1)
         return jnp.sum(self.vals * self.weights, axis=-1) / jnp.sum(self.weights, axis=-1)
@@ -474,12 +520,36 @@ class Sparse:
         v = np.asarray(self.vals)
         if self.weights is not None:
             v = v[np.asarray(self.weights) > 0]
-        return float(v.min())
+        lo = float(v.min()) if v.size else 0.0
+        if self.zero_filled and v.size < self.shape[0] * self.shape[1]:
+            lo = min(lo, 0.0)  # an absent entry is a zero
+        return lo
+
+    def dot(self, F, transpose: bool = False):
+        """``X F`` (``F``: ``(n, p)``, result ``(m, p)``) or, with ``transpose``, ``X^T F`` (``F``: ``(m, p)``).
+
+        ``X`` is the matrix of the stored entries (absent and weight-0
+        entries count as 0), whatever ``absent`` says: gathers and
+        ``segment_sum``, ``O(nnz p)`` time and memory, never ``m x n``.  The
+        products of ``absent="zero"`` data: with them and ``k x k`` Gram
+        matrices, ``|X - W H|^2 = |X|^2 - 2 <X H^T, W> + <W^T W, H H^T>``.
+        """
+        m, n = self.shape
+        v = self.stored_vals().astype(F.dtype)
+        if not transpose:
+            return jax.ops.segment_sum(v[:, None] * F[self.cols], self.rows, num_segments=m)
+        return jax.ops.segment_sum(v[:, None] * F[self.rows], self.cols, num_segments=n)
+
+    def sq_norm(self):
+        """``|X|_F^2``, the sum of the squared stored values (weight-0 entries excluded)."""
+        v = self.stored_vals()
+        return jnp.sum(v * v, axis=-1)
 
     def take(self, index) -> "Sparse":
         """Subset of entries ``index`` (an int array; works under jit), same shape."""
         w = None if self.weights is None else self.weights[..., index]
-        return _rebuild(Sparse, (self.rows[..., index], self.cols[..., index], self.vals[..., index], w), self.shape)
+        return _rebuild(Sparse, (self.rows[..., index], self.cols[..., index], self.vals[..., index], w), self.shape,
+                        self.absent)
 
     def to_scipy(self):
         """The observed entries as a ``scipy.sparse.csr_matrix`` (unbatched only)."""
@@ -497,11 +567,13 @@ class Sparse:
         if not self.batch_shape:
             raise IndexError("indexing a single (unbatched) Sparse; it has no batch axis (use take for entries)")
         w = None if self.weights is None else self.weights[i]
-        return _rebuild(Sparse, (self.rows[i], self.cols[i], self.vals[i], w), self.shape)
+        return _rebuild(Sparse, (self.rows[i], self.cols[i], self.vals[i], w), self.shape, self.absent)
 
     def __repr__(self) -> str:
         b = f"batch={self.batch_shape}, " if self.batch_shape else ""
-        return f"Sparse({b}shape={self.shape}, nnz={self.nnz}, dtype={self.dtype}, weighted={self.is_weighted})"
+        z = ", absent='zero'" if self.zero_filled else ""
+        return (f"Sparse({b}shape={self.shape}, nnz={self.nnz}, dtype={self.dtype}, weighted={self.is_weighted}"
+                f"{z})")
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -566,7 +638,7 @@ def _canonicalize(r, c, v, w, n, duplicates):
     return r[starts], c[starts], vs.astype(_float_dtype(v.dtype)), ws
 
 
-def _rebuild(cls, leaves, shape=None):
+def _rebuild(cls, leaves, shape=None, absent: str = "missing"):
     """Build a container from leaves without validation (as tree_unflatten does)."""
     obj = object.__new__(cls)
     if cls is Dense:
@@ -574,6 +646,7 @@ def _rebuild(cls, leaves, shape=None):
     else:
         obj.rows, obj.cols, obj.vals, obj.weights = leaves
         obj.shape = shape
+        obj.absent = absent
     return obj
 
 
@@ -584,8 +657,8 @@ jax.tree_util.register_pytree_node(
 )
 jax.tree_util.register_pytree_node(
     Sparse,
-    lambda s: ((s.rows, s.cols, s.vals, s.weights), s.shape),
-    lambda shape, leaves: _rebuild(Sparse, leaves, shape),
+    lambda s: ((s.rows, s.cols, s.vals, s.weights), (s.shape, s.absent)),
+    lambda aux, leaves: _rebuild(Sparse, leaves, *aux),
 )
 
 def pad_entries(rows, cols, vals, weights, nnz: int, last_row: int = 0) -> tuple:
@@ -648,6 +721,10 @@ def stack(items: Sequence["Dense | Sparse"]) -> "Dense | Sparse":
         else:
             W = None
         return _rebuild(Dense, (A, W))
+    absent = {x.absent for x in items}
+    if len(absent) != 1:
+        raise ValueError("cannot stack sparse matrices whose absent entries mean different things "
+                         f"(absent={sorted(absent)})")
     nnz = max(x.nnz for x in items)
     last_row = items[0].shape[0] - 1
     padded = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz, last_row)
@@ -656,4 +733,4 @@ def stack(items: Sequence["Dense | Sparse"]) -> "Dense | Sparse":
     any_weighted = any(x.weights is not None for x in items) or any(x.nnz != nnz for x in items)
     if not any_weighted:
         leaves = leaves[:3] + (None,)
-    return _rebuild(Sparse, leaves, items[0].shape)
+    return _rebuild(Sparse, leaves, items[0].shape, absent.pop())

@@ -576,6 +576,9 @@ def _fit_list(items: Sequence, solver, max_buckets: int = 8, **kwargs) -> list:
     kinds = {type(d) for d in datas}
     if len(kinds) > 1:
         raise TypeError("data mixes Dense and Sparse matrices; fit them in separate calls")
+    if any(getattr(d, "absent", "missing") == "zero" for d in datas):  # padding would add observed zeros
+        raise ValueError("a list of sparse matrices with absent='zero' cannot be padded into shared shapes; "
+                         "fit them one by one, or stack same-shape matrices with jmf.stack")
     candidates = [kwargs.get("rank")] + list(kwargs.get("ranks") or [])
     requested = [r for r in candidates if isinstance(r, (int, np.integer))]
     for i, d in enumerate(datas):

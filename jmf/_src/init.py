@@ -93,6 +93,8 @@ def _mean_abs(data):
             return jnp.mean(a)
         return jnp.sum(a * data.weights) / jnp.sum(data.weights)
     a = jnp.abs(data.vals)
+    if data.absent == "zero":  # absent entries are zeros: the mean over all m n entries
+        return jnp.sum(jnp.abs(data.stored_vals())) / (data.shape[0] * data.shape[1])
     if data.weights is None:
         return jnp.mean(a)
     return jnp.sum(a * data.weights) / jnp.sum(data.weights)

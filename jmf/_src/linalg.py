@@ -2,9 +2,9 @@ r"""Truncated and randomized singular value decompositions.
 
 :func:`randomized_svd` is the range finder of Halko, Martinsson & Tropp
 (2011, Algorithm 4.4): draw a Gaussian test matrix ``Omega`` of shape
-``(n, k + p)``, form ``Q = orth(A Omega)``, refine it with ``q`` power
-iterations ``Q <- orth(A orth(A^T Q))`` (re-orthonormalized every time, so
-the small singular values are not lost to rounding), then take the exact SVD
+``(n, k + p)``, refine it with ``q`` power iterations ``Omega <- orth(A^T
+orth(A Omega))`` (re-orthonormalized every time, so the small singular values
+are not lost to rounding), form ``Q = orth(A Omega)``, then take the exact SVD
 of the small matrix ``B = Q^T A`` of shape ``(k + p, n)``.  It touches ``A``
 only through ``A X`` and ``A^T Y``: dense data uses matrix products, sparse
 data (:class:`jmf.Sparse`) gathers and ``segment_sum`` in ``O(nnz (k + p))``
@@ -20,8 +20,9 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.linalg import lu
 
-from ._validation import as_key, check_int, check_rank
+from ._validation import as_key, check_choice, check_int, check_rank
 from .data import Dense, Sparse, _rebuild, as_data
 
 __all__ = ["SVDResult", "randomized_svd", "truncated_svd", "flip_signs", "operator"]
@@ -53,30 +54,41 @@ def operator(data) -> tuple[Callable, Callable]:
     if isinstance(data, Dense):
         A = data.A if data.weights is None else jnp.where(data.weights > 0, data.A, 0)
         return (lambda X: A @ X), (lambda Y: jnp.matmul(A.T, Y))
-    m, n = data.shape
-    vals = data.vals if data.weights is None else jnp.where(data.weights > 0, data.vals, 0)
-    rows, cols = data.rows, data.cols
-
-    def A_mul(X):
-        return jax.ops.segment_sum(vals[:, None] * X[cols], rows, num_segments=m)
-
-    def At_mul(Y):
-        return jax.ops.segment_sum(vals[:, None] * Y[rows], cols, num_segments=n)
-
-    return A_mul, At_mul
+    return (lambda X: data.dot(X)), (lambda Y: data.dot(Y, transpose=True))
 
 
-def _randomized(data, rank: int, key, n_oversamples: int, n_power_iter: int) -> SVDResult:
+_NORMALIZERS = ("qr", "lu", "none")
+
+
+def _normalized(Y, normalizer: str):
+    """The power iterations' re-normalization of a block: orthonormal (QR), unit lower-triangular (LU) or none."""
+    if normalizer == "qr":
+        return jnp.linalg.qr(Y)[0]
+    if normalizer == "lu":
+        return lu(Y, permute_l=True)[0]
+    return Y
+
+
+def _randomized(data, rank: int, key, n_oversamples: int, n_power_iter: int, normalizer: str = "qr",
+                transpose: bool = False) -> SVDResult:
+    """The range finder; ``transpose`` runs it on ``A^T`` (then ``A V_k = U_k S_k`` holds exactly, the
+    Rayleigh--Ritz property on the right side; scikit-learn transposes when ``m < n``)."""
     m, n = data.shape
     p = min(rank + n_oversamples, m, n)
     A_mul, At_mul = operator(data)
-    Q = jnp.linalg.qr(A_mul(jax.random.normal(key, (n, p), data.dtype)))[0]
+    if transpose:
+        A_mul, At_mul, m, n = At_mul, A_mul, n, m
+    Q = jax.random.normal(key, (n, p), data.dtype)
     for _ in range(n_power_iter):
-        Q = jnp.linalg.qr(A_mul(jnp.linalg.qr(At_mul(Q))[0]))[0]
+        Q = _normalized(At_mul(_normalized(A_mul(Q), normalizer)), normalizer)
+    Q = jnp.linalg.qr(A_mul(Q))[0]
     B = At_mul(Q).T  # (p, n) = Q^T A
     Ub, s, Vt = jnp.linalg.svd(B, full_matrices=False)
     U = (Q @ Ub)[:, :rank]
-    U, Vt = flip_signs(U, Vt[:rank])
+    Vt = Vt[:rank]
+    if transpose:
+        U, Vt = Vt.T, U.T
+    U, Vt = flip_signs(U, Vt)
     return SVDResult(U, s[:rank], Vt)
 
 
@@ -89,7 +101,8 @@ def _exact(data, rank: int) -> SVDResult:
     return SVDResult(U, s[:rank], Vt)
 
 
-def randomized_svd(A, rank: int, *, key, n_oversamples: int = 10, n_power_iter: int = 4) -> SVDResult:
+def randomized_svd(A, rank: int, *, key, n_oversamples: int = 10, n_power_iter: int = 4,
+                   normalizer: str = "qr") -> SVDResult:
     """Leading ``rank`` singular triplets by a randomized range finder.
 
     Parameters
@@ -106,6 +119,11 @@ def randomized_svd(A, rank: int, *, key, n_oversamples: int = 10, n_power_iter: 
     n_power_iter : int, default 4
         Power iterations ``q``; the error bound improves like
         ``(sigma_{k+1} / sigma_k)^(2q + 1)``.
+    normalizer : {"qr", "lu", "none"}, default "qr"
+        Re-normalization of the block after each product of the power
+        iterations (scikit-learn's ``power_iteration_normalizer``): QR keeps
+        it orthonormal (the most accurate), LU is cheaper, "none" loses the
+        small singular values to rounding after a few iterations.
 
     Returns
     -------
@@ -124,8 +142,9 @@ def randomized_svd(A, rank: int, *, key, n_oversamples: int = 10, n_power_iter: 
     rank = check_rank(rank, data.shape)
     n_oversamples = check_int(n_oversamples, "n_oversamples", lo=0)
     n_power_iter = check_int(n_power_iter, "n_power_iter", lo=0)
+    check_choice(normalizer, "normalizer", _NORMALIZERS)
     key = as_key(key)
-    return _randomized(data, rank, key, int(n_oversamples), int(n_power_iter))
+    return _randomized(data, rank, key, int(n_oversamples), int(n_power_iter), normalizer)
 
 
 def truncated_svd(A, rank: int) -> SVDResult:

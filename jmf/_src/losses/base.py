@@ -34,9 +34,12 @@ from .._validation import check_penalty
 from ..data import Dense
 from ..factors import Factors, matmul, predict_entries
 
-__all__ = ["Loss", "custom", "penalty", "squared_error", "n_observed", "entry_sum", "entry_grad", "DATA_KINDS"]
+__all__ = ["Loss", "custom", "penalty", "squared_error", "n_observed", "entry_sum", "entry_grad", "DATA_KINDS",
+           "ALL_KINDS", "zero_filled", "fold_row_blocks", "map_row_blocks"]
 
 DATA_KINDS = ("dense", "weighted", "sparse")
+#: The data kinds of the built-in Frobenius and beta-divergence losses: also sparse data whose absent entries are zeros.
+ALL_KINDS = DATA_KINDS + ("sparse-zero",)
 
 
 class Loss(NamedTuple):
@@ -69,8 +72,20 @@ def n_observed(data):
     return data.n_observed()
 
 
+def zero_filled(data) -> bool:
+    """Sparse data whose absent entries are zeros (``jmf.Sparse(..., absent="zero")``)."""
+    return getattr(data, "absent", "missing") == "zero"
+
+
+def _refuse_zero_filled(data, what: str):
+    if zero_filled(data):  # at trace time; fit refuses such data earlier through the data kinds
+        raise NotImplementedError(f"{what} is not defined on sparse data with absent='zero' (it would sum over all "
+                                  "m x n entries); use a loss that declares 'sparse-zero' in its data_kinds")
+
+
 def entry_sum(f: Factors, data, rho: Callable) -> jax.Array:
     """``sum_ij w_ij rho(a_ij, yhat_ij)`` over observed entries (no division by N)."""
+    _refuse_zero_filled(data, "entry_sum")
     if isinstance(data, Dense):
         d = rho(data.A, f.predict())
     else:
@@ -82,6 +97,7 @@ def entry_sum(f: Factors, data, rho: Callable) -> jax.Array:
 
 def entry_grad(f: Factors, data, drho: Callable) -> Factors:
     """Gradient of :func:`entry_sum` given ``drho(a, yhat) = d rho / d yhat`` (elementwise)."""
+    _refuse_zero_filled(data, "entry_grad")
     if isinstance(data, Dense):
         G = drho(data.A, f.predict())
         if data.weights is not None:
@@ -110,8 +126,56 @@ def _squared(a, y):
 
 
 def squared_error(f: Factors, data) -> jax.Array:
-    """``sum_ij w_ij (a_ij - yhat_ij)^2`` over observed entries (no division)."""
+    """``sum_ij w_ij (a_ij - yhat_ij)^2`` over observed entries (no division).
+
+    For sparse data with ``absent="zero"`` every entry is observed:
+    ``|X|^2 - 2 <X H^T, W> + <W^T W, H H^T>`` from one sparse product and two
+    ``k x k`` Grams (``O(nnz k + (m + n) k^2)``; models without biases).
+    """
+    if zero_filled(data):
+        if f.has_biases:
+            raise NotImplementedError("squared_error: absent='zero' sparse data with biases is not supported")
+        return data.sq_norm() - 2 * jnp.sum(data.dot(f.H.T) * f.W) + jnp.sum((f.W.T @ f.W) * (f.H @ f.H.T))
     return entry_sum(f, data, _squared)
+
+
+def row_blocks(m: int, n: int, max_elems: int = 1 << 20) -> tuple:
+    """``(b, n_blocks)``: blocks of ``b`` rows whose ``b x n`` piece of an ``m x n`` product holds at most
+    ``max_elems`` entries (at least one row)."""
+    b = max(1, min(m, max_elems // max(n, 1)))
+    return b, -(-m // b)
+
+
+def _blocked_rows(W, b: int, n_blocks: int):
+    m, k = W.shape
+    pad = n_blocks * b - m
+    Wp = jnp.concatenate([W, jnp.zeros((pad, k), W.dtype)]) if pad else W
+    valid = (jnp.arange(n_blocks * b) < m).reshape(n_blocks, b)
+    return Wp.reshape(n_blocks, b, k), valid
+
+
+def map_row_blocks(W, fn, n: int, max_elems: int = 1 << 20):
+    """``fn(W_b, valid_b) -> (b, p)`` on blocks of rows of ``W`` (m, k), joined into ``(m, p)``.
+
+    For work on every entry of ``Y = W H`` (``n`` columns) that is never
+    formed whole: each block sees ``b`` rows of ``W`` (zero-padded at the
+    end; ``valid_b`` marks the real ones), so memory is ``O(b n)`` with
+    ``b n <= max_elems``.
+    """
+    m = W.shape[0]
+    b, nb = row_blocks(m, n, max_elems)
+    Wb, valid = _blocked_rows(W, b, nb)
+    out = jax.lax.map(lambda x: fn(*x), (Wb, valid))
+    return out.reshape((nb * b,) + out.shape[2:])[:m]
+
+
+def fold_row_blocks(W, fn, init, n: int, max_elems: int = 1 << 20):
+    """``sum_b fn(W_b, valid_b)`` over the row blocks of :func:`map_row_blocks` (a scan: ``O(b n)`` memory)."""
+    m = W.shape[0]
+    b, nb = row_blocks(m, n, max_elems)
+    Wb, valid = _blocked_rows(W, b, nb)
+    out, _ = jax.lax.scan(lambda acc, x: (jax.tree_util.tree_map(jnp.add, acc, fn(*x)), None), init, (Wb, valid))
+    return out
 
 
 def _pair(x, name: str, owner=None):

@@ -4,7 +4,8 @@ The built-in gradient is hand-derived: on unweighted dense data it uses the
 Gram form ``grad_W = 2 (W (H H^T) - A H^T) / N`` (4mnk FLOPs instead of the
 6mnk autodiff spends forming the residual); otherwise the elementwise form of
 :func:`jmf._src.losses.base.entry_grad` (sparse data: gathers and
-``segment_sum``, O(nnz k), never an m-by-n array).
+``segment_sum``, O(nnz k), never an m-by-n array).  On sparse data whose absent entries are zeros
+(``absent="zero"``) both use the Gram form with sparse products.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 
 from ..data import Dense
 from ..factors import Factors
-from .base import Loss, _pair, _same_form, entry_grad, mean_of, squared_error
+from .base import ALL_KINDS, Loss, _pair, _same_form, entry_grad, mean_of, squared_error, zero_filled
 
 __all__ = ["frobenius"]
 
@@ -58,6 +59,12 @@ def _gram_grad_small_rank(f: Factors, A) -> Factors:
 
 def _data_grad(f: Factors, data) -> Factors:
     """Gradient of ``squared_error`` (not divided by N)."""
+    if zero_filled(data):  # every entry observed: the Gram form with sparse products
+        if f.has_biases:
+            raise NotImplementedError("frobenius: absent='zero' sparse data with biases is not supported")
+        gW = -2 * (data.dot(f.H.T) - f.W @ (f.H @ f.H.T))
+        gH = -2 * (data.dot(f.W, transpose=True).T - (f.W.T @ f.W) @ f.H)
+        return Factors(gW, gH)
     if isinstance(data, Dense):
         m, n = data.shape
         k = f.W.shape[-1]
@@ -96,7 +103,9 @@ def frobenius(l2=0.0, l1=0.0, bias_l2=None) -> Loss:
     -------
     Loss
         ``value(f, data) = (sum w (a - yhat)^2 + penalty) / N`` and its
-        hand-derived gradient (dense, weighted dense and sparse paths).
+        hand-derived gradient (dense, weighted dense and sparse paths; on
+        sparse data with ``absent="zero"`` the sum runs over all ``m n``
+        entries by the Gram form, ``N = m n``).
     """
     l2, l1 = _same_form(l2, _pair(l2, "l2", "frobenius")), _same_form(l1, _pair(l1, "l1", "frobenius"))
     if bias_l2 is None:
@@ -104,4 +113,4 @@ def frobenius(l2=0.0, l1=0.0, bias_l2=None) -> Loss:
     bias_l2 = _same_form(bias_l2, _pair(bias_l2, "bias_l2", "frobenius"))
 
     value, grad = mean_of(squared_error, _data_grad, l2, l1, bias_l2)
-    return Loss(value, grad, "frobenius", ("frobenius", l2, l1, bias_l2))
+    return Loss(value, grad, "frobenius", ("frobenius", l2, l1, bias_l2), data_kinds=ALL_KINDS)

@@ -13,7 +13,10 @@ or, with ``count_scaled=True``, ``s_i`` the sum of the weights of row ``i``
 regularizes heavy users and popular items more.  This is the objective that
 :func:`jmf.solvers.als` minimizes exactly at every half-step.
 
-On :class:`jmf.Sparse` data the value and the gradient stream over
+On sparse data whose absent entries are zeros (``absent="zero"``, models
+without biases) every entry is observed and the Gram form of
+:func:`jmf.losses.squared_error` is used (``s_i = n``, ``s_j = m``).  On
+other :class:`jmf.Sparse` data the value and the gradient stream over
 fixed-size chunks of entries, so memory stays ``O(nnz + (m + n) k)`` even at
 20M ratings (:func:`jmf.losses.frobenius` gathers ``(nnz, k)`` arrays at
 once); dense data uses the matrix products of the Frobenius loss.
@@ -30,7 +33,7 @@ import jax.numpy as jnp
 from .._validation import check_bool, check_int, check_nonneg_float
 from ..data import Dense, Sparse
 from ..factors import Factors
-from .base import Loss, _pair, squared_error
+from .base import ALL_KINDS, Loss, _pair, squared_error, zero_filled
 from .frobenius import _data_grad as _frobenius_data_grad
 
 __all__ = ["ratings_loss", "row_scaled_frobenius", "chunked_entry_sum", "weight_sums"]
@@ -59,9 +62,9 @@ def chunked_entry_sum(nnz: int, chunk_size: int, fn, init):
 def weight_sums(data):
     """Sum of the weights of every row ``(m,)`` and column ``(n,)``: the counts ``s`` of count scaling."""
     m, n = data.shape
+    if zero_filled(data) or (isinstance(data, Dense) and data.weights is None):  # every entry observed
+        return jnp.full((m,), n, data.dtype), jnp.full((n,), m, data.dtype)
     if isinstance(data, Dense):
-        if data.weights is None:
-            return jnp.full((m,), n, data.dtype), jnp.full((n,), m, data.dtype)
         return jnp.sum(data.weights, axis=1), jnp.sum(data.weights, axis=0)
     w = data.effective_weights()
     # Not flagged as sorted: losses also see shuffled minibatches.
@@ -182,7 +185,7 @@ def ratings_loss(l2=0.0, bias_l2: Optional[float] = None, count_scaled: bool = F
     def value(f: Factors, data):
         f = jax.tree_util.tree_map(jnp.asarray, f)
         sr, sc = _scales(f, data, count_scaled)
-        if isinstance(data, Dense):
+        if isinstance(data, Dense) or zero_filled(data):
             se = squared_error(f, data)
         else:
             se = _chunked_squared_error(f, data, chunk_size)
@@ -191,7 +194,7 @@ def ratings_loss(l2=0.0, bias_l2: Optional[float] = None, count_scaled: bool = F
     def grad(f: Factors, data):
         f = jax.tree_util.tree_map(jnp.asarray, f)
         sr, sc = _scales(f, data, count_scaled)
-        if isinstance(data, Dense):
+        if isinstance(data, Dense) or zero_filled(data):
             g = _frobenius_data_grad(f, data)
         else:
             g = _chunked_data_grad(f, data, chunk_size)
@@ -199,7 +202,7 @@ def ratings_loss(l2=0.0, bias_l2: Optional[float] = None, count_scaled: bool = F
         return jax.tree_util.tree_map(lambda a, b: (a + b) * inv_n, g, _penalty_grad(f, l2W, l2H, bias_l2, sr, sc))
 
     return Loss(value, grad, "ratings" + ("-wr" if count_scaled else ""),
-                ("ratings", (l2W, l2H), bias_l2, count_scaled))
+                ("ratings", (l2W, l2H), bias_l2, count_scaled), data_kinds=ALL_KINDS)
 
 
 def row_scaled_frobenius(l2=0.0, bias_l2=None) -> Loss:

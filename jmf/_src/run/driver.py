@@ -86,6 +86,8 @@ def _observed_lines(data):
             return None
         observed = data.weights > 0
         return jnp.any(observed, axis=1), jnp.any(observed, axis=0)
+    if getattr(data, "absent", "missing") == "zero":
+        return None  # absent entries are zeros: every entry is observed
     m, n = data.shape
     w = (data.effective_weights() > 0).astype(jnp.int32)
     rows = jax.ops.segment_sum(w, data.rows, num_segments=m) > 0
@@ -171,8 +173,20 @@ def advance(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
     def member_loss(f, d, hp):
         return member_solver(job, hp).loss.value(f, d)
 
+    def member_progress(f, s, d, hp):
+        return member_solver(job, hp).progress(f, s, d)
+
     every, matrix, rank, param = frozenset(job.axes), frozenset({"matrix"}), frozenset({"rank"}), frozenset({"param"})
     step = nest_vmap(member_step, job.axes, (every, every, matrix, rank, param))
     loss_fn = nest_vmap(member_loss, job.axes, (every, matrix, param))
+    progress_fn = None
+    if member_solver(job, _first_point(args.hparams)).progress is not None:
+        progress = nest_vmap(member_progress, job.axes, (every, every, matrix, param))
+        progress_fn = lambda f, s: progress(f, s, args.data, args.hparams)  # noqa: E731
     return check_loop(job.cfg, carry, lambda f, s: step(f, s, args.data, args.mask, args.hparams),
-                      lambda f: loss_fn(f, args.data, args.hparams), select, stop_at, args.tol)
+                      lambda f: loss_fn(f, args.data, args.hparams), select, stop_at, args.tol, progress_fn)
+
+
+def _first_point(hparams):
+    """One member's hyperparameters (to ask the solver what it declares), or None."""
+    return None if hparams is None else {k: v[0] for k, v in hparams.items()}

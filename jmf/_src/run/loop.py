@@ -2,9 +2,10 @@
 
 Stopping rule (scikit-learn's NMF convention): every ``check_every``
 iterations the solver's loss is evaluated and recorded; a member stops with
-``CONVERGED`` when ``|loss_prev - loss| / loss_init < tol``, with
-``MAX_ITER`` after ``max_iter`` iterations, and with ``DIVERGED`` when the
-loss is not finite or exceeds ``DIVERGENCE_FACTOR`` times the initial loss.
+``CONVERGED`` when ``|loss_prev - loss| / loss_init < tol`` (or, for a
+solver that declares its own ``progress`` measure, when ``progress <= tol``),
+with ``MAX_ITER`` after ``max_iter`` iterations, and with ``DIVERGED`` when
+the loss is not finite or exceeds ``DIVERGENCE_FACTOR`` times the initial loss.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def initial_history(cfg: RunConfig, loss0):
     return jnp.full(loss0.shape + (n_checks(cfg) + 1,), jnp.nan, dtype=loss0.dtype).at[..., 0].set(loss0)
 
 
-def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol) -> Carry:
+def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol, progress_fn=None) -> Carry:
     """Run every member, one check block at a time, until ``stop_at``, ``max_iter`` or every member stopped.
 
     ``tol`` (traced, so fits with other tolerances reuse the program) is the
@@ -86,7 +87,9 @@ def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol
     ``step(factors, state)`` advances every member by one iteration,
     ``loss_fn(factors)`` returns the member-shaped losses, and
     ``select(pred, new, old)`` keeps the ``old`` leaves of members where
-    ``pred`` (member-shaped) is false.
+    ``pred`` (member-shaped) is false.  ``progress_fn(factors, state)``
+    (optional, member-shaped) replaces the loss-change test: a member
+    converges where ``progress <= tol``.
     """
 
     def body(c: Carry) -> Carry:
@@ -110,7 +113,10 @@ def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol
         # HALS, MU) identical to (loss_prev - loss) / loss_init < tol; for
         # gradient methods an increase larger than tol is oscillation or a
         # blow-up in progress, not convergence.
-        converged = (tol >= 0) & ((jnp.abs(c.loss_prev - loss) < tol * c.loss_init) | (loss == 0))
+        if progress_fn is None:
+            converged = (tol >= 0) & ((jnp.abs(c.loss_prev - loss) < tol * c.loss_init) | (loss == 0))
+        else:
+            converged = (tol >= 0) & (progress_fn(f, s) <= tol)
         status = jnp.where(
             ~finite,
             Status.DIVERGED.value,

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..data import Dense
+from ..losses.base import zero_filled
 
 __all__ = ["dense_normal_equations", "khatri_rao_square", "solve_spd", "ridge_floor"]
 
@@ -42,9 +43,16 @@ def dense_normal_equations(data: Dense, F, shift, side: int):
 
     Returns ``(G, b)``: for unweighted data ``G`` is the shared ``(q, q)``
     Gram ``F^T F``; for weighted data ``(g, q, q)`` blocks.  ``b`` is ``(g, q)``.
+    Sparse data whose absent entries are zeros (``absent="zero"``) is an
+    unweighted matrix too: ``b`` comes from sparse products (``O(nnz q)``).
     """
-    A = data.A
     q = F.shape[1]
+    if zero_filled(data):  # sparse with absent zeros: every entry observed, sparse products
+        b = data.dot(F, transpose=side == 1)
+        if shift is not None:
+            b = b - (shift @ F)[None, :]
+        return F.T @ F, b
+    A = data.A
 
     def prod(X, Y):  # A-like (m, n) times F-like, oriented by side
         return X @ Y if side == 0 else jnp.matmul(X.T, Y)

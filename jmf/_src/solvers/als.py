@@ -38,7 +38,7 @@ import numpy as np
 from .._validation import check_bool, check_choice, check_int, check_nonneg_float, check_positive_float
 from ..data import Dense
 from ..factors import Factors
-from ..losses.base import _pair
+from ..losses.base import ALL_KINDS, DATA_KINDS, _pair, zero_filled
 from ..losses.ratings import ratings_loss, weight_sums
 from ._blocked import SparseLayout, packed_cg, packed_solve, sparse_layout
 from ._normal import dense_normal_equations, solve_spd
@@ -61,7 +61,7 @@ def _augment(F, biases: bool):
 def _dense_side(data: Dense, F, shift, side, pen, extra, counts, count_scaled):
     """Solutions ``(g, q)`` of every row (side 0) or column (side 1) of a :class:`Dense`."""
     G, b = dense_normal_equations(data, F, shift, side)
-    if count_scaled and data.weights is None:
+    if count_scaled and (zero_filled(data) or data.weights is None):
         ridge = data.shape[1 - side] * pen + extra  # every row observes all columns: one shared system
     elif count_scaled:
         ridge = counts[:, None] * pen[None, :] + extra[None, :]
@@ -112,7 +112,7 @@ def _als(l2W, l2H, biases: bool, bias_l2, count_scaled: bool, solve: str, cg_ste
     loss = ratings_loss((l2W, l2H), bias_l2, count_scaled=count_scaled, chunk_size=chunk_size)
 
     def init(f: Factors, data, key=None):
-        return EmptyState() if isinstance(data, Dense) else sparse_layout(data)
+        return EmptyState() if isinstance(data, Dense) or zero_filled(data) else sparse_layout(data)
 
     def half(f: Factors, state, data, mask, side) -> Factors:
         """``f`` with the rows of ``W`` (side 0) or the columns of ``H`` (side 1) solved, the other side fixed."""
@@ -133,7 +133,7 @@ def _als(l2W, l2H, biases: bool, bias_l2, count_scaled: bool, solve: str, cg_ste
         else:
             shift = None
         F = _augment(F, biases)
-        if isinstance(data, Dense):
+        if isinstance(data, Dense) or zero_filled(data):
             counts = weight_sums(data)[side] if count_scaled else None
             sol = _dense_side(data, F, shift, side, pen, extra, counts, count_scaled)
         else:
@@ -153,7 +153,10 @@ def _als(l2W, l2H, biases: bool, bias_l2, count_scaled: bool, solve: str, cg_ste
         return half(f, state, data, mask, 1), state
 
     name = "als-wr" if count_scaled else "als"
-    return Solver(init=init, step=step, loss=loss, name=name, nonnegative=False, biases=biases, update_w=update_w)
+    # Sparse data with absent zeros is an unweighted matrix: the dense path with sparse products (no biases).
+    kinds = DATA_KINDS if biases else ALL_KINDS
+    return Solver(init=init, step=step, loss=loss, name=name, nonnegative=False, biases=biases, update_w=update_w,
+                  data_kinds=kinds)
 
 
 @cached_factory(searchable=("l2", "bias_l2"))

@@ -31,6 +31,13 @@ Optional parts:
 * ``direct(key, data, width, mask) -> Factors``: a method that computes its
   solution in one go (the truncated SVD).  The run layer calls it once
   instead of the loop, and reports one iteration, ``CONVERGED``.
+* ``progress(factors, state, data) -> scalar``: the solver's own measure of
+  how far from converged it is (e.g. scikit-learn's projected-gradient
+  violation of coordinate descent relative to its first value, kept in the
+  state by ``step``).  When given, the driver's loop stops a member at a
+  check where ``progress <= tol``, instead of applying its relative
+  loss-change rule; the loss is still evaluated at every check (history,
+  divergence, result).
 """
 
 from __future__ import annotations
@@ -74,7 +81,10 @@ class Solver(NamedTuple):
         the initial factors).
     data_kinds : tuple of str
         Which data the solver accepts: "dense" (unweighted :class:`jmf.Dense`),
-        "weighted" (:class:`jmf.Dense` with weights), "sparse" (:class:`jmf.Sparse`).
+        "weighted" (:class:`jmf.Dense` with weights), "sparse" (:class:`jmf.Sparse`,
+        absent entries missing), "sparse-zero" (:class:`jmf.Sparse` with
+        ``absent="zero"``: absent entries are zeros).  The default omits
+        "sparse-zero": a solver opts in when its updates have that path.
     spec : optional
         What the solver declares about its step beyond ``init``/``step``
         (e.g. :class:`jmf._src.solvers.gradient.GradientSpec`), from which
@@ -89,6 +99,9 @@ class Solver(NamedTuple):
         The hyperparameter grid when the factory was given arrays for
         searchable hyperparameters (e.g. ``als(l2=np.array([0.01, 0.1, 1.0]))``):
         :func:`jmf.fit_many` then fits every grid point as a member.
+    progress : (Factors, state, data) -> scalar, optional
+        A convergence measure replacing the loss-change rule: a member
+        converges at a check where ``progress <= tol`` (see the module docstring).
     """
 
     init: Callable[..., Any]
@@ -103,15 +116,16 @@ class Solver(NamedTuple):
     direct: Optional[Callable[..., Any]] = None
     factory: Any = None
     grid: Any = None
+    progress: Optional[Callable[..., Any]] = None
 
 
 def data_kind(data) -> str:
-    """"dense", "weighted" or "sparse"."""
+    """"dense", "weighted", "sparse" (absent entries missing) or "sparse-zero" (absent entries zero)."""
     from ..data import Dense
 
     if isinstance(data, Dense):
         return "dense" if data.weights is None else "weighted"
-    return "sparse"
+    return "sparse-zero" if getattr(data, "absent", "missing") == "zero" else "sparse"
 
 
 class Grid(NamedTuple):

@@ -215,7 +215,8 @@ def gradient(
         def step(f: Factors, state: GradientState, data, mask=None):
             return full_batch(f, state, data, mask, False)
 
-        kinds = loss.data_kinds
+        # The Frobenius loss defines no biased model on sparse data with absent zeros.
+        kinds = tuple(k for k in loss.data_kinds if not (biases and k == "sparse-zero"))
     else:
         step = _minibatch_epoch(loss, optimizer, projection, batch_size)
         kinds = tuple(k for k in loss.data_kinds if k == "sparse")

@@ -38,22 +38,24 @@ beta-divergence, see :func:`jmf.losses.beta_divergence`).
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .._validation import check_fraction, check_int, is_int
+from .._validation import check_choice, check_fraction, check_int, is_int
 from ..data import Dense
 from ..factors import Factors, predict_entries
 from ..losses import frobenius
-from ..losses.base import _pair
+from ..losses.base import ALL_KINDS, _pair, fold_row_blocks, map_row_blocks, zero_filled
 from ..losses.beta import _check_eps, beta_divergence, check_beta
-from ._blocked import SparseLayout, packed_solve, sparse_layout
+from ._blocked import packed_solve, sparse_layout
 from ._normal import dense_normal_equations
 from .base import EmptyState, Solver, cached_factory
 
-__all__ = ["mu", "hals", "HALSState"]
+__all__ = ["mu", "hals", "HALSState", "products", "mu_terms", "violation_progress"]
 
 # scikit-learn zeroes factors below float64's machine epsilon after each
 # multiplicative update when beta < 1 (W) or beta <= 1 (H), for stability.
@@ -72,7 +74,47 @@ def _prod(Z, F, side):
     return Z @ F if side == 0 else jnp.matmul(Z.T, F)
 
 
-def _mu_terms(data, W, H, side, beta, eps):
+def products(data, f: Factors, side: int):
+    """``(A H^T)^T`` (side 0, ``(k, m)``) or ``W^T A`` (side 1, ``(k, n)``): the data products of an update.
+
+    Unweighted :class:`jmf.Dense` by matrix products; sparse data whose
+    absent entries are zeros (``absent="zero"``) by sparse products
+    (:meth:`jmf.Sparse.dot`, ``O(nnz k)``).
+    """
+    if isinstance(data, Dense):
+        return (data.A @ f.H.T).T if side == 0 else f.W.T @ data.A
+    return data.dot(f.H.T).T if side == 0 else data.dot(f.W, transpose=True).T
+
+
+def _gram_kind(data) -> bool:
+    """Data every entry of which is observed with weight 1: the updates need only products and ``k x k`` Grams."""
+    return (isinstance(data, Dense) and data.weights is None) or zero_filled(data)
+
+
+def _all_entries_den(W, H, side, beta, eps):
+    """``Y^(beta-1) H^T`` (side 0) or ``(W^T Y^(beta-1))^T`` (side 1) over every entry of ``Y = W H``, by row blocks.
+
+    ``Y`` is clipped at ``eps`` for ``beta < 1`` (as scikit-learn does); never
+    formed whole (:func:`jmf._src.losses.base.map_row_blocks`).
+    """
+    n = H.shape[1]
+
+    def powered(Wb):
+        Y = Wb @ H
+        if beta < 1:
+            Y = jnp.maximum(Y, eps)
+        return Y ** (beta - 1)
+
+    if side == 0:
+        return map_row_blocks(W, lambda Wb, valid: powered(Wb) @ H.T, n)
+
+    def block(Wb, valid):
+        return Wb.T @ jnp.where(valid[:, None], powered(Wb), 0)
+
+    return fold_row_blocks(W, block, jnp.zeros(H.shape, H.dtype), n).T
+
+
+def mu_terms(data, W, H, side, beta, eps):
     """Numerator and data part of the denominator of the multiplicative update of one side.
 
     Side 0 updates ``W`` (rows ``(m, k)``) against ``F = H^T``; side 1 updates
@@ -96,6 +138,15 @@ def _mu_terms(data, W, H, side, beta, eps):
     rows, cols = data.rows, data.cols
     own, other, g = (rows, cols, m) if side == 0 else (cols, rows, n)
     y = predict_entries(Factors(W, H), rows, cols)
+    if zero_filled(data):
+        # Stored entries carry the numerator (x = 0 adds nothing); the denominator runs over every entry.
+        num_w, _ = _entry_weights(data.stored_vals(), y, beta, eps)
+        num = jax.ops.segment_sum(num_w[:, None] * F[other], own, num_segments=g)
+        if beta == 2:
+            return num, X @ (F.T @ F)
+        if beta == 1:
+            return num, jnp.sum(F, axis=0)[None, :]
+        return num, _all_entries_den(W, H, side, beta, eps)
     num_w, den_w = _entry_weights(data.vals, y, beta, eps)
     if data.weights is not None:
         num_w, den_w = data.weights * num_w, data.weights * den_w
@@ -160,7 +211,12 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
     Solver
         Nonnegative (negative data is refused).  Dense, weighted and sparse
         data: with weights ``M`` the update uses ``(M * ...) H^T``; sparse
-        data sums over observed entries only (O(nnz k)).
+        data sums over observed entries only (O(nnz k)).  Sparse data whose
+        absent entries are zeros (``absent="zero"``): the numerators need
+        ``A (.) Y^(beta-2)`` only at the stored entries and the denominators
+        only ``k x k`` Grams (``beta = 2``) or the column sums of the other
+        factor (``beta = 1``); other betas form ``Y^(beta-1)`` by blocks of
+        rows (``O(m n k)`` time, never an ``m x n`` array), as scikit-learn does.
 
     Notes
     -----
@@ -189,7 +245,7 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
 
     def half(data, W, H, side, mask):
         X = W if side == 0 else H.T
-        num, den = _mu_terms(data, W, H, side, beta, eps)
+        num, den = mu_terms(data, W, H, side, beta, eps)
         lam2, lam1 = pen[side]
         if _nz(lam1):
             den = den + lam1
@@ -204,8 +260,9 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
             X = jnp.where(X < _TINY, 0, X)
         return X
 
-    def frobenius_update(f: Factors, A, mask, side) -> Factors:
-        # Unweighted Frobenius: W <- W * A H^T / (W H H^T + ...), H <- H * W^T A / (W^T W H + ...), 4 m n k FLOPs.
+    def frobenius_update(f: Factors, data, mask, side) -> Factors:
+        # Every entry observed (unweighted dense, or sparse with absent zeros): W <- W * A H^T / (W H H^T + ...),
+        # H <- H * W^T A / (W^T W H + ...), 4 m n k FLOPs dense (O(nnz k) sparse).
         def update(X, num, den, lam2, lam1):
             if _nz(lam1):
                 den = den + lam1
@@ -213,20 +270,20 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
                 den = den + lam2 * X
             return X * (num / jnp.where(den == 0, eps, den))
 
-        m, n = A.shape
+        m, n = data.shape
         k = f.W.shape[1]
         if side == 0:
-            num, G = A @ f.H.T, f.H @ f.H.T
+            num, G = products(data, f, 0).T, f.H @ f.H.T
             W = _repeated(lambda X: update(X, num, X @ G, *pen[0]), f.W, _inner_sweeps(inner, m, n, k, mask),
                           inner_tol)
             return f._replace(W=W if mask is None else W * mask)
-        num, G = f.W.T @ A, f.W.T @ f.W
+        num, G = products(data, f, 1), f.W.T @ f.W
         H = _repeated(lambda X: update(X, num, G @ X, *pen[1]), f.H, _inner_sweeps(inner, n, m, k, mask), inner_tol)
         return f._replace(H=H if mask is None else H * mask[:, None])
 
     def update_side(f: Factors, data, mask, side) -> Factors:
-        if beta == 2 and isinstance(data, Dense) and data.weights is None:
-            return frobenius_update(f, data.A, None if mask is None else mask.astype(f.W.dtype), side)
+        if beta == 2 and _gram_kind(data):
+            return frobenius_update(f, data, None if mask is None else mask.astype(f.W.dtype), side)
         X = half(data, f.W, f.H, side, _mask(mask, f.W.shape[1], f.W.dtype))
         return f._replace(W=X) if side == 0 else f._replace(H=X.T)
 
@@ -237,7 +294,8 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
         f = update_side(f, data, mask, 0)
         return update_side(f, data, mask, 1), state
 
-    return Solver(init=init, step=step, loss=loss, name=f"mu(beta={beta:g})", nonnegative=True, update_w=update_w)
+    return Solver(init=init, step=step, loss=loss, name=f"mu(beta={beta:g})", nonnegative=True, update_w=update_w,
+                  data_kinds=ALL_KINDS)
 
 
 def _nz(x) -> bool:
@@ -247,11 +305,38 @@ def _nz(x) -> bool:
 # -- HALS / coordinate descent ------------------------------------------------------
 
 
-#: Solver state of :func:`hals` on sparse data (:class:`EmptyState` for dense data).
-HALSState = SparseLayout
+class HALSState(NamedTuple):
+    """State of :func:`hals`.
+
+    Attributes
+    ----------
+    layout : EmptyState or SparseLayout
+        The bucketed layout of sparse data with missing entries (built once in ``init``).
+    violation : scalar
+        scikit-learn's projected-gradient violation of the last step (of its
+        ``W`` update alone for :attr:`Solver.update_w`): the sum over the
+        coordinates of ``|g|`` (``min(g, 0)`` where the coordinate is 0), each
+        ``g`` the gradient of the half loss in that coordinate just before its
+        update.  NaN on sparse data with missing entries (not tracked there).
+    violation_init : scalar
+        The violation of the first step (NaN before it).
+    key : PRNG key or None
+        Source of the coordinate orders with ``shuffle=True``.
+    """
+
+    layout: Any
+    violation: Any
+    violation_init: Any
+    key: Any = None
 
 
-def _sparse_sweep(data, lay: SparseLayout, X, F, side, sweep):
+def violation_progress(f: Factors, state: HALSState, data):
+    """scikit-learn's coordinate-descent stopping measure: ``violation / violation_init`` (0 when the first is 0)."""
+    v0 = state.violation_init
+    return jnp.where(v0 > 0, state.violation / jnp.where(v0 > 0, v0, 1), 0).astype(v0.dtype)
+
+
+def _sparse_sweep(data, lay, X, F, side, sweep):
     """``sweep(G_i, b_i, x_i)`` on every row's normal equations, formed bucket by bucket by the sparse engine."""
     seg_side, other_idx = (lay.rows, data.cols) if side == 0 else (lay.cols, data.rows)
     p = F.shape[0]
@@ -271,28 +356,42 @@ def _sparse_sweep(data, lay: SparseLayout, X, F, side, sweep):
     return packed_solve(seg_side, X, contrib, lambda G, R, seg, x0: sweep(G, R, x0), data.shape[1 - side], data.nnz)
 
 
-def _cd_shared(X, G, B):
-    """One cyclic coordinate sweep over the rows of ``X`` (``(k, p)``).
+def _coordinate(order, i):
+    return i if order is None else order[i]
+
+
+def _projected(x, grad):
+    """scikit-learn's projected gradient of one coordinate: ``min(g, 0)`` at the bound 0, else ``g``."""
+    return jnp.where(x == 0, jnp.minimum(grad, 0), grad)
+
+
+def _cd_shared(X, G, B, order=None):
+    """One cyclic coordinate sweep over the rows of ``X`` (``(k, p)``); returns ``(X, violation)``.
 
     Columnwise, for ``min 1/2 x^T G x - b^T x, x >= 0``.
 
     ``G`` (``(k, k)``) is shared by all ``p`` columns of ``X``; ``B`` is ``(k, p)``.
     A component with ``G[t, t] = 0`` (dead or rank-masked) is left as is.
+    ``order`` (``(k,)``, optional) is the order of the coordinates (default ``0..k-1``).
     """
     k = X.shape[0]
 
-    def body(t, X):
+    def body(i, c):
+        X, v = c
+        t = _coordinate(order, i)
         Gt = lax.dynamic_index_in_dim(G, t, 0, keepdims=False)
         x = lax.dynamic_index_in_dim(X, t, 0, keepdims=False)
         grad = Gt @ X - lax.dynamic_index_in_dim(B, t, 0, keepdims=False)
-        h = Gt[t]
+        h = lax.dynamic_index_in_dim(Gt, t, 0, keepdims=False)
+        v = v + jnp.sum(jnp.abs(_projected(x, grad)))
         new = jnp.where(h > 0, jnp.maximum(x - grad / jnp.where(h > 0, h, 1), 0), x)
-        return lax.dynamic_update_index_in_dim(X, new, t, 0)
+        return lax.dynamic_update_index_in_dim(X, new, t, 0), v
 
-    return lax.fori_loop(0, k, body, X)  # rolled: X is updated in place (5x faster than unrolled at k = 20)
+    # rolled: X is updated in place (5x faster than unrolled at k = 20)
+    return lax.fori_loop(0, k, body, (X, jnp.zeros((), X.dtype)))
 
 
-def _repeated(sweep, X, max_sweeps, rel_tol: float):
+def _repeated(sweep, X, max_sweeps, rel_tol: float, first=None):
     """Up to ``max_sweeps`` applications of ``sweep`` to ``X`` with the products held fixed (accelerated NMF).
 
     Stops early once a sweep changes ``X`` by less than ``rel_tol`` times the
@@ -300,8 +399,9 @@ def _repeated(sweep, X, max_sweeps, rel_tol: float):
     Each sweep (a HALS coordinate sweep, or a multiplicative update) does not
     increase the loss on its own, so neither do the repeats.  ``max_sweeps``
     may be traced (it depends on the effective rank of a rank-masked member).
+    ``first``: the result of the first sweep, when the caller has it already.
     """
-    X1 = sweep(X)
+    X1 = sweep(X) if first is None else first
     if isinstance(max_sweeps, int) and max_sweeps <= 1:
         return X1
     d0 = jnp.sum((X1 - X) ** 2)
@@ -354,23 +454,32 @@ def _inner_sweeps(inner, p: int, q: int, k, mask=None):
     return jnp.minimum(jnp.floor(1 + 0.5 * products / sweep), _MAX_SWEEPS).astype(jnp.int32)
 
 
-def _cd_blocks(X, G, B):
-    """The sweep of :func:`_cd_shared` with one Gram block per row: ``X, B (g, k)``, ``G (g, k, k)``."""
+def _cd_blocks(X, G, B, order=None):
+    """The sweep of :func:`_cd_shared` with one Gram block per row: ``X, B (g, k)``, ``G (g, k, k)``.
+
+    Returns ``(X, violation)``.
+    """
     k = X.shape[1]
 
-    def body(t, X):
+    def body(i, c):
+        X, v = c
+        t = _coordinate(order, i)
         Gt = lax.dynamic_index_in_dim(G, t, 1, keepdims=False)  # (g, k)
         x = lax.dynamic_index_in_dim(X, t, 1, keepdims=False)
         grad = jnp.sum(Gt * X, axis=1) - lax.dynamic_index_in_dim(B, t, 1, keepdims=False)
         h = lax.dynamic_index_in_dim(Gt, t, 1, keepdims=False)
+        v = v + jnp.sum(jnp.abs(_projected(x, grad)))
         new = jnp.where(h > 0, jnp.maximum(x - grad / jnp.where(h > 0, h, 1), 0), x)
-        return lax.dynamic_update_index_in_dim(X, new[:, None], t, 1)
+        return lax.dynamic_update_index_in_dim(X, new[:, None], t, 1), v
 
-    return lax.fori_loop(0, k, body, X)
+    return lax.fori_loop(0, k, body, (X, jnp.zeros((), X.dtype)))
+
+
+_STOPS = ("loss", "violation")
 
 
 @cached_factory(searchable=("l1", "l2"))
-def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
+def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1, stop: str = "loss", shuffle: bool = False) -> Solver:
     r"""Fast HALS / cyclic coordinate descent for NMF (scikit-learn's ``solver='cd'``).
 
     Parameters
@@ -390,11 +499,26 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
     inner_tol : float, default 0.1
         Early stop of the repeats: a sweep that changes the factor by less
         than ``inner_tol`` times the first sweep ends them.
+    stop : {"loss", "violation"}, default "loss"
+        What ``tol`` of :func:`jmf.fit` applies to.  "loss": the driver's
+        rule, the relative decrease of the loss.  "violation":
+        scikit-learn's rule for ``cd``, ``violation / violation_init <= tol``
+        with the projected-gradient violation of each step (see
+        :class:`HALSState`; the solver's :attr:`~jmf.solvers.Solver.progress`).
+        scikit-learn tests it at every iteration: fit with ``check_every=1``
+        for the same stopping iteration.  Not available on sparse data with
+        missing entries.
+    shuffle : bool, default False
+        Visit the coordinates in a fresh random order at every half-step
+        (scikit-learn's ``shuffle=True``), drawn from the fit's key.
 
     Returns
     -------
     Solver
-        Nonnegative (negative data is refused).  Dense, weighted and sparse data.
+        Nonnegative (negative data is refused).  Dense, weighted and sparse
+        data, and sparse data whose absent entries are zeros
+        (``absent="zero"``: the same shared-Gram sweeps as dense data, with
+        ``A H^T`` and ``W^T A`` as sparse products, ``O(nnz k)``).
 
     Notes
     -----
@@ -407,35 +531,45 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
     l1W, l1H = _pair(l1, "l1", "hals")
     l2W, l2H = _pair(l2, "l2", "hals")
     inner, inner_tol = _check_inner(inner, inner_tol, "hals")
+    check_choice(stop, "stop", _STOPS, "hals")
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"hals: shuffle must be a bool, got {shuffle!r}")
+    shuffle = bool(shuffle)
     loss = frobenius((l2W, l2H), (l1W, l1H))
 
     def init(f: Factors, data, key=None):
-        return EmptyState() if isinstance(data, Dense) else sparse_layout(data)
+        layout = sparse_layout(data) if not (isinstance(data, Dense) or zero_filled(data)) else EmptyState()
+        nan = jnp.full((), jnp.nan, f.W.dtype)
+        if shuffle and key is None:
+            key = jax.random.key(0)
+        return HALSState(layout, nan, nan, key if shuffle else None)
 
-    def dense_side(f: Factors, A, mask, side) -> Factors:
-        # Unweighted dense: shared Grams, coordinate sweeps on rows of W^T (k, m) and of H (k, n),
-        # the layouts in which a coordinate is a contiguous row.
+    def gram_side(f: Factors, data, mask, side, order):
+        # Every entry observed (unweighted dense, or sparse with absent zeros): shared Grams, coordinate sweeps
+        # on rows of W^T (k, m) and of H (k, n), the layouts in which a coordinate is a contiguous row.
         k = f.W.shape[1]
-        m, n = A.shape
+        m, n = data.shape
         eye = jnp.eye(k, dtype=f.W.dtype)
         lam2, lam1 = (l2W, l1W) if side == 0 else (l2H, l1H)
+        B = products(data, f, side)
         if side == 0:
-            G, B, X, sweeps = f.H @ f.H.T, (A @ f.H.T).T, f.W.T, _inner_sweeps(inner, m, n, k, mask)
+            G, X, sweeps = f.H @ f.H.T, f.W.T, _inner_sweeps(inner, m, n, k, mask)
         else:
-            G, B, X, sweeps = f.W.T @ f.W, f.W.T @ A, f.H, _inner_sweeps(inner, n, m, k, mask)
+            G, X, sweeps = f.W.T @ f.W, f.H, _inner_sweeps(inner, n, m, k, mask)
         if _nz(lam2):
             G = G + lam2 * eye
         if _nz(lam1):
             B = B - lam1 / 2
-        X = _repeated(lambda X: _cd_shared(X, G, B), X, sweeps, inner_tol)
+        X1, v = _cd_shared(X, G, B, order)
+        X = _repeated(lambda X: _cd_shared(X, G, B, order)[0], X, sweeps, inner_tol, first=X1)
         if mask is not None:
             X = X * mask[:, None]
-        return f._replace(W=X.T) if side == 0 else f._replace(H=X)
+        return (f._replace(W=X.T) if side == 0 else f._replace(H=X)), v
 
-    def half(f: Factors, state, data, mask, side) -> Factors:
-        """New ``W`` (side 0) or ``H`` (side 1), the other factor fixed."""
-        if isinstance(data, Dense) and data.weights is None:
-            return dense_side(f, data.A, None if mask is None else mask.astype(f.W.dtype), side)
+    def half(f: Factors, state, data, mask, side, order):
+        """New ``W`` (side 0) or ``H`` (side 1), the other factor fixed, and the sweep's violation."""
+        if _gram_kind(data):
+            return gram_side(f, data, None if mask is None else mask.astype(f.W.dtype), side, order)
         k = f.W.shape[1]
         mask = _mask(mask, k, f.W.dtype)
         eye = jnp.eye(k, dtype=f.W.dtype)
@@ -443,24 +577,44 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1) -> Solver:
         X, F = (f.W, f.H.T) if side == 0 else (f.H.T, f.W)
         F = F * mask
 
-        def sweep(G, B, X):
+        def normal(G, B):
             if _nz(lam2):
                 G = G + lam2 * eye
             if _nz(lam1):
                 B = B - lam1 / 2
-            return _cd_blocks(X, G, B)
+            return G, B
 
         if isinstance(data, Dense):
-            X = sweep(*dense_normal_equations(data, F, None, side), X)
-        else:
-            X = _sparse_sweep(data, state, X, F, side, sweep)
+            X, v = _cd_blocks(X, *normal(*dense_normal_equations(data, F, None, side)), order)
+        else:  # the sparse engine solves bucket by bucket: the violation is not tracked there
+            X = _sparse_sweep(data, state.layout, X, F, side, lambda G, B, X: _cd_blocks(X, *normal(G, B), order)[0])
+            v = jnp.full((), jnp.nan, X.dtype)
         X = X * mask
-        return f._replace(W=X) if side == 0 else f._replace(H=X.T)
+        return (f._replace(W=X) if side == 0 else f._replace(H=X.T)), v
+
+    def orders(state, k, n):
+        """``n`` coordinate orders (None without shuffle) and the state's next key."""
+        if not shuffle:
+            return [None] * n, state.key
+        key, *subs = jax.random.split(state.key, n + 1)
+        return [jax.random.permutation(s, k) for s in subs], key
+
+    def record(state, v, key):
+        init_v = jnp.where(jnp.isnan(state.violation_init), v, state.violation_init)
+        return state._replace(violation=v, violation_init=init_v, key=key)
 
     def update_w(f: Factors, state, data, mask=None):
-        return half(f, state, data, mask, 0), state
+        (o,), key = orders(state, f.W.shape[1], 1)
+        f, v = half(f, state, data, mask, 0, o)
+        return f, record(state, v, key)
 
     def step(f: Factors, state, data, mask=None):
-        return half(half(f, state, data, mask, 0), state, data, mask, 1), state
+        (oW, oH), key = orders(state, f.W.shape[1], 2)
+        f, vW = half(f, state, data, mask, 0, oW)
+        f, vH = half(f, state, data, mask, 1, oH)
+        return f, record(state, vW + vH, key)
 
-    return Solver(init=init, step=step, loss=loss, name="hals", nonnegative=True, update_w=update_w)
+    kinds = ALL_KINDS if stop == "loss" else ("dense", "weighted", "sparse-zero")
+    name = "hals" if stop == "loss" else "hals(stop=violation)"
+    return Solver(init=init, step=step, loss=loss, name=name, nonnegative=True, update_w=update_w, data_kinds=kinds,
+                  progress=violation_progress if stop == "violation" else None)

@@ -50,7 +50,8 @@ def svd(method: str = "auto", n_oversamples: int = 10, n_power_iter: int = 4) ->
         and sparse data; for :class:`jmf.Sparse` the unobserved entries are
         treated as zeros (the "PureSVD" recommender baseline), which is not
         the minimizer of the loss over observed entries (use
-        :func:`jmf.solvers.als` for that).
+        :func:`jmf.solvers.als` for that).  For sparse data with
+        ``absent="zero"`` (absent entries are zeros) it is the optimum.
 
     Notes
     -----
@@ -61,7 +62,7 @@ def svd(method: str = "auto", n_oversamples: int = 10, n_power_iter: int = 4) ->
     check_choice(method, "method", _METHODS, "svd")
     n_oversamples = check_int(n_oversamples, "n_oversamples", "svd", lo=0)
     n_power_iter = check_int(n_power_iter, "n_power_iter", "svd", lo=0)
-    kinds = ("dense",) if method == "exact" else ("dense", "sparse")
+    kinds = ("dense",) if method == "exact" else ("dense", "sparse", "sparse-zero")
 
     def init(f: Factors, data, key=None):
         return EmptyState()
