@@ -320,7 +320,7 @@ def member_means(factors: Factors, state: BPMFState) -> Factors:
     """
     T = state.W_buf.shape[-3]
     kept = jnp.minimum(state.kept, T)
-    valid = (jnp.arange(T) < kept[..., None]).astype(state.W_buf.dtype)  # (..., T)
+    valid = (jnp.arange(T, dtype=kept.dtype) < kept[..., None]).astype(state.W_buf.dtype)  # (..., T)
     none = kept == 0
     w = jnp.where(none[..., None], 0, valid / jnp.maximum(kept, 1)[..., None].astype(valid.dtype))
     s = jnp.sqrt(w)
@@ -363,6 +363,7 @@ def posterior_mean(result, state=None) -> Factors:
         ``mu + mean_s (b_i^s + c_j^s + u_i^s . v_j^s)``.  Before any sample
         is kept (fewer sweeps than ``burn_in``), the last sample.
     """
+    result = getattr(result, "result", result)  # a FitManyResult holds its FitResult
     st = result.state if state is None else state
     if not isinstance(st, BPMFState):
         raise TypeError("posterior_mean needs the result of a jmf.solvers.bpmf fit (its state holds the samples)")
