@@ -9,16 +9,19 @@ numpy index arithmetic, O(nnz).
 
 from __future__ import annotations
 
-from typing import Iterator
+from functools import partial
+from typing import Any, Iterator, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._validation import as_key
+from ._validation import as_key, numpy_rng
 from .data import Sparse, _rebuild
+from .factors import Factors
 
-__all__ = ["train_test_split", "leave_k_out", "kfold", "subset", "holdout_mask"]
+__all__ = ["train_test_split", "leave_k_out", "kfold", "subset", "holdout_mask", "fold_stack", "grid_search",
+           "SearchResult"]
 
 
 def _check(data):
@@ -138,3 +141,318 @@ def kfold(data: Sparse, n_splits: int = 5, key=0) -> Iterator:
             yield subset(data, ~mask), subset(data, mask)
 
     return gen()
+
+
+# -- batched cross-validation and hyperparameter search ---------------------------------------------
+
+
+def fold_stack(data: Sparse, n_splits: int = 5, key=0):
+    """K-fold split of the observed entries as two stacked batches with equal ``nnz`` (host-side, no compilation).
+
+    The entries are shuffled (seeded) and cut into ``n_splits`` test folds of
+    ``nnz // n_splits`` entries each; the ``nnz % n_splits`` leftover entries
+    are in every training part and never tested, so that all training parts
+    have the same number of entries and stack without padding.
+
+    Returns
+    -------
+    train : Sparse, batch (n_splits, m, n)
+        Training part of every fold (leaves of shape ``(n_splits, nnz - size)``).
+    test : Sparse, batch (n_splits, m, n)
+        Held-out part of every fold (``(n_splits, size)``).
+    """
+    _check(data)
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or not 2 <= n_splits <= data.nnz // 2:
+        raise ValueError(f"n_splits must be an int in [2, nnz / 2 = {data.nnz // 2}], got {n_splits!r}")
+    nnz = data.nnz
+    size = nnz // n_splits
+    perm = numpy_rng(key).permutation(nnz)
+    leaves = [np.asarray(x) for x in (data.rows, data.cols, data.vals)]
+    w = None if data.weights is None else np.asarray(data.weights)
+    train_idx, test_idx = [], []
+    for i in range(n_splits):
+        held = np.zeros(nnz, bool)
+        held[perm[i * size:(i + 1) * size]] = True
+        train_idx.append(np.flatnonzero(~held))  # sorted: the row-major order is kept
+        test_idx.append(np.flatnonzero(held))
+
+    def batch(idx):
+        idx = np.stack(idx)
+        arrays = tuple(jax.device_put(x[idx]) for x in leaves) + (None if w is None else jax.device_put(w[idx]),)
+        return _rebuild(Sparse, arrays, data.shape)
+
+    return batch(train_idx), batch(test_idx)
+
+
+class SearchResult(NamedTuple):
+    """Result of :func:`grid_search`.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per setting (rank x hyperparameter point): ``rank``, the
+        hyperparameters, ``rmse`` and ``mae`` (mean over folds), ``rmse_std``,
+        ``split{i}_rmse``, and ``rank_test`` (1 = lowest mean RMSE).
+    best : dict
+        The best setting: ``{"rank": r, **hyperparameters}``.
+    best_score : float
+        Its mean held-out RMSE.
+    factors : Factors or None
+        The refit on all the data at the best setting (``refit=True``).
+    refit : FitResult or None
+        That fit's result.
+    cv : FitManyResult
+        The search's members (axes ``("matrix", ["param",] "rank")``; the
+        "matrix" axis is the fold, and with ``refit="joint"`` its last entry
+        is all the data).
+    rmse, mae : ndarray, shape (n_splits, n_points, n_ranks)
+        Held-out errors of every member.
+    seconds : dict
+        Wall time of the search fit, the evaluation and the refit.
+    """
+
+    table: Any
+    best: dict
+    best_score: float
+    factors: Optional[Factors]
+    refit: Any
+    cv: Any
+    rmse: np.ndarray
+    mae: np.ndarray
+    seconds: dict
+
+
+def _is_sampling(res) -> bool:
+    from .solvers.bpmf import BPMFState
+
+    return isinstance(res.state, BPMFState)
+
+
+@jax.jit
+def _posterior_means(f, st):
+    """Posterior-mean factors of every member of a sampling solver (see :func:`jmf.solvers.bpmf`)."""
+    from .solvers.bpmf import member_means
+
+    return member_means(f, st)
+
+
+@partial(jax.jit, static_argnames=("n_lead", "n_splits", "sampling"))
+def _heldout_errors(f: Factors, st, rows, cols, vals, weights, lo, hi, n_lead: int, n_splits: int, sampling: bool):
+    """RMSE and MAE of every member at its fold's held-out entries, in one program.
+
+    ``f`` has leaves with ``n_lead`` member axes in front, the first one the
+    fold (only the first ``n_splits`` are scored); ``rows``, ``cols``,
+    ``vals``, ``weights`` are ``(n_splits, t)``.  Returns ``(n_splits, M)``
+    arrays (the other member axes flattened).  Members are scored one after
+    the other (``lax.map``), so memory stays ``O(t k)`` per fold; a sampling
+    solver's members are scored by their posterior mean.
+    """
+
+    def lead(x):
+        return None if x is None else x[:n_splits].reshape((n_splits, -1) + x.shape[n_lead:])
+
+    f = jax.tree_util.tree_map(lead, f)
+    if sampling:
+        st = jax.tree_util.tree_map(lead, st)
+
+    def fold(ff, ss, r, c, v, w):
+        def member(args):
+            fm, sm = args
+            if sampling:
+                from .solvers.bpmf import member_means
+
+                fm = member_means(fm, sm)
+            pred = jnp.sum(fm.W[r] * fm.H.T[c], axis=1)
+            if fm.row_bias is not None:
+                pred = pred + fm.row_bias[r] + fm.col_bias[c]
+            if fm.offset is not None:
+                pred = pred + fm.offset
+            err = jnp.clip(pred, lo, hi) - v
+            sw = jnp.sum(w)
+            return jnp.sqrt(jnp.sum(w * err * err) / sw), jnp.sum(w * jnp.abs(err)) / sw
+
+        return jax.lax.map(member, (ff, ss))
+
+    st = st if sampling else None
+    return jax.vmap(fold)(f, st, rows, cols, vals, weights)
+
+
+def _host_member(tree, index):
+    """Member ``index`` of a batched pytree, as host (numpy) leaves: indexing compiles nothing."""
+    return jax.tree_util.tree_map(lambda x: None if x is None else np.asarray(x)[index], tree)
+
+
+def _append_full(train: Sparse, data: Sparse) -> Sparse:
+    """The stacked folds with all of ``data`` as one more matrix, every part padded to ``data.nnz``."""
+    nnz = data.nnz
+    pad = nnz - train.rows.shape[1]
+    K = train.rows.shape[0]
+    last = data.shape[0] - 1
+
+    def grow(x, fill, full):
+        x = np.asarray(x)
+        x = np.concatenate([x, np.full((K, pad), fill, x.dtype)], axis=1)
+        return jax.device_put(np.concatenate([x, np.asarray(full, x.dtype)[None]], axis=0))
+
+    tw = np.ones(train.rows.shape, np.asarray(data.vals).dtype) if train.weights is None else train.weights
+    dw = np.ones(nnz, np.asarray(data.vals).dtype) if data.weights is None else data.weights
+    leaves = (grow(train.rows, last, data.rows), grow(train.cols, 0, data.cols), grow(train.vals, 0, data.vals),
+              grow(tw, 0, dw))
+    return _rebuild(Sparse, leaves, data.shape)
+
+
+def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, key=0, max_iter: int = 10, tol=None,
+                check_every: Optional[int] = None, init="normal", clip="auto", refit="joint",
+                progress: bool = False) -> SearchResult:
+    r"""K-fold cross-validation of every rank x hyperparameter setting, all members in one compiled call.
+
+    The folds (:func:`fold_stack`: equal-size test folds over the observed
+    entries) are stacked as the "matrix" axis of :func:`jmf.fit_many`, the
+    solver's hyperparameter grid (e.g. ``jmf.solvers.ratings_als(l2=np.array([0.05, 0.1, 0.2]))``)
+    is its "param" axis and ``ranks`` its "rank" axis: ``n_splits x P x R``
+    fits run as members of one compiled program.  The held-out RMSE and MAE
+    of every member are computed by one more compiled program (no Python
+    loop over members), the setting with the lowest mean RMSE is chosen and,
+    with ``refit=True``, refitted on all of ``data``.  Calls with the same
+    shapes reuse the compiled programs.
+
+    Parameters
+    ----------
+    data : Sparse, shape (m, n)
+        Observed entries (e.g. ratings).
+    solver : Solver
+        A solver for sparse data, optionally carrying a hyperparameter grid
+        (built with arrays for its searchable hyperparameters).  Sampling
+        solvers (:func:`jmf.solvers.bpmf`) are scored by their posterior mean.
+    ranks : int or sequence of int
+        Ranks to try (rank-padded members: cost grows with ``max(ranks)``).
+    n_splits : int, default 5
+        Number of folds.
+    key : jax.random.key or int
+        Seeds the folds and the initial factors (every fold starts from the
+        same factors, as separate fits with this key would).
+    max_iter, tol, check_every, init
+        As in :func:`jmf.fit` (default: exactly ``max_iter`` iterations).
+    clip : "auto", None or (low, high), default "auto"
+        Clip predictions to the rating scale before scoring ("auto": the
+        observed range of ``data``).
+    refit : {"joint", "separate", False}, default "joint"
+        Fit the best setting on all of ``data``: ``"joint"`` (or True) fits
+        every setting on all the data as one more matrix of the same compiled
+        call (``n_splits + 1`` matrices; no program of its own, whichever
+        setting wins), ``"separate"`` fits the best one afterwards (one fit,
+        but programs for its rank), ``False`` skips it.
+    progress : bool, default False
+
+    Returns
+    -------
+    SearchResult
+        ``table`` (pandas), ``best``, ``best_score``, ``factors`` (the refit),
+        the members' ``rmse`` / ``mae`` of shape ``(n_splits, P, R)``.
+
+    Notes
+    -----
+    Held-out RMSE of member ``(f, p, r)``:
+    ``sqrt(mean_{(i,j) in test_f} (clip(yhat_ij) - a_ij)^2)``.  Users or
+    items whose entries all fall in one fold's test part are predicted from
+    what the model has for them (biases, or 0 factors), as in use.
+    """
+    import time
+
+    import pandas as pd
+
+    from .fit import fit, fit_many
+    from .solvers.base import Solver, at_point
+
+    _check(data)
+    if not isinstance(solver, Solver):
+        raise TypeError(f"solver must be a jmf Solver, got {type(solver).__name__}")
+    if "sparse" not in solver.data_kinds:
+        raise ValueError(f"solver {solver.name!r} does not fit sparse data")
+    rank_list = [ranks] if isinstance(ranks, (int, np.integer)) and not isinstance(ranks, bool) else list(ranks)
+    if not rank_list:
+        raise ValueError("ranks is empty")
+    for r in rank_list:
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or not 1 <= r <= min(data.shape):
+            raise ValueError(f"ranks must be ints in [1, min(m, n) = {min(data.shape)}], got {r!r}")
+    if clip == "auto":
+        v = np.asarray(data.vals)
+        lo, hi = float(v.min()), float(v.max())
+    elif clip is None:
+        lo, hi = -np.inf, np.inf
+    else:
+        try:
+            lo, hi = (float(x) for x in clip)
+        except (TypeError, ValueError):
+            raise TypeError(f"clip must be 'auto', None or a (low, high) pair, got {clip!r}") from None
+        if not lo < hi:
+            raise ValueError(f"clip must have low < high, got {clip!r}")
+    if refit not in (True, False, "joint", "separate"):
+        raise ValueError(f"refit must be True, False, 'joint' or 'separate', got {refit!r}")
+    joint = refit is True or refit == "joint"
+    check_every = max_iter if check_every is None else check_every
+    fit_key = as_key(key)
+    train, test = fold_stack(data, n_splits, fit_key)  # the folds come from a numpy stream of the key
+    if joint:
+        # All the data as one more matrix of the stack: every setting is refitted in the same compiled call,
+        # so the refit never needs a program of its own (whatever rank wins); the folds are padded to its
+        # nnz with weight-0 entries, which no solve sees.
+        train = _append_full(train, data)
+    kw = dict(init=init, max_iter=max_iter, tol=tol, check_every=check_every, progress=progress)
+
+    t0 = time.perf_counter()
+    cv = fit_many(train, solver, ranks=rank_list, key=fit_key, **kw)
+    jax.block_until_ready(cv.result.factors)
+    t1 = time.perf_counter()
+    sampling = _is_sampling(cv.result)
+    dtype = np.dtype(cv.result.factors.W.dtype)
+    weights = np.ones(test.vals.shape, dtype) if test.weights is None else test.weights
+    rmse, mae = _heldout_errors(cv.result.factors, cv.result.state if sampling else None, test.rows, test.cols,
+                                test.vals, weights, np.asarray(lo, dtype), np.asarray(hi, dtype),
+                                n_lead=len(cv.axes), n_splits=n_splits, sampling=sampling)
+    P = 1 if cv.params is None else len(next(iter(cv.params.values())))
+    R = len(rank_list)
+    rmse = np.asarray(rmse, np.float64).reshape(n_splits, P, R)
+    mae = np.asarray(mae, np.float64).reshape(n_splits, P, R)
+    t2 = time.perf_counter()
+
+    rows = []
+    names = () if cv.params is None else tuple(cv.params)
+    for p in range(P):
+        for j, r in enumerate(rank_list):
+            row = {"rank": int(r)}
+            row.update({n: float(cv.params[n][p]) for n in names})
+            row.update(rmse=float(np.mean(rmse[:, p, j])), rmse_std=float(np.std(rmse[:, p, j])),
+                       mae=float(np.mean(mae[:, p, j])))
+            row.update({f"split{i}_rmse": float(rmse[i, p, j]) for i in range(n_splits)})
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    score = table["rmse"].to_numpy()
+    score = np.where(np.isfinite(score), score, np.inf)
+    table["rank_test"] = pd.Series(score).rank(method="min").astype(int).to_numpy()
+    b = int(np.argmin(score))
+    best = {k: table.loc[b, k] for k in ("rank",) + names}
+    best["rank"] = int(best["rank"])
+    best_score = float(table.loc[b, "rmse"])
+
+    refit_res = factors = None
+    if joint:
+        p, j = divmod(b, R)
+        index = (n_splits,) + ((p,) if "param" in cv.axes else ()) + (j,)
+        res = _host_member(cv.result._replace(iterations=None), index)
+        refit_res = res._replace(iterations=cv.result.iterations)
+        if sampling:
+            factors = _posterior_means(refit_res.factors, refit_res.state)
+        else:  # drop the rank padding
+            f = refit_res.factors
+            factors = f._replace(W=f.W[:, : best["rank"]], H=f.H[: best["rank"]])
+            refit_res = refit_res._replace(factors=factors)
+    elif refit:
+        point = {n: best[n] for n in names}
+        best_solver = at_point(solver, point) if names else solver
+        refit_res = fit(data, best_solver, rank=best["rank"], key=fit_key, **kw)
+        factors = _posterior_means(refit_res.factors, refit_res.state) if sampling else refit_res.factors
+        jax.block_until_ready(factors)
+    t3 = time.perf_counter()
+    return SearchResult(table, best, best_score, factors, refit_res, cv, rmse, mae,
+                        {"search": t1 - t0, "evaluate": t2 - t1, "refit": t3 - t2})

@@ -23,6 +23,7 @@ import optax
 from . import losses
 from ._validation import check_choice, is_real, numpy_rng
 from .solvers.als import als, ratings_als
+from .solvers.bpmf import bpmf
 from .solvers.gradient import _check_lr, adam, sgd
 from .solvers.implicit import implicit_als
 from .solvers.nmf import hals, mu
@@ -305,6 +306,14 @@ _register("ratings_gradient", _ratings_gradient, (
     Param("l2", "float", 0.1, "ridge penalty on W and H (sum units)", lo=0.0),
     _BIAS_L2, _COUNT_SCALED, _BIASES._replace(default=True), _CHUNK,
 ), "Full-batch gradient steps for explicit ratings (biases, packed gradient passes).")
+_register("bpmf", bpmf, (
+    Param("burn_in", "int", 20, "Gibbs sweeps discarded before samples are kept", lo=0),
+    Param("thin", "int", 1, "keep every thin-th sweep after the burn-in", lo=1),
+    Param("n_keep", "int", 32, "samples averaged for prediction (a ring buffer in the solver state)", lo=1),
+    Param("beta0", "float", 2.0, "Normal-Wishart hyperprior strength of the mean", lo=0.0, lo_open=True),
+    Param("a0", "float", 2.0, "Gamma prior shape of the noise precision", lo=0.0, lo_open=True),
+    Param("b0", "float", 1.0, "Gamma prior rate of the noise precision", lo=0.0, lo_open=True),
+), "Bayesian PMF by Gibbs sampling (Salakhutdinov and Mnih 2008), biases, no penalty to tune; run with tol=none.")
 
 
 def solver_names() -> list[str]:

@@ -1,0 +1,381 @@
+r"""Bayesian probabilistic matrix factorization by Gibbs sampling (Salakhutdinov & Mnih 2008), with biases.
+
+Model (``D = k + 1``: each user's factor row carries its bias, each item's its bias)::
+
+    r_ij | x_i, y_j, alpha  ~  N(mu + b_i + c_j + u_i . v_j,  1 / (alpha w_ij))
+    x_i = [u_i, b_i]  ~  N(mu_U, Lambda_U^-1),        y_j = [v_j, c_j]  ~  N(mu_V, Lambda_V^-1)
+    (mu_U, Lambda_U), (mu_V, Lambda_V)  ~  Normal-Wishart(mu_0 = 0, beta_0 = 2, W_0 = I, nu_0 = D)
+    alpha  ~  Gamma(a_0, b_0)
+
+``mu`` is the observed mean (the model's offset, fixed).  There is no
+penalty to tune: the prior precisions are sampled from the data.  One
+``step`` is one sweep of the Gibbs sampler (Salakhutdinov & Mnih 2008,
+section 3.3), in this order: the hyperparameters of both sides given the
+factors (conjugate Normal-Wishart updates), every user row given the items
+(an independent Gaussian per row, sampled through the Cholesky factor of its
+precision ``Lambda_U + alpha sum_j w_ij f_j f_j^T`` with ``f_j = [v_j, 1]``),
+every item row given the users, and the noise precision ``alpha`` given the
+residuals (conjugate Gamma update; the paper fixes it at 2).  The row
+samples run on the sparse engine (:mod:`._blocked`): memory
+``O(nnz + (m + n) D)``, cost ``O(nnz D^2 + (m + n) D^3)`` per sweep.
+
+Predictions are averaged over samples: after ``burn_in`` sweeps every
+``thin``-th sample is kept in a ring buffer of ``n_keep`` slots in the solver
+state, and :func:`posterior_mean` turns the buffer into one
+:class:`jmf.Factors` whose predictions are exactly the average of the kept
+samples' predictions: the sampled factors are concatenated,
+``W = [U_1, ..., U_T] / sqrt(T)``, ``H = [V_1; ...; V_T] / sqrt(T)`` (width
+``T k``), biases averaged.  Chains (``fit_many`` restarts) vmap as any other
+member; :func:`posterior_mean` of a batch averages all chains as well.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .._validation import check_int, check_positive_float
+from ..data import Sparse
+from ..factors import Factors
+from ..init import _grid, _seed_words
+from ..losses.ratings import ratings_loss
+from ._blocked import SparseLayout, packed_rows, per_segment, sparse_layout
+from .base import Solver, cached_factory
+
+__all__ = ["bpmf", "BPMFState", "posterior_mean", "member_means"]
+
+
+class BPMFState(NamedTuple):
+    """State of the Gibbs sampler.
+
+    Attributes
+    ----------
+    layout : SparseLayout
+    key : uint32 array (2,)
+        Key data of the sampler's stream (advanced every sweep).
+    alpha : ()
+        Observation precision of the last sweep.
+    mu_u, lam_u, mu_v, lam_v : (D,), (D, D)
+        Normal-Wishart hyperparameters of the last sweep (``D = k + 1``).
+    sweeps : int32 ()
+        Sweeps done.
+    kept : int32 ()
+        Samples written to the buffers so far (slot ``kept % n_keep`` is next).
+    W_buf, H_buf : (n_keep, m, D), (n_keep, n, D)
+        Kept samples ``[U, b]`` and ``[V, c]`` (rows of the item side).
+    """
+
+    layout: SparseLayout
+    key: jax.Array
+    alpha: jax.Array
+    mu_u: jax.Array
+    lam_u: jax.Array
+    mu_v: jax.Array
+    lam_v: jax.Array
+    sweeps: jax.Array
+    kept: jax.Array
+    W_buf: jax.Array
+    H_buf: jax.Array
+
+
+def _chol_lower(P):
+    """Lower Cholesky factors of symmetric positive definite ``P`` (..., D, D)."""
+    return lax.linalg.cholesky(P, symmetrize_input=True)
+
+
+def _sample_wishart(key, V_inv, nu, dtype):
+    """A draw of ``Wishart(V, nu)`` (scale ``V``, given by its inverse) by the Bartlett decomposition.
+
+    ``Lambda = L A A^T L^T`` with ``V = L L^T``, ``A`` lower triangular,
+    ``A_ii = sqrt(chi2(nu - i))``, ``A_ij ~ N(0, 1)`` below the diagonal.
+    """
+    D = V_inv.shape[-1]
+    V = jnp.linalg.inv(V_inv)
+    V = (V + V.T) / 2
+    L = _chol_lower(V)
+    kg, kn = jax.random.split(key)
+    chi2 = 2 * jax.random.gamma(kg, (nu - jnp.arange(D, dtype=dtype)) / 2, dtype=dtype)
+    A = jnp.tril(jax.random.normal(kn, (D, D), dtype), -1) + jnp.diag(jnp.sqrt(chi2))
+    LA = L @ A
+    return LA @ LA.T
+
+
+def _sample_hyper(key, X, live, mask, beta0, dtype):
+    """Normal-Wishart posterior draw ``(mu, Lambda)`` given the rows ``X`` (S, D) with ``live`` (S,) 0/1.
+
+    Prior ``mu_0 = 0``, ``W_0 = I``, ``nu_0 = D`` (Salakhutdinov & Mnih 2008, eq. 14).  Inactive
+    columns (``mask`` 0) come out with unit precision and zero mean, uncoupled from the others.
+    """
+    D = X.shape[1]
+    N = jnp.maximum(jnp.sum(live), 1)
+    Xl = X * live[:, None]
+    xbar = jnp.sum(Xl, axis=0) / N
+    Xc = (X - xbar) * live[:, None]
+    S = Xc.T @ Xc  # N * S_bar
+    bn = beta0 + N
+    V_inv = jnp.eye(D, dtype=dtype) + S + (beta0 * N / bn) * jnp.outer(xbar, xbar)
+    k1, k2 = jax.random.split(key)
+    lam = _sample_wishart(k1, V_inv, D + N, dtype)
+    mm = jnp.outer(mask, mask)
+    lam = lam * mm + jnp.diag(1 - mask)
+    mu0 = N * xbar / bn
+    Lc = _chol_lower(bn * lam)
+    z = jax.random.normal(k2, (D,), dtype) * mask
+    mu = mu0 + lax.linalg.triangular_solve(Lc, z[:, None], left_side=True, lower=True, transpose_a=True)[:, 0]
+    return mu * mask, lam
+
+
+# Short segments (at most this many entries) gather precomputed Khatri-Rao squares; longer ones use GEMMs.
+_KR_MAX = 32
+
+
+def _sample(P, b, z):
+    """``P^-1 b + L^-T z`` with ``P = L L^T`` (S, D, D), ``b``, ``z`` (S, D); ``z = None``: the mean ``P^-1 b``.
+
+    ``L^-T z`` with ``z ~ N(0, I)`` has covariance ``P^-1``.  (Unrolled batch-last code was 3x faster at
+    D = 11 but took seconds to compile; batched LAPACK compiles in a fraction of a second.)
+    """
+    L = _chol_lower(P)
+    y = lax.linalg.triangular_solve(L, b[..., :, None], left_side=True, lower=True)
+    if z is not None:
+        y = y + z[..., :, None]
+    return lax.linalg.triangular_solve(L, y, left_side=True, lower=True, transpose_a=True)[..., 0]
+
+
+def _rows(data: Sparse, side, X, F, shift, other_idx, alpha, mu, lam, mask, noise, n_other):
+    """New rows ``(S, D)`` of one side and the weighted squared residual of the data at them.
+
+    Gaussian draws (``noise`` (D, S) standard normal) or conditional means
+    (``noise=None``).  The Gram blocks, right-hand sides and ``sum w t^2``
+    of every row come from one packed pass over the entries; all rows are
+    then factored at once.  The residual ``sum_ij w_ij (t_ij - f_j . x_i)^2``
+    follows from those sums, ``sum w t^2 - 2 x . R + x^T G x``, without
+    another pass.
+    """
+    dtype = F.dtype
+    p, D = F.shape
+    S = X.shape[0]
+    feats = jnp.concatenate([F, jnp.zeros((1, D), dtype)], axis=0)  # row p: padded slots gather zeros
+    sh = jnp.concatenate([shift, jnp.zeros((1,), dtype)])
+    w_all = data.effective_weights()
+    kr = (feats[:, :, None] * feats[:, None, :]).reshape(p + 1, D * D)
+
+    def chunk_fn(ent, valid, tile_local, seg, x0):
+        o = jnp.where(valid, other_idx[ent], p)
+        w = jnp.where(valid, w_all[ent], 0).astype(dtype)
+        t = data.vals[ent].astype(dtype) - sh[o]
+        Y = feats[o]
+        # Short segments: a weighted sum of the other side's gathered Khatri-Rao squares f f^T, where a
+        # batch of tiny (L x D)^T (L x D) matrix products would run one small GEMM per segment (3x
+        # slower on the item side of ml-latest-small); long segments: those GEMMs.
+        if Y.shape[1] <= _KR_MAX:
+            G = jnp.einsum("vl,vlq->vq", w, kr[o])
+        else:
+            G = jnp.einsum("vlk,vlj->vkj", Y * w[..., None], Y, preferred_element_type=dtype).reshape(-1, D * D)
+        R = jnp.sum(Y * (w * t)[..., None], axis=1)
+        T = jnp.sum(w * t * t, axis=1, keepdims=True)
+        return per_segment(jnp.concatenate([G, R, T], axis=1), tile_local)  # tiles summed into their rows
+
+    GR = packed_rows(side, jnp.zeros((S, D * D + D + 1), dtype), chunk_fn, data.nnz, n_other)
+    G = GR[:, : D * D].reshape(S, D, D)
+    R = GR[:, D * D: D * D + D]
+    P = alpha * G + lam[None]
+    b = alpha * R + (lam @ mu)[None]
+    x = _sample(P, b, None if noise is None else noise.T)
+    x = x * mask[None, :]
+    sse = jnp.sum(GR[:, -1]) - 2 * jnp.sum(x * R) + jnp.einsum("sk,skj,sj->", x, G, x)
+    return x, sse
+
+
+@cached_factory
+def bpmf(burn_in: int = 20, thin: int = 1, n_keep: int = 32, beta0: float = 2.0, a0: float = 2.0,
+         b0: float = 1.0) -> Solver:
+    r"""Bayesian probabilistic matrix factorization with biases, by Gibbs sampling (Salakhutdinov & Mnih 2008).
+
+    See the module docstring for the model.  Run it for a fixed number of
+    sweeps (``tol=None``: the sampled loss fluctuates), e.g.
+    ``jmf.fit(train, bpmf(), rank=10, key=0, max_iter=100, tol=None)``,
+    then predict with :func:`posterior_mean` of the result (the average over
+    the kept samples); ``result.factors`` is the last sample alone.
+
+    Parameters
+    ----------
+    burn_in : int, default 20
+        Sweeps discarded before samples are kept.
+    thin : int, default 1
+        Keep every ``thin``-th sweep after the burn-in.
+    n_keep : int, default 32
+        Slots of the sample buffer (the last ``n_keep`` kept samples are
+        averaged); memory ``n_keep (m + n) (k + 1)`` floats per chain.
+    beta0 : float > 0, default 2
+        Normal-Wishart prior strength of the hyperprior's mean.
+    a0, b0 : float > 0, default 2, 1
+        Gamma prior (shape, rate) of the observation precision ``alpha``.
+
+    Returns
+    -------
+    Solver
+        Biased model on :class:`jmf.Sparse` ratings; ``loss`` is the mean
+        squared training error of the current sample (no penalty).
+        ``update_w`` replaces each row by its conditional posterior mean
+        (not a draw) given the items and the current hyperparameters: the
+        fold-in of new users.
+
+    Notes
+    -----
+    Cost per sweep ``O(nnz (k+1)^2 + (m + n) (k+1)^3)`` plus one pass over
+    the entries for the residuals.  Rank-masked members keep their inactive
+    columns at zero (unit prior precision, no data, no noise there).
+    """
+    who = "bpmf"
+    burn_in = check_int(burn_in, "burn_in", who, lo=0)
+    thin = check_int(thin, "thin", who)
+    n_keep = check_int(n_keep, "n_keep", who)
+    beta0 = check_positive_float(beta0, "beta0", who)
+    a0 = check_positive_float(a0, "a0", who)
+    b0 = check_positive_float(b0, "b0", who)
+    loss = ratings_loss(0.0, 0.0)
+
+    def _mask(f: Factors, mask):
+        k = f.W.shape[1]
+        dtype = f.W.dtype
+        mk = jnp.ones((k,), dtype) if mask is None else mask.astype(dtype)
+        return jnp.concatenate([mk, jnp.ones((1,), dtype)])
+
+    def _x(f: Factors):
+        return jnp.concatenate([f.W, f.row_bias[:, None]], axis=1), jnp.concatenate([f.H.T, f.col_bias[:, None]],
+                                                                                    axis=1)
+
+    def init(f: Factors, data, key=None):
+        dtype = f.W.dtype
+        m, n = data.shape
+        D = f.W.shape[1] + 1
+        key = jax.random.key(0) if key is None else key
+        eye = jnp.eye(D, dtype=dtype)
+        zero = jnp.zeros((D,), dtype)
+        return BPMFState(sparse_layout(data), jax.random.key_data(key), jnp.asarray(a0 / b0, dtype), zero, eye, zero,
+                         eye, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros((n_keep, m, D), dtype),
+                         jnp.zeros((n_keep, n, D), dtype))
+
+    def _side(f, st: BPMFState, data, mk, side, seed, alpha, mu, lam, sample):
+        X, Y = _x(f)
+        m, n = data.shape
+        if side == 0:
+            own, other, shift_b, lay, other_idx, n_other = X, Y, f.col_bias, st.layout.rows, data.cols, n
+        else:
+            own, other, shift_b, lay, other_idx, n_other = Y, X, f.row_bias, st.layout.cols, data.rows, m
+        F = jnp.concatenate([other[:, :-1], jnp.ones((other.shape[0], 1), other.dtype)], axis=1) * mk[None, :]
+        shift = shift_b + f.offset
+        noise = _grid(seed, side, own.shape[1], own.shape[0], "normal", own.dtype) * mk[:, None] if sample else None
+        new, sse = _rows(data, lay, own, F, shift, other_idx, alpha, mu, lam, mk, noise, n_other)
+        if side == 0:
+            return f._replace(W=new[:, :-1], row_bias=new[:, -1]), sse
+        return f._replace(H=new[:, :-1].T, col_bias=new[:, -1]), sse
+
+    def step(f: Factors, st: BPMFState, data, mask=None):
+        dtype = f.W.dtype
+        mk = _mask(f, mask)
+        key, kh_u, kh_v, k_n, k_a = jax.random.split(jax.random.wrap_key_data(st.key), 5)
+        # The row noise comes from a counter-based hash (jmf.init's generator): 10x cheaper than threefry
+        # for the (m + n) D normals of a sweep, which were a sixth of its time.
+        seed = _seed_words(k_n)
+        X, Y = _x(f)
+        live_u = (st.layout.row_weight > 0).astype(dtype)
+        live_v = (st.layout.col_weight > 0).astype(dtype)
+        mu_u, lam_u = _sample_hyper(kh_u, X, live_u, mk, beta0, dtype)
+        mu_v, lam_v = _sample_hyper(kh_v, Y, live_v, mk, beta0, dtype)
+        f, _ = _side(f, st, data, mk, 0, seed, st.alpha, mu_u, lam_u, True)
+        f, sse = _side(f, st, data, mk, 1, seed, st.alpha, mu_v, lam_v, True)  # residuals of the new sample
+        n_obs = data.n_observed().astype(dtype)
+        sse = jnp.maximum(sse, 0)
+        alpha = jax.random.gamma(k_a, a0 + n_obs / 2, dtype=dtype) / (b0 + sse / 2)
+        sweeps = st.sweeps + 1
+        take = (sweeps > burn_in) & ((sweeps - burn_in) % thin == 0)
+        slot = st.kept % n_keep
+        X, Y = _x(f)
+        W_buf = st.W_buf.at[slot].set(jnp.where(take, X, st.W_buf[slot]))
+        H_buf = st.H_buf.at[slot].set(jnp.where(take, Y, st.H_buf[slot]))
+        st = st._replace(key=jax.random.key_data(key), alpha=alpha, mu_u=mu_u, lam_u=lam_u, mu_v=mu_v, lam_v=lam_v,
+                         sweeps=sweeps, kept=st.kept + take.astype(jnp.int32), W_buf=W_buf, H_buf=H_buf)
+        return f, st
+
+    def update_w(f: Factors, st: BPMFState, data, mask=None):
+        mk = _mask(f, mask)
+        return _side(f, st, data, mk, 0, None, st.alpha, st.mu_u, st.lam_u, False)[0], st
+
+    return Solver(init=init, step=step, loss=loss, name="bpmf", biases=True, data_kinds=("sparse",),
+                  update_w=update_w)
+
+
+def member_means(factors: Factors, state: BPMFState) -> Factors:
+    """Posterior-mean factors of every member of a batch: leading member axes kept, width ``n_keep k``.
+
+    The batched form of :func:`posterior_mean` (one chain per member);
+    members that kept no sample yet get their last sample (zero-padded to
+    the same width).
+    """
+    T = state.W_buf.shape[-3]
+    kept = jnp.minimum(state.kept, T)
+    valid = (jnp.arange(T, dtype=kept.dtype) < kept[..., None]).astype(state.W_buf.dtype)  # (..., T)
+    none = kept == 0
+    w = jnp.where(none[..., None], 0, valid / jnp.maximum(kept, 1)[..., None].astype(valid.dtype))
+    s = jnp.sqrt(w)
+    k = state.W_buf.shape[-1] - 1
+    m, n = state.W_buf.shape[-2], state.H_buf.shape[-2]
+    lead = kept.shape
+    Wc = state.W_buf[..., :k] * s[..., None, None]  # (..., T, m, k)
+    Hc = state.H_buf[..., :k] * s[..., None, None]
+    Wc = jnp.moveaxis(Wc, -3, -2).reshape(lead + (m, T * k))
+    Hc = jnp.swapaxes(Hc, -1, -2).reshape(lead + (T * k, n))  # (..., T, k, n)
+    pad = T * k - factors.W.shape[-1]
+    last_W = jnp.concatenate([factors.W, jnp.zeros(lead + (m, pad), Wc.dtype)], axis=-1)
+    last_H = jnp.concatenate([factors.H, jnp.zeros(lead + (pad, n), Hc.dtype)], axis=-2)
+    nz = none[..., None, None]
+    rb = jnp.einsum("...t,...tm->...m", w, state.W_buf[..., k])
+    cb = jnp.einsum("...t,...tn->...n", w, state.H_buf[..., k])
+    return Factors(jnp.where(nz, last_W, Wc), jnp.where(nz, last_H, Hc),
+                   jnp.where(none[..., None], factors.row_bias, rb), jnp.where(none[..., None], factors.col_bias, cb),
+                   factors.offset)
+
+
+def posterior_mean(result, state=None) -> Factors:
+    """Factors whose predictions are the average of the kept Gibbs samples (of every chain).
+
+    Parameters
+    ----------
+    result : FitResult or FitManyResult
+        A fit with :func:`bpmf`; for a batch, all members (chains) are
+        averaged together (give ``result.member(...)`` for one chain).
+    state : BPMFState, optional
+        Instead of ``result.state``.
+
+    Returns
+    -------
+    Factors
+        ``W (m, C T k)``, ``H (C T k, n)`` (``C`` chains, ``T = n_keep`` slots
+        each, kept samples scaled by ``1 / sqrt(C T_kept)``, empty slots 0),
+        averaged biases and the offset:
+        ``predict`` gives the posterior mean prediction
+        ``mu + mean_s (b_i^s + c_j^s + u_i^s . v_j^s)``.  Before any sample
+        is kept (fewer sweeps than ``burn_in``), the last sample.
+    """
+    result = getattr(result, "result", result)  # a FitManyResult holds its FitResult
+    st = result.state if state is None else state
+    if not isinstance(st, BPMFState):
+        raise TypeError("posterior_mean needs the result of a jmf.solvers.bpmf fit (its state holds the samples)")
+    mm = member_means(result.factors, st)
+    lead = st.kept.shape
+    if not lead:
+        return mm
+    C = int(np.prod(lead))
+    m, w = mm.W.shape[-2:]
+    n = mm.H.shape[-1]
+    s = 1 / np.sqrt(C)
+    W = jnp.moveaxis(mm.W.reshape(C, m, w), 0, 1).reshape(m, C * w) * s
+    H = mm.H.reshape(C * w, n) * s
+    return Factors(W, H, jnp.mean(mm.row_bias.reshape(C, m), axis=0), jnp.mean(mm.col_bias.reshape(C, n), axis=0),
+                   jnp.ravel(mm.offset)[0])
