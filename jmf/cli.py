@@ -378,7 +378,8 @@ def _fit_ratings_model(args, info: dict, prepared, test) -> int:
                            test_unknown=int(np.sum((r < 0) | (c < 0))))
     seconds = time.perf_counter() - t0
     summary = {"file": args.file, "shape": list(train.shape), "n_observed": prepared.info["n_observed"],
-               "model": "bpmf", "params": model.params, "rank": model.rank, "rank_chosen": rank == "auto",
+               "model": "bpmf", "choice": model.params["choice"], "params": model.params, "rank": model.rank,
+               "rank_chosen": rank == "auto",
                **metrics, "seconds": seconds, "compiled_programs": log.programs - log.cache_hits,
                "compile_seconds": log.seconds}
     if model.search is not None:
@@ -392,8 +393,8 @@ def _fit_ratings_model(args, info: dict, prepared, test) -> int:
         print(json.dumps(summary, indent=1, default=float))
         return 0
     if model.search is not None:
-        tried = ", ".join(f"{int(r['rank'])}: {r['validation_rmse']:.4f}" for r in summary["validation"])
-        print(f"        rank {model.rank} (validation RMSE by rank: {tried})")
+        tried = ", ".join(f"{r['choice']} {r['validation_rmse']:.4f}" for r in summary["validation"])
+        print(f"        chose {model.params['choice']} (validation RMSE: {tried})")
     print(f"result  training RMSE {metrics['train_rmse']:.4g}")
     if "test_rmse" in metrics:
         where = f"{args.test} ({metrics['test_n']} ratings)" if test is not None else "held-out"

@@ -27,8 +27,9 @@ def test_auto_rank_is_the_validation_argmin_and_beats_the_mean(table):
     train, test = jmf.model_selection.train_test_split(table, 0.2, key=1)
     model = jmf.cf.fit_ratings(train, key=0, **FAST)
     search = model.search
-    assert list(search["rank"]) == [2, 4]
-    assert model.rank == int(search["rank"][int(np.argmin(search["validation_rmse"]))])
+    assert list(search["choice"]) == ["rank 2", "rank 4", "ensemble"] and list(search["rank"]) == [2, 4, 6]
+    best = int(np.argmin(search["validation_rmse"]))
+    assert model.params["choice"] == search["choice"][best] and model.rank == int(search["rank"][best])
     assert model.params["model"] == "bpmf" and model.params["rank"] == model.rank
     assert model.factors.W.shape[0] == train.shape[0] and model.factors.H.shape[1] == train.shape[1]
     mean_rmse = float(np.sqrt(np.mean((np.asarray(test.vals) - np.mean(np.asarray(train.vals))) ** 2)))
@@ -37,6 +38,16 @@ def test_auto_rank_is_the_validation_argmin_and_beats_the_mean(table):
     p = np.asarray(model.predict(np.asarray(test.rows), np.asarray(test.cols)))
     assert lo == float(np.min(train.vals)) and hi == float(np.max(train.vals))
     assert p.min() >= lo and p.max() <= hi
+
+
+def test_ensemble_predicts_the_average_of_its_members(table):
+    from jmf._src.ratings_model import _ensemble
+
+    a = jmf.cf.fit_ratings(table, rank=2, key=0, max_iter=12, burn_in=4, n_keep=4).factors
+    b = jmf.cf.fit_ratings(table, rank=3, key=1, max_iter=12, burn_in=4, n_keep=4).factors
+    r, c = np.asarray(table.rows), np.asarray(table.cols)
+    mean = (np.asarray(a.predict(r, c)) + np.asarray(b.predict(r, c))) / 2
+    np.testing.assert_allclose(np.asarray(_ensemble([a, b]).predict(r, c)), mean, rtol=1e-5, atol=1e-5)
 
 
 def test_fixed_rank_and_unknown_ids(table):
@@ -107,10 +118,10 @@ def test_fit_ratings_file_without_options_uses_the_default_model(capsys, files):
     code, out, err = _run(capsys, "fit", files / "ratings.csv", "--holdout", 0.2, "--json")
     assert code == 0, err
     s = json.loads(out)
-    assert s["model"] == "bpmf" and s["rank_chosen"] and s["rank"] in FAST["ranks"]
+    assert s["model"] == "bpmf" and s["rank_chosen"] and s["rank"] in (2, 4, 6)
     assert {"train_rmse", "test_rmse", "test_mae", "seconds"} <= set(s)
     assert 0 < s["test_rmse"] < 1.5 and s["params"]["rank"] == s["rank"]
-    assert [row["rank"] for row in s["validation"]] == list(FAST["ranks"])
+    assert [row["choice"] for row in s["validation"]] == ["rank 2", "rank 4", "ensemble"]
 
 
 def test_test_file_and_recommend_with_titles(capsys, files, tmp_path):

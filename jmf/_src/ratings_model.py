@@ -5,11 +5,12 @@ chosen on the 80 %), Bayesian PMF (:func:`jmf.solvers.bpmf`) has no penalty
 to tune -- the prior precisions are sampled from the data -- and its
 posterior-mean predictions beat ALS-WR with the best penalty of a 5-fold
 grid (BENCHMARKS.md, collaborative filtering).  The one choice left, the
-rank, is made by :func:`jmf.model_selection.grid_search` on a validation
-holdout of the training data: every candidate rank runs as a member of ONE
-compiled call, together with the refit of every rank on all the data
-(``refit="joint"``), so the whole choice costs ``2 x len(ranks)`` fits at
-the largest rank and compiles one program, whatever wins.
+rank, is made on a validation holdout of the training data, as in
+:func:`jmf.model_selection.grid_search`: every candidate rank runs as a
+member of ONE compiled call, together with the refit of every rank on all
+the data, so the whole choice costs ``2 x len(ranks)`` fits at the largest
+rank and compiles one program, whatever wins.  The ensemble of the ranks
+(their average prediction) is a candidate too, at no extra cost.
 """
 
 from __future__ import annotations
@@ -18,22 +19,25 @@ import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 
-from ._validation import check_int
+from ._validation import as_key, check_int
 from .cf import predict
 from .data import Sparse
 from .factors import Factors
-from .fit import fit
-from .model_selection import grid_search
+from .fit import fit, fit_many
+from .model_selection import _append_full, _posterior_means, fold_stack
 from .solvers.bpmf import bpmf, posterior_mean
 
 __all__ = ["RatingsModel", "fit_ratings", "DEFAULT_RANKS"]
 
 # Candidate ranks of the automatic choice; the search costs 2 * len(DEFAULT_RANKS) fits at the largest one.
-DEFAULT_RANKS = (8, 16, 32)
-DEFAULT_SWEEPS = 60  # Gibbs sweeps per fit
+DEFAULT_RANKS = (5, 10)
+DEFAULT_SWEEPS = 100  # Gibbs sweeps per fit
 DEFAULT_BURN_IN = 20  # sweeps discarded before samples are averaged
+DEFAULT_KEEP = 80  # samples averaged: every sweep after the burn-in
 VALIDATION = 0.1  # fraction of the training entries held out to choose the rank
 
 
@@ -48,9 +52,9 @@ class RatingsModel(NamedTuple):
     rank : int
         The rank used (chosen on a validation holdout when ``rank="auto"``).
     params : dict
-        What was fitted: ``model``, ``rank``, ``max_iter``, ``burn_in``, ``n_keep``.
+        What was fitted: ``model``, ``rank``, ``choice``, ``max_iter``, ``burn_in``, ``n_keep``.
     search : pandas.DataFrame or None
-        The validation table of the automatic choice (one row per rank).
+        The validation table of the automatic choice: one row per rank and one for their ensemble.
     clip : (float, float)
         The rating scale (observed range) predictions are clipped to.
     seconds : dict
@@ -71,18 +75,19 @@ class RatingsModel(NamedTuple):
 
 def fit_ratings(data: Sparse, rank="auto", *, key=0, ranks: Sequence[int] = DEFAULT_RANKS,
                 validation: float = VALIDATION, max_iter: int = DEFAULT_SWEEPS, burn_in: int = DEFAULT_BURN_IN,
-                n_keep: int = 32, progress: bool = False) -> RatingsModel:
+                n_keep: int = DEFAULT_KEEP, progress: bool = False) -> RatingsModel:
     r"""Fit the default model for explicit ratings, choosing its rank on ``data`` itself.
 
     Bayesian probabilistic matrix factorization with user and item biases
     (:func:`jmf.solvers.bpmf`, Salakhutdinov & Mnih 2008), ``max_iter``
     Gibbs sweeps, predictions averaged over the samples after ``burn_in``.
-    With ``rank="auto"`` every rank of ``ranks`` is fitted on ``1 -
-    validation`` of the entries and scored on the rest, and all of them are
-    refitted on all of ``data`` in the same compiled call
-    (:func:`jmf.model_selection.grid_search` with ``n_splits=1``); the rank
-    with the lowest validation RMSE is returned.  Nothing outside ``data``
-    is looked at.
+    With ``rank="auto"`` one compiled :func:`jmf.fit_many` call fits every
+    rank of ``ranks`` twice: on ``1 - validation`` of the entries and on
+    all of them.  The candidates are each rank alone and the *ensemble* of
+    all ranks (predictions averaged, Bayesian model averaging on the cheap:
+    its members are already fitted); the one with the lowest RMSE on the
+    held-out ``validation`` entries is returned, as fitted on all the data.
+    Nothing outside ``data`` is looked at.
 
     Parameters
     ----------
@@ -91,10 +96,11 @@ def fit_ratings(data: Sparse, rank="auto", *, key=0, ranks: Sequence[int] = DEFA
     rank : "auto" or int, default "auto"
     key : jax.random.key or int, default 0
         Seeds the validation split and the samplers.
-    ranks : sequence of int, default (8, 16, 32)
-        Candidates of the automatic choice (those above ``min(m, n)`` are dropped).
+    ranks : sequence of int, default (5, 10)
+        Candidates of the automatic choice (those above ``min(m, n)`` are
+        dropped).  Cost: ``2 len(ranks)`` fits at the largest rank.
     validation : float in (0, 1), default 0.1
-        Fraction of the entries held out to choose the rank.
+        Fraction of the entries held out to choose.
     max_iter, burn_in, n_keep : int
         Gibbs sweeps, sweeps discarded, samples averaged (see :func:`jmf.solvers.bpmf`).
     progress : bool, default False
@@ -102,16 +108,18 @@ def fit_ratings(data: Sparse, rank="auto", *, key=0, ranks: Sequence[int] = DEFA
     Returns
     -------
     RatingsModel
-        ``factors`` (posterior mean), ``rank``, ``params``, ``search`` (the
-        validation table), ``clip``; ``model.predict(rows, cols)``.
+        ``factors`` (posterior mean), ``rank`` (for an ensemble: the sum of
+        its members' ranks), ``params`` (``choice``: ``"rank r"`` or
+        ``"ensemble"``), ``search`` (the validation table), ``clip``;
+        ``model.predict(rows, cols)``.
 
     Examples
     --------
     >>> import jmf
     >>> table = jmf.datasets.synthetic_ratings(0, n_users=60, n_items=40, n_ratings=900).data
     >>> model = jmf.cf.fit_ratings(table, ranks=(2, 4), max_iter=12, burn_in=4)
-    >>> model.rank in (2, 4)
-    True
+    >>> sorted(model.search["choice"])
+    ['ensemble', 'rank 2', 'rank 4']
     """
     if not isinstance(data, Sparse) or data.batch_shape:
         raise TypeError(f"data must be one jmf.Sparse of observed ratings, got {type(data).__name__}"
@@ -127,26 +135,64 @@ def fit_ratings(data: Sparse, rank="auto", *, key=0, ranks: Sequence[int] = DEFA
     clip = (float(vals.min()), float(vals.max()))
     solver = bpmf(burn_in=burn_in, n_keep=n_keep)
     params = {"model": "bpmf", "max_iter": max_iter, "burn_in": burn_in, "n_keep": n_keep}
-    if rank == "auto":
-        try:
-            candidates = sorted({int(r) for r in ranks})
-        except (TypeError, ValueError):
-            raise TypeError(f"{who}: ranks must be a sequence of ints, got {ranks!r}") from None
-        candidates = [r for r in candidates if 1 <= r <= limit] or [min(limit, 1)]
-        res = grid_search(data, solver, candidates, n_splits=1, test_size=validation, key=key, max_iter=max_iter,
-                          tol=None, refit="joint", progress=progress)
-        best = int(res.best["rank"])
-        factors = _drop_padding(res.factors)
-        table = res.table[["rank", "rmse", "mae"]].rename(columns={"rmse": "validation_rmse",
-                                                                    "mae": "validation_mae"})
-        return RatingsModel(factors, best, {**params, "rank": best}, table, clip, dict(res.seconds))
-    check_int(rank, "rank", who, lo=1, hi=limit)
     t0 = time.perf_counter()
-    out = fit(data, solver, rank=int(rank), key=key, max_iter=max_iter, tol=None, progress=progress)
-    factors = posterior_mean(out)
+    if rank != "auto":
+        check_int(rank, "rank", who, lo=1, hi=limit)
+        out = fit(data, solver, rank=int(rank), key=key, init="normal", max_iter=max_iter, tol=None,
+                  check_every=max_iter, progress=progress)
+        factors = posterior_mean(out)
+        jax.block_until_ready(factors)
+        return RatingsModel(factors, int(rank), {**params, "rank": int(rank), "choice": f"rank {rank}"}, None, clip,
+                            {"fit": time.perf_counter() - t0})
+    try:
+        candidates = sorted({int(r) for r in ranks})
+    except (TypeError, ValueError):
+        raise TypeError(f"{who}: ranks must be a sequence of ints, got {ranks!r}") from None
+    candidates = [r for r in candidates if 1 <= r <= limit] or [1]
+    if not 0 < validation < 1:
+        raise ValueError(f"{who}: validation must be a fraction in (0, 1), got {validation!r}")
+    fit_key = as_key(key)
+    train, held = fold_stack(data, 1, fit_key, validation)
+    # The validation fold and all the data, every candidate rank: one compiled call (see grid_search).
+    res = fit_many(_append_full(train, data), solver, ranks=candidates, key=fit_key, init="normal",
+                   max_iter=max_iter, tol=None, check_every=max_iter, progress=progress)
+    means = _posterior_means(res.result.factors, res.result.state)  # leaves (2, R, ...)
+    t1 = time.perf_counter()
+    rows, cols, target = (np.asarray(x)[0] for x in (held.rows, held.cols, held.vals))
+    preds = np.stack([np.asarray(predict(_member(means, 0, j), rows, cols, clip)) for j in range(len(candidates))])
+    options = {f"rank {r}": [j] for j, r in enumerate(candidates)}
+    if len(candidates) > 1:
+        options["ensemble"] = list(range(len(candidates)))
+    table = []
+    for choice, members in options.items():
+        err = np.mean(preds[members], axis=0) - target
+        table.append({"choice": choice, "rank": int(sum(candidates[j] for j in members)),
+                      "validation_rmse": float(np.sqrt(np.mean(err**2))),
+                      "validation_mae": float(np.mean(np.abs(err)))})
+    table = pd.DataFrame(table)
+    best = int(np.argmin(table["validation_rmse"].to_numpy()))
+    choice = table["choice"][best]
+    factors = _ensemble([_drop_padding(_member(means, 1, j)) for j in options[choice]])
     jax.block_until_ready(factors)
-    return RatingsModel(factors, int(rank), {**params, "rank": int(rank)}, None, clip,
-                        {"fit": time.perf_counter() - t0})
+    return RatingsModel(factors, int(table["rank"][best]), {**params, "rank": int(table["rank"][best]),
+                                                             "choice": choice, "ranks": candidates}, table, clip,
+                        {"search": t1 - t0, "evaluate": time.perf_counter() - t1})
+
+
+def _member(tree, *index) -> Factors:
+    return jax.tree_util.tree_map(lambda x: None if x is None else x[index], tree)
+
+
+def _ensemble(members: list) -> Factors:
+    """Factors predicting the average of the members' predictions (factors side by side, scaled by 1/sqrt(R))."""
+    if len(members) == 1:
+        return members[0]
+    dtype = members[0].W.dtype
+    s = np.asarray(1 / np.sqrt(len(members)), dtype)
+    W = jnp.concatenate([f.W * s for f in members], axis=1)
+    H = jnp.concatenate([f.H * s for f in members], axis=0)
+    mean = lambda name: sum(getattr(f, name) for f in members) / np.asarray(len(members), dtype)  # noqa: E731
+    return Factors(W, H, mean("row_bias"), mean("col_bias"), members[0].offset)
 
 
 def _drop_padding(factors: Factors) -> Factors:
