@@ -132,7 +132,10 @@ def fit_ratings(data: Sparse, rank="auto", *, key=0, ranks: Sequence[int] = DEFA
                          "no sample would be averaged")
     limit = min(data.shape)
     vals = np.asarray(data.vals)
-    clip = (float(vals.min()), float(vals.max()))
+    observed = vals if data.weights is None else vals[np.asarray(data.weights) > 0]  # weight 0: padding
+    if observed.size == 0:
+        raise ValueError(f"{who}: data has no observed rating (every weight is 0)")
+    clip = (float(observed.min()), float(observed.max()))
     solver = bpmf(burn_in=burn_in, n_keep=n_keep)
     params = {"model": "bpmf", "max_iter": max_iter, "burn_in": burn_in, "n_keep": n_keep}
     t0 = time.perf_counter()
@@ -159,6 +162,9 @@ def fit_ratings(data: Sparse, rank="auto", *, key=0, ranks: Sequence[int] = DEFA
     means = _posterior_means(res.result.factors, res.result.state)  # leaves (2, R, ...)
     t1 = time.perf_counter()
     rows, cols, target = (np.asarray(x)[0] for x in (held.rows, held.cols, held.vals))
+    if held.weights is not None:  # score the observed ratings only
+        keep = np.asarray(held.weights)[0] > 0
+        rows, cols, target = rows[keep], cols[keep], target[keep]
     preds = np.stack([np.asarray(predict(_member(means, 0, j), rows, cols, clip)) for j in range(len(candidates))])
     options = {f"rank {r}": [j] for j, r in enumerate(candidates)}
     if len(candidates) > 1:
