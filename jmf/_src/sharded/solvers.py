@@ -430,7 +430,7 @@ def _hals_impl(kw: dict) -> Impl:
             G = G + lam2 * eye
         if _nz(lam1):
             B = B - lam1 / 2
-        X = _repeated(ctx, lambda X: _cd_shared(X, G, B), X, sweeps, inner_tol)
+        X = _repeated(ctx, lambda X: _cd_shared(X, G, B)[0], X, sweeps, inner_tol)
         return f._replace(W=X.T) if side == 0 else f._replace(H=X)
 
     def sparse_half(ctx, f: Factors, st: State, data, side):
@@ -449,7 +449,7 @@ def _hals_impl(kw: dict) -> Impl:
                 G = G + lam2 * eye
             if _nz(lam1):
                 B = B - lam1 / 2
-            return _cd_blocks(X, G, B)
+            return _cd_blocks(X, G, B)[0]  # (X, violation): the violation is not tracked here
 
         X = _sparse_sweep(local, SparseLayout(sd, sd, None, None), _ext(X), F, 0, sweep)[:-1]
         return f._replace(W=X) if side == 0 else f._replace(H=X.T)
