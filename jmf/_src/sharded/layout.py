@@ -115,10 +115,14 @@ class ShardedSparse:
     mesh : Mesh
     h_exchange, w_exchange : Exchange
         How the W half-step fetches columns of ``H`` and the H half-step rows of ``W``.
+    max_counts : (int, int)
+        Static bounds on the entries of one segment of the row layout and of the column layout
+        (the longest row / column, or a device's padding segment if longer): the sparse engine
+        sizes its chunks by them, not by the fetched table.
     """
 
     _LEAVES = ("r_seg", "r_slot", "r_vals", "r_w", "h_send", "c_seg", "c_slot", "c_vals", "c_w", "w_send")
-    __slots__ = _LEAVES + ("shape", "mesh", "h_exchange", "w_exchange", "info")
+    __slots__ = _LEAVES + ("shape", "mesh", "h_exchange", "w_exchange", "max_counts", "info")
 
     @property
     def axis(self) -> str:
@@ -152,14 +156,15 @@ class ShardedSparse:
 
 
 def _flatten_sparse(s: ShardedSparse):
-    return tuple(getattr(s, f) for f in ShardedSparse._LEAVES), (s.shape, s.mesh, s.h_exchange, s.w_exchange)
+    return (tuple(getattr(s, f) for f in ShardedSparse._LEAVES),
+            (s.shape, s.mesh, s.h_exchange, s.w_exchange, s.max_counts))
 
 
 def _unflatten_sparse(aux, leaves) -> ShardedSparse:
     obj = object.__new__(ShardedSparse)
     for f, x in zip(ShardedSparse._LEAVES, leaves):
         setattr(obj, f, x)
-    obj.shape, obj.mesh, obj.h_exchange, obj.w_exchange = aux
+    obj.shape, obj.mesh, obj.h_exchange, obj.w_exchange, obj.max_counts = aux
     obj.info = None
     return obj
 
@@ -411,7 +416,7 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
         w_send = _send_lists(rp.c // nb, rp.r - d * mb, P_, mb + 1)
         dup = (np.any((np.diff(rp.r) == 0) & (np.diff(rp.c) == 0)) if len(rp.r) > 1 else False)
         stats[d] = dict(uc=uc, ur=ur, need_h=need_h, need_w=need_w, h_send=h_send, w_send=w_send, dup=bool(dup))
-    local = np.zeros(7, np.int64)
+    local = np.full(9, np.iinfo(np.int64).min, np.int64)
     for d, (rp, cp) in parts.items():
         s = stats[d]
         rc = np.bincount(rp.r - d * mb, minlength=1) if len(rp.r) else np.zeros(1, np.int64)
@@ -419,8 +424,8 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
         local = np.maximum(local, [len(rp.r), len(cp.c),
                                    max(int(s["need_h"].max(initial=0)), max(len(x) for x in s["h_send"])),
                                    max(int(s["need_w"].max(initial=0)), max(len(x) for x in s["w_send"])),
-                                   int(rc.max()), int(cc.max()), int(s["dup"])])
-    Er, Ec, Th, Tw, max_rc, max_cc, dup = (int(x) for x in _global_max(local))
+                                   int(rc.max()), int(cc.max()), int(s["dup"]), -len(rp.r), -len(cp.c)])
+    Er, Ec, Th, Tw, max_rc, max_cc, dup, neg_min_r, neg_min_c = (int(x) for x in _global_max(local))
     if dup:
         raise ValueError("duplicate coordinates: some (row, col) entry appears more than once (across processes)")
     nnz_local = sum(len(rp.r) for rp, _ in parts.values())
@@ -428,6 +433,8 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
     if nnz == 0:
         raise ValueError("no observed entries")
     Er, Ec = max(Er, 1) + 1, max(Ec, 1) + 1  # at least one padding entry: its segment is the dummy one
+    # the longest segment of each layout: a row (column), or the padding segment of the device with fewest entries
+    max_counts = (max(max_rc, Er + neg_min_r), max(max_cc, Ec + neg_min_c))
     h_ex = choose_exchange(Th, nb, P_, exchange)
     w_ex = choose_exchange(Tw, mb, P_, exchange)
 
@@ -452,6 +459,7 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
     for f in ShardedSparse._LEAVES:
         setattr(obj, f, _global_array(mesh, P(axis), (P_,) + sizes[f], blocks[f]))
     obj.shape, obj.mesh, obj.h_exchange, obj.w_exchange = (m, n), mesh, h_ex, w_ex
+    obj.max_counts = tuple(int(x) for x in max_counts)
     vmin = min((float(rp.v[rp.w > 0].min()) for rp, _ in parts.values() if np.any(rp.w > 0)), default=0.0)
     obj.info = {"nnz": nnz, "max_row_count": max_rc, "max_col_count": max_cc, "local_min": vmin,
                 "padded_entries": (Er, Ec)}
