@@ -25,8 +25,8 @@ Memory per device: its rows of ``W`` and columns of ``H`` (``(mb + nb) q b``,
 times the check loop's copies: iterate, accepted, kept), its entries twice
 (row and column layout: ``(Er + Ec) (4 + 4 + 2 b)`` bytes with int32 indices)
 and the send lists, plus per half-step the fetched table (``P T q b``) and
-the engine's slab of gathered features (about two tables: its chunks are
-sized for a segment as long as the table).  :func:`device_bytes` measures
+the engine's slab of gathered features (``2 max(L, 16384) q b`` with ``L``
+the longest row or column: the engine's chunks hold whole segments).  :func:`device_bytes` measures
 arrays per device from their shards; :func:`fit_memory` reads the compiled
 check-loop program's ``memory_analysis()`` (per device: arguments, outputs,
 temporaries).
@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -204,7 +204,7 @@ def fit_memory(data, solver, rank: int, *, key=0, init: str = "random", max_iter
 
 
 def project(nnz: float, m: float, n: float, k: int, devices: int, *, itemsize: int = 4, index_bytes: int = 4,
-            biases: bool = True, copies: int = 3) -> dict:
+            biases: bool = True, copies: int = 3, longest: Optional[float] = None) -> dict:
     """The memory and traffic model of the module docstring, for entries spread uniformly at random.
 
     ``T`` (rows one device needs from one other) is the expected number of
@@ -213,8 +213,10 @@ def project(nnz: float, m: float, n: float, k: int, devices: int, *, itemsize: i
     have a larger maximum over pairs; relabel rows and columns at random
     (hash the ids) to spread heavy ones.  ``copies``: factor copies the check
     loop holds at peak (iterate, accepted, kept).  ``engine_slab``: the sparse
-    engine's chunk of gathered features, sized for a segment as long as the
-    fetched table (the static bound it is given): about two tables.  Returns
+    engine's chunk of gathered features, ``2 max(longest, 16384)`` entries of
+    ``q`` numbers, with ``longest`` the longest row or column (default: 4 x
+    the mean count of the shorter side; give the real one for skewed data) --
+    devices balanced (hashed ids), so no padding segment is longer.  Returns
     bytes per device.
     """
     P_ = devices
@@ -225,13 +227,16 @@ def project(nnz: float, m: float, n: float, k: int, devices: int, *, itemsize: i
     rows_h = T_h if T_h < nb else nb  # the exchange that moves fewer bytes
     rows_w = T_w if T_w < mb else mb
     factors = (mb + nb) * q * itemsize
+    if longest is None:
+        longest = 4 * nnz / min(m, n)
+    slab = 2 * max(longest, 16384) * q * itemsize
     entries = 2 * (nnz / P_) * (2 * index_bytes + 2 * itemsize)
     lists = P_ * (T_h + T_w) * index_bytes
     table_h, table_w = P_ * rows_h * q * itemsize, P_ * rows_w * q * itemsize
     return {"rows_per_device": mb, "cols_per_device": nb, "T_h": T_h, "T_w": T_w,
             "h_mode": "all_to_all" if T_h < nb else "all_gather", "w_mode": "all_to_all" if T_w < mb else "all_gather",
             "factors": factors, "entries": entries, "send_lists": lists, "table_h": table_h, "table_w": table_w,
-            "engine_slab": 2 * max(table_h, table_w),
-            "peak": copies * factors + entries + lists + 3 * max(table_h, table_w),
+            "engine_slab": slab,
+            "peak": copies * factors + entries + lists + max(table_h, table_w) + slab,
             "sent_per_sweep": (P_ - 1) * (rows_h + rows_w) * q * itemsize,
             "sent_per_check": (P_ - 1) * rows_h * q * itemsize}
