@@ -229,6 +229,34 @@ def part_rates(quick: bool) -> None:
                      "ns per entry, all in a": t[1] / data[1].nnz * 1e9})
     print(f"\nper-device rates: {users} x {items}, rank {k}, float32, one CPU device (the machine's 2 cores); "
           "t = a nnz + b (m + n) k^2 fitted to the two tables\n\n" + table(rows, floatfmt=".4g"))
+    part_projection({r["solver (one device, rank 128)"]: (r["ns per entry (a)"] * 1e-9, r["ns per row k^2 (b)"] * 1e-9)
+                     for r in rows})
+
+
+#: Projection scenarios: (name, nnz, m, n, k, P); stated assumptions of docs/scaling.md.
+SCENARIOS = [("internet: 10B entries, 1B x 100M, k 128, P 256", 10e9, 1e9, 100e6, 128, 256),
+             ("WebGraph-sparse: 30B entries, 365.4M x 365.4M, k 128, P 256", 30e9, 365.4e6, 365.4e6, 128, 256)]
+SPEEDUP = 50.0  # assumed: one accelerator runs a device's share of the sweep 50x faster than this 2-core CPU
+BANDWIDTH = 50e9  # assumed: bytes/s one device sends during an all_to_all (one 400 Gb/s NIC per device)
+
+
+def part_projection(rates: dict) -> None:
+    """The model of ``accounting.project`` at internet scale, with the rates measured above (docs/scaling.md)."""
+    rows = []
+    for name, nnz, m, n, k, P_ in SCENARIOS:
+        pr = project(nnz, m, n, k, P_)
+        row = {"scenario": name, "factors x3 GB": 3 * pr["factors"] / 1e9, "entries GB": pr["entries"] / 1e9,
+               "table GB": max(pr["table_h"], pr["table_w"]) / 1e9, "peak GB": pr["peak"] / 1e9,
+               "sent/sweep GB": pr["sent_per_sweep"] / 1e9,
+               f"comm s at {BANDWIDTH / 1e9:.0f} GB/s": pr["sent_per_sweep"] / BANDWIDTH}
+        for solver, (a, b) in rates.items():
+            if "CG" in solver:
+                cpu = max(a, 0) * nnz / P_ + max(b, 0) * (m + n) / P_ * k * k
+                row[f"{solver.split(' ')[0]}: compute s, this CPU / {SPEEDUP:.0f}x"] = \
+                    f"{cpu:.0f} / {cpu / SPEEDUP:.1f}"
+        rows.append(row)
+    print(f"\nprojection (per device, per sweep; float32, biases, uniform entries; speed-up {SPEEDUP:.0f}x and "
+          f"{BANDWIDTH / 1e9:.0f} GB/s assumed)\n\n" + table(rows, floatfmt=".3g"))
 
 
 def main() -> None:
