@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 import jmf
 from jmf._src.run.loop import RunConfig
-from jmf._src.sharded.accounting import device_bytes, measure, project, sent_bytes
+from jmf._src.sharded.accounting import device_bytes, fit_memory, measure, project, sent_bytes
 from jmf._src.sharded.program import _advance_program, _start_program, make_ctx
 from jmf._src.sharded.solvers import make_impl
 
@@ -139,6 +139,9 @@ def test_layout_tables_hold_the_needed_rows(mesh):
     for exchange in ("all_to_all", "all_gather"):
         s = jmf.sharding.shard_sparse(data, mesh, exchange=exchange)
         mb, nb = s.blocks
+        for seg, bound in ((s.r_seg, s.max_counts[0]), (s.c_seg, s.max_counts[1])):  # the engine's chunk bound
+            counts = [np.bincount(x) for x in np.asarray(seg)]
+            assert max(c.max() for c in counts) == bound  # every segment fits, padding ones included
         Ht = rng.standard_normal((4 * nb, 2))  # padded H^T, device o owns rows [o nb, (o + 1) nb)
         W = rng.standard_normal((4 * mb, 2))
         for side, (X, blk, send, ex, seg, slot, w) in enumerate([
@@ -213,6 +216,8 @@ def test_memory_per_device_is_a_quarter(mesh):
     assert abs(sharded.h_exchange.per_pair - model["T_h"]) <= 0.1 * model["T_h"]
     assert abs(sharded.w_exchange.per_pair - model["T_w"]) <= 0.1 * model["T_w"]
     assert abs(max(per_device.values()) - model["factors"]) <= 0.01 * model["factors"]
+    mem = fit_memory(sharded, jmf.solvers.ratings_als(0.1), k)  # the compiled check loop, per device
+    assert mem["peak"] >= 2 * max(per_device.values()) + max(entries.values())  # iterate + kept, the entries
 
 
 def test_save_and_load_shards(mesh, tmp_path):
