@@ -141,7 +141,7 @@ def test_layout_tables_hold_the_needed_rows(mesh):
         mb, nb = s.blocks
         for seg, bound in ((s.r_seg, s.max_counts[0]), (s.c_seg, s.max_counts[1])):  # the engine's chunk bound
             counts = [np.bincount(x) for x in np.asarray(seg)]
-            assert max(c.max() for c in counts) == bound  # every segment fits, padding ones included
+            assert max(c.max() for c in counts) <= bound  # every segment fits, padding included
         Ht = rng.standard_normal((4 * nb, 2))  # padded H^T, device o owns rows [o nb, (o + 1) nb)
         W = rng.standard_normal((4 * mb, 2))
         for side, (X, blk, send, ex, seg, slot, w) in enumerate([

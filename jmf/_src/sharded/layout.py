@@ -103,12 +103,13 @@ class ShardedSparse:
     Attributes
     ----------
     r_seg, r_slot, r_vals, r_w : (P, Er)
-        Row layout: local row (``mb`` for padding), slot in the table of
-        ``H`` columns, value, weight (0 for padding).
+        Row layout: local row (padding entries, weight 0, are spread over the rows, one in row ``mb``),
+        slot in the table of ``H`` columns, value, weight (0 for padding).
     h_send : (P, P, Th)
         Local columns of ``H`` each device sends each device (all_to_all mode).
     c_seg, c_slot, c_vals, c_w : (P, Ec)
-        Column layout: local column (``nb`` for padding), slot in the table of ``W`` rows, value, weight.
+        Column layout: local column (padding likewise, one in column ``nb``), slot in the table of ``W`` rows, value,
+        weight.
     w_send : (P, P, Tw)
         Local rows of ``W`` each device sends each device.
     shape : (m, n)
@@ -363,6 +364,26 @@ def _slots(other: np.ndarray, uniq: np.ndarray, block: int, ex: Exchange) -> np.
     return (owner * ex.per_pair + pos).astype(np.int32)
 
 
+def _padded_layout(seg: np.ndarray, n_seg: int, size: int, fields):
+    """Entries of one layout padded to ``size`` with weight-0 entries, sorted by segment.
+
+    One padding entry goes to the dummy segment ``n_seg``; the others are
+    spread evenly over the real segments (they add nothing: weight 0), so no
+    segment is much longer than the longest real one however unequal the
+    devices' entry counts (the engine sizes its chunks by the longest).
+    ``fields``: ``[(array, fill)]`` aligned with ``seg``; returns
+    ``(seg, [arrays])`` of length ``size``.
+    """
+    extra = size - len(seg) - 1
+    per = np.full(n_seg, extra // n_seg, np.int64)
+    per[:extra % n_seg] += 1
+    pad_seg = np.concatenate([np.repeat(np.arange(n_seg), per), [n_seg]]).astype(seg.dtype)
+    all_seg = np.concatenate([seg, pad_seg])
+    order = np.argsort(all_seg, kind="stable")  # a segment's real entries first, then its padding
+    out = [np.concatenate([x, np.full(len(pad_seg), fill, x.dtype)])[order] for x, fill in fields]
+    return all_seg[order], out
+
+
 def _pad(x: np.ndarray, size: int, fill) -> np.ndarray:
     out = np.full((size,), fill, dtype=x.dtype)
     out[:len(x)] = x
@@ -433,8 +454,8 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
     if nnz == 0:
         raise ValueError("no observed entries")
     Er, Ec = max(Er, 1) + 1, max(Ec, 1) + 1  # at least one padding entry: its segment is the dummy one
-    # the longest segment of each layout: a row (column), or the padding segment of the device with fewest entries
-    max_counts = (max(max_rc, Er + neg_min_r), max(max_cc, Ec + neg_min_c))
+    # the longest segment of each layout: a row (column) with its share of the padding (_padded_layout)
+    max_counts = (max_rc + -(-max(Er - 1 + neg_min_r, 0) // mb), max_cc + -(-max(Ec - 1 + neg_min_c, 0) // nb))
     h_ex = choose_exchange(Th, nb, P_, exchange)
     w_ex = choose_exchange(Tw, mb, P_, exchange)
 
@@ -442,14 +463,14 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
     blocks = {f: {} for f in ShardedSparse._LEAVES}
     for d, (rp, cp) in parts.items():
         s = stats[d]
-        blocks["r_seg"][d] = _pad((rp.r - d * mb).astype(np.int32), Er, mb)[None]
-        blocks["r_slot"][d] = _pad(_slots(rp.c, s["uc"], nb, h_ex), Er, 0)[None]
-        blocks["r_vals"][d] = _pad(rp.v.astype(dtype), Er, 0)[None]
-        blocks["r_w"][d] = _pad(rp.w.astype(dtype), Er, 0)[None]
-        blocks["c_seg"][d] = _pad((cp.c - d * nb).astype(np.int32), Ec, nb)[None]
-        blocks["c_slot"][d] = _pad(_slots(cp.r, s["ur"], mb, w_ex), Ec, 0)[None]
-        blocks["c_vals"][d] = _pad(cp.v.astype(dtype), Ec, 0)[None]
-        blocks["c_w"][d] = _pad(cp.w.astype(dtype), Ec, 0)[None]
+        seg, (slot, v, w) = _padded_layout((rp.r - d * mb).astype(np.int32), mb, Er, [
+            (_slots(rp.c, s["uc"], nb, h_ex), 0), (rp.v.astype(dtype), 0), (rp.w.astype(dtype), 0)])
+        for name, x in zip(("r_seg", "r_slot", "r_vals", "r_w"), (seg, slot, v, w)):
+            blocks[name][d] = x[None]
+        seg, (slot, v, w) = _padded_layout((cp.c - d * nb).astype(np.int32), nb, Ec, [
+            (_slots(cp.r, s["ur"], mb, w_ex), 0), (cp.v.astype(dtype), 0), (cp.w.astype(dtype), 0)])
+        for name, x in zip(("c_seg", "c_slot", "c_vals", "c_w"), (seg, slot, v, w)):
+            blocks[name][d] = x[None]
         blocks["h_send"][d] = np.stack([_pad(x.astype(np.int32), h_ex.per_pair, 0) for x in s["h_send"]])[None]
         blocks["w_send"][d] = np.stack([_pad(x.astype(np.int32), w_ex.per_pair, 0) for x in s["w_send"]])[None]
     axis = mesh.axis_names[0]
