@@ -215,9 +215,8 @@ def project(nnz: float, m: float, n: float, k: int, devices: int, *, itemsize: i
     loop holds at peak (iterate, accepted, kept).  ``engine_slab``: the sparse
     engine's chunk of gathered features, ``2 max(longest, 16384)`` entries of
     ``q`` numbers, with ``longest`` the longest row or column (default: 4 x
-    the mean count of the shorter side; give the real one for skewed data) --
-    devices balanced (hashed ids), so no padding segment is longer.  Returns
-    bytes per device.
+    the mean count of the shorter side; give the real one for skewed data:
+    ``ShardedSparse.max_counts``).  Returns bytes per device.
     """
     P_ = devices
     q = k + 1 if biases else k
