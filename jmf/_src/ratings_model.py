@@ -19,14 +19,12 @@ import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from ._validation import as_key, check_int
-from .cf import predict
 from .data import Sparse
-from .factors import Factors
+from .factors import Factors, predict_entries
 from .fit import fit, fit_many
 from .model_selection import _append_full, _posterior_means, fold_stack
 from .solvers.bpmf import bpmf, posterior_mean
@@ -47,8 +45,8 @@ class RatingsModel(NamedTuple):
     Attributes
     ----------
     factors : Factors
-        Posterior-mean factors: ``factors.predict`` (or :func:`jmf.cf.predict`)
-        gives the average prediction of the kept Gibbs samples.
+        Posterior-mean factors (NumPy leaves): ``factors.predict`` (or
+        :func:`jmf.cf.predict`) gives the average prediction of the kept Gibbs samples.
     rank : int
         The rank used (chosen on a validation holdout when ``rank="auto"``).
     params : dict
@@ -68,9 +66,13 @@ class RatingsModel(NamedTuple):
     clip: tuple
     seconds: dict
 
-    def predict(self, rows, cols) -> jax.Array:
-        """Clipped predictions at ``(rows[p], cols[p])``; ``-1`` marks an unknown user or item (biases only)."""
-        return predict(self.factors, rows, cols, clip=self.clip)
+    def predict(self, rows, cols) -> np.ndarray:
+        """Clipped predictions at ``(rows[p], cols[p])``; ``-1`` marks an unknown user or item (biases only).
+
+        Evaluated with NumPy on the host (O(p k), compiles nothing); :func:`jmf.cf.predict` does the
+        same on the device.
+        """
+        return _predict_host(self.factors, rows, cols, self.clip)
 
 
 def fit_ratings(data: Sparse, rank="auto", *, key=0, ranks: Sequence[int] = DEFAULT_RANKS,
@@ -143,8 +145,7 @@ def fit_ratings(data: Sparse, rank="auto", *, key=0, ranks: Sequence[int] = DEFA
         check_int(rank, "rank", who, lo=1, hi=limit)
         out = fit(data, solver, rank=int(rank), key=key, init="normal", max_iter=max_iter, tol=None,
                   check_every=max_iter, progress=progress)
-        factors = posterior_mean(out)
-        jax.block_until_ready(factors)
+        factors = _host(posterior_mean(out))
         return RatingsModel(factors, int(rank), {**params, "rank": int(rank), "choice": f"rank {rank}"}, None, clip,
                             {"fit": time.perf_counter() - t0})
     try:
@@ -165,7 +166,8 @@ def fit_ratings(data: Sparse, rank="auto", *, key=0, ranks: Sequence[int] = DEFA
     if held.weights is not None:  # score the observed ratings only
         keep = np.asarray(held.weights)[0] > 0
         rows, cols, target = rows[keep], cols[keep], target[keep]
-    preds = np.stack([np.asarray(predict(_member(means, 0, j), rows, cols, clip)) for j in range(len(candidates))])
+    means = _host(means)
+    preds = np.stack([_predict_host(_member(means, 0, j), rows, cols, clip) for j in range(len(candidates))])
     options = {f"rank {r}": [j] for j, r in enumerate(candidates)}
     if len(candidates) > 1:
         options["ensemble"] = list(range(len(candidates)))
@@ -179,14 +181,25 @@ def fit_ratings(data: Sparse, rank="auto", *, key=0, ranks: Sequence[int] = DEFA
     best = int(np.argmin(table["validation_rmse"].to_numpy()))
     choice = table["choice"][best]
     factors = _ensemble([_drop_padding(_member(means, 1, j)) for j in options[choice]])
-    jax.block_until_ready(factors)
     return RatingsModel(factors, int(table["rank"][best]), {**params, "rank": int(table["rank"][best]),
                                                              "choice": choice, "ranks": candidates}, table, clip,
                         {"search": t1 - t0, "evaluate": time.perf_counter() - t1})
 
 
+def _host(tree):
+    """NumPy leaves: the evaluation and ensembling below run on the host and compile nothing."""
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
 def _member(tree, *index) -> Factors:
-    return jax.tree_util.tree_map(lambda x: None if x is None else x[index], tree)
+    return jax.tree_util.tree_map(lambda x: x[index], tree)
+
+
+def _predict_host(f: Factors, rows, cols, clip) -> np.ndarray:
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    ku, ki = rows >= 0, cols >= 0
+    out = predict_entries(f, np.where(ku, rows, 0), np.where(ki, cols, 0), known_rows=ku, known_cols=ki)
+    return np.clip(out, *clip)
 
 
 def _ensemble(members: list) -> Factors:
@@ -195,8 +208,8 @@ def _ensemble(members: list) -> Factors:
         return members[0]
     dtype = members[0].W.dtype
     s = np.asarray(1 / np.sqrt(len(members)), dtype)
-    W = jnp.concatenate([f.W * s for f in members], axis=1)
-    H = jnp.concatenate([f.H * s for f in members], axis=0)
+    W = np.concatenate([np.asarray(f.W) * s for f in members], axis=1)
+    H = np.concatenate([np.asarray(f.H) * s for f in members], axis=0)
     mean = lambda name: sum(getattr(f, name) for f in members) / np.asarray(len(members), dtype)  # noqa: E731
     return Factors(W, H, mean("row_bias"), mean("col_bias"), members[0].offset)
 
@@ -205,5 +218,5 @@ def _drop_padding(factors: Factors) -> Factors:
     """Posterior-mean factors of a rank-padded member without the padded (all-zero) columns."""
     W, H = np.asarray(factors.W), np.asarray(factors.H)
     keep = np.flatnonzero(np.any(W != 0, axis=0) | np.any(H != 0, axis=1))
-    return factors._replace(W=jax.device_put(W[:, keep]), H=jax.device_put(H[keep])) if keep.size else factors
+    return factors._replace(W=W[:, keep], H=H[keep]) if keep.size else factors
 
