@@ -168,3 +168,30 @@ def test_recommend_unknown_user(capsys, files, tmp_path):
     assert _run(capsys, "fit", files / "ratings.csv", "--rank", 2, "-q", "--out", model)[0] == 0
     code, out, err = _run(capsys, "recommend", model, "--user", 12345)
     assert code == 2 and "is not in the model" in err
+
+
+# -- RatingsRegressor() is the default model -----------------------------------------------------
+
+
+def test_ratings_regressor_default_is_the_default_model(table):
+    from sklearn.model_selection import cross_val_score
+
+    from jmf.sklearn import RatingsRegressor
+
+    rng = np.random.default_rng(14)  # low rank plus biases plus a little noise: a signal to find
+    m, n, nnz = 50, 40, 900
+    flat = rng.choice(m * n, size=nnz, replace=False)
+    r, c = flat // n, flat % n
+    U, V = rng.standard_normal((m, 2)), rng.standard_normal((2, n))
+    v = 3.0 + 0.5 * rng.standard_normal(m)[r] + np.einsum("pk,kp->p", U[r], V[:, c]) + 0.1 * rng.standard_normal(nnz)
+    X = np.column_stack([r + 100, c])  # raw ids
+    est = RatingsRegressor(max_iter=12, random_state=0).fit(X, v)
+    assert est.get_params()["solver"] == "auto" and est.get_params()["n_components"] == "auto"
+    assert est.choice_ in ("rank 5", "rank 10", "ensemble") and np.isnan(est.loss_)
+    p = est.predict(X)
+    assert p.min() >= v.min() and p.max() <= v.max()  # on the rating scale, as the default model predicts
+    # it learns: held-out R^2 of the default well above 0 (the biases-free baseline)
+    scores = cross_val_score(RatingsRegressor(max_iter=12, random_state=0), X, v, cv=3)
+    assert scores.min() > 0.5, scores
+    with pytest.raises(ValueError, match="max_iter >= 2"):
+        RatingsRegressor(max_iter=1).fit(X, v)
