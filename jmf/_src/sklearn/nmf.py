@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ..solvers.nmf import hals, mu
@@ -162,10 +163,17 @@ class NMF(BaseNMF):
             raise ValueError("NMF: n_init > 1 needs a random initialization; init='custom' starts a single fit")
         return p
 
-    def _solver(self, p, l1, l2):
-        """The jmf solver, its check interval and its ``tol``: scikit-learn's stopping rule for each."""
+    def _solver(self, p, l1, l2, sparse_missing: bool):
+        """The jmf solver, its check interval and its ``tol``: scikit-learn's stopping rule for each.
+
+        Coordinate descent on sparse data with missing absent entries (jmf's
+        ``absent="missing"``, which scikit-learn does not have) runs on jmf's
+        row-by-row sparse engine, which does not track the violation: it
+        stops on jmf's rule, the relative decrease of the loss.
+        """
         if p["solver"] == "cd":
-            return hals(l1=l1, l2=l2, stop="violation", shuffle=p["shuffle"]), 1, p["tol"]
+            stop = "loss" if sparse_missing else "violation"
+            return hals(l1=l1, l2=l2, stop=stop, shuffle=p["shuffle"]), 1, p["tol"]
         solver = mu(beta=p["beta"], l1=l1, l2=l2)._replace(loss=error_loss(p["beta"]))
         return solver, 10, (p["tol"] or None)  # scikit-learn's mu checks only when tol > 0
 
@@ -215,7 +223,7 @@ class NMF(BaseNMF):
             # A key only for what jmf draws itself (after the start, as scikit-learn draws from random_state).
             key = key_from_random_state(self.random_state) if (p["shuffle"] or isinstance(init, str)) else None
             l1, l2 = jmf_penalties(p["beta"], self._compute_regularization(X))
-            solver, check_every, tol = self._solver(p, l1, l2)
+            solver, check_every, tol = self._solver(p, l1, l2, sp.issparse(X) and absent == "missing")
             if not update_H:
                 solver = half_step(solver)
             res = run(data, solver, init=init, rank=None if not isinstance(init, str) else k, key=key,
