@@ -42,10 +42,11 @@ class NMF(BaseNMF):
     init : {"random", "nndsvd", "nndsvda", "nndsvdar", "custom"} or None, default=None
         As in scikit-learn (None: "nndsvda" when ``n_components <= min(n_samples,
         n_features)``, else "random"; "random" also for ``n_init > 1``).
-        Random draws come from a ``jax.random.key`` derived from
-        ``random_state`` (:mod:`jmf.init`), so they differ from scikit-learn's
-        numpy draws; "nndsvd*" take the exact SVD of dense data (scikit-learn:
-        a randomized SVD) and a randomized one of sparse data.
+        With ``n_init=1`` the start is scikit-learn's own: the same numpy
+        draws from ``random_state`` and the same randomized SVD (which keeps
+        sparse input sparse), so the fits start from the same point.  The
+        batched restarts of ``n_init > 1`` draw theirs from JAX keys
+        (:mod:`jmf.init`).
     solver : {"cd", "mu"}, default="cd"
         "cd": coordinate descent (HALS), scikit-learn's update order (``shuffle``
         too); "mu": multiplicative updates (Févotte & Idier's exponents for
@@ -60,6 +61,10 @@ class NMF(BaseNMF):
         iterations, when the error ``sqrt(2 D_beta)`` decreased by less than
         ``tol`` times its initial value.  ``tol=0`` runs ``max_iter``
         iterations (coordinate descent stops earlier only at an exact optimum).
+        Exception: "cd" on sparse ``X`` with ``absent="missing"`` (no
+        scikit-learn counterpart) stops when the loss decreased by less than
+        ``tol`` times its initial value (jmf's rule: its row-by-row sparse
+        solver does not track the violation).
     max_iter : int, default=200
     random_state : int, RandomState instance or None, default=None
         Seeds the ``jax.random.key`` of random starts, restarts and ``shuffle``:
