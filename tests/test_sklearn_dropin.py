@@ -21,6 +21,7 @@ from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.linear_model import Ridge  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
+import jmf  # noqa: E402
 from jmf._src.compilation import compilations  # noqa: E402
 from jmf.sklearn import (  # noqa: E402
     NMF,
@@ -71,6 +72,23 @@ def test_digits_at_default_settings_within_one_percent_of_sklearn(digits, solver
     assert est.reconstruction_err_ == pytest.approx(ref.reconstruction_err_, rel=0.01)
     assert abs(est.n_iter_ - ref.n_iter_) <= 0.1 * ref.n_iter_
     assert est.components_.dtype == np.float64 and est.components_.shape == (16, 64)
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-3])
+def test_cd_stops_at_the_iteration_a_check_after_every_step_finds(tol):
+    """NMF(solver="cd") tests the violation rule inside the solver and lets the driver check every 10
+    iterations: the same iteration and factors as checking after every step."""
+    rng = np.random.default_rng(2)
+    X = low_rank(rng, 50, 20, 3, noise=0.05, nonnegative=True)
+    W0, H0 = rng.random((50, 3)) + 0.1, rng.random((3, 20)) + 0.1
+    est = NMF(3, init="custom", tol=tol, max_iter=500)
+    W = est.fit_transform(X, W=W0, H=H0)
+    res = jmf.fit(jmf.Dense(X), jmf.solvers.hals(stop="violation"), init=jmf.Factors(W0, H0), max_iter=500,
+                  tol=tol, check_every=1, progress=False)
+    assert res.status_name == "CONVERGED" and est.n_iter_ == int(res.n_iter) < 500
+    assert est.n_iter_ % 10 != 0  # not rounded to the driver's check interval (18 and 124 here)
+    np.testing.assert_allclose(W, res.factors.W, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(est.components_, res.factors.H, rtol=1e-12, atol=1e-14)
 
 
 # -- sparse stays sparse: absent entries are zeros, or missing when asked ---------------------

@@ -8,7 +8,7 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from ..solvers.nmf import hals, mu
 from ._base import BaseNMF, jmf_penalties, start_w_for
-from ._run import error_loss, half_step, report, run, warn_diverged, warn_max_iter
+from ._run import error_loss, half_step, iterations, report, run, stop_each_step, warn_diverged, warn_max_iter
 from ._validation import as_data, bool_param, choice_param, int_param, key_from_random_state, precision
 
 __all__ = ["NMF", "non_negative_factorization"]
@@ -168,18 +168,26 @@ class NMF(BaseNMF):
             raise ValueError("NMF: n_init > 1 needs a random initialization; init='custom' starts a single fit")
         return p
 
-    def _solver(self, p, l1, l2, sparse_missing: bool):
+    def _solver(self, p, l1, l2, sparse_missing: bool, update_H: bool):
         """The jmf solver, its check interval and its ``tol``: scikit-learn's stopping rule for each.
 
-        Coordinate descent on sparse data with missing absent entries (jmf's
-        ``absent="missing"``, which scikit-learn does not have) runs on jmf's
-        row-by-row sparse engine, which does not track the violation: it
-        stops on jmf's rule, the relative decrease of the loss.
+        Coordinate descent tests the violation rule after every iteration
+        inside the solver (:func:`stop_each_step`), so the driver evaluates
+        the loss only every 10 iterations.  On sparse data with missing
+        absent entries (jmf's ``absent="missing"``, which scikit-learn does
+        not have) it runs on jmf's row-by-row sparse engine, which does not
+        track the violation: it stops on jmf's rule, the relative decrease of
+        the loss, checked every iteration.  ``update_H=False``: the ``W``
+        half-step of the same solver.
         """
         if p["solver"] == "cd":
-            stop = "loss" if sparse_missing else "violation"
-            return hals(l1=l1, l2=l2, stop=stop, shuffle=p["shuffle"]), 1, p["tol"]
+            solver = hals(l1=l1, l2=l2, stop="loss" if sparse_missing else "violation", shuffle=p["shuffle"])
+            solver = solver if update_H else half_step(solver)
+            if sparse_missing:
+                return solver, 1, p["tol"]
+            return stop_each_step(solver, p["tol"]), 10, p["tol"]
         solver = mu(beta=p["beta"], l1=l1, l2=l2)._replace(loss=error_loss(p["beta"]))
+        solver = solver if update_H else half_step(solver)
         return solver, 10, (p["tol"] or None)  # scikit-learn's mu checks only when tol > 0
 
     def fit_transform(self, X, y=None, W=None, H=None):
@@ -228,15 +236,13 @@ class NMF(BaseNMF):
             # A key only for what jmf draws itself (after the start, as scikit-learn draws from random_state).
             key = key_from_random_state(self.random_state) if (p["shuffle"] or isinstance(init, str)) else None
             l1, l2 = jmf_penalties(p["beta"], self._compute_regularization(X))
-            solver, check_every, tol = self._solver(p, l1, l2, sp.issparse(X) and absent == "missing")
-            if not update_H:
-                solver = half_step(solver)
+            solver, check_every, tol = self._solver(p, l1, l2, sp.issparse(X) and absent == "missing", update_H)
             res = run(data, solver, init=init, rank=None if not isinstance(init, str) else k, key=key,
                       max_iter=p["max_iter"], tol=tol, check_every=check_every, verbose=p["verbose"],
                       n_init=p["n_init"] if update_H else 1)
             W_out = np.asarray(res.factors.W).astype(X.dtype, copy=False)
             H_out = np.asarray(res.factors.H).astype(X.dtype, copy=False)
-        n_iter = int(np.asarray(res.n_iter))
+        n_iter = iterations(res)
         warn_diverged(self, res)
         warn_max_iter(p["max_iter"], n_iter, p["tol"])
         report(self, res, "fit" if update_H else "transform")
