@@ -1,5 +1,6 @@
-"""Collaborative filtering: predictions with unknown-id fallback and batched top-n recommendation."""
+"""Collaborative filtering: the default ratings model, predictions with unknown-id fallback, top-n recommendation."""
 
 from jmf._src.cf import predict, recommend
+from jmf._src.ratings_model import DEFAULT_RANKS, RatingsModel, fit_ratings
 
-__all__ = ["predict", "recommend"]
+__all__ = ["fit_ratings", "RatingsModel", "DEFAULT_RANKS", "predict", "recommend"]
