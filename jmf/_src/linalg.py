@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import lu
+from jax.lax import linalg as lax_linalg
 
 from ._validation import as_key, check_choice, check_int, check_rank
 from .data import Dense, Sparse, _rebuild, as_data
@@ -65,8 +65,20 @@ def _normalized(Y, normalizer: str):
     if normalizer == "qr":
         return jnp.linalg.qr(Y)[0]
     if normalizer == "lu":
-        return lu(Y, permute_l=True)[0]
+        return _permuted_l(Y)
     return Y
+
+
+def _permuted_l(Y):
+    """``P L`` of the LU factorization ``Y = P L U`` of an ``(m, p)`` block, in ``O(m p)`` memory.
+
+    (``jax.scipy.linalg.lu(Y, permute_l=True)`` forms the ``m x m`` permutation matrix.)
+    """
+    m, p = Y.shape
+    r = min(m, p)
+    packed, _, perm = lax_linalg.lu(Y)
+    L = jnp.tril(packed[:, :r], -1) + jnp.eye(m, r, dtype=Y.dtype)
+    return jnp.zeros_like(L).at[perm].set(L)  # Y[perm] = L U, so row perm[i] of P L is row i of L
 
 
 def _randomized(data, rank: int, key, n_oversamples: int, n_power_iter: int, normalizer: str = "qr",

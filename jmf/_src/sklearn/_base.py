@@ -171,6 +171,9 @@ class BaseNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         m, n = X.shape
         dt = data.dtype
         if self.init == "custom" and update_H:
+            if W is None or H is None:
+                raise ValueError(f"{name}: init='custom' needs both W and H (fit(X, W=..., H=...)); got "
+                                 f"W={'None' if W is None else 'an array'}, H={'None' if H is None else 'an array'}")
             H = _check_init(H, (self._n_components, n), f"{name} (input H)")
             W = _check_init(W, (m, self._n_components), f"{name} (input W)")
             if self._n_components == "auto":
@@ -183,6 +186,8 @@ class BaseNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             if W is not None:
                 warnings.warn("When update_H=False, the provided initial W is not used.", RuntimeWarning,
                               stacklevel=3)
+            if H is None:
+                raise ValueError(f"{name}: update_H=False needs H (the fixed components), got H=None")
             H = _check_init(H, (self._n_components, n), f"{name} (input H)")
             if self._n_components == "auto":
                 self._n_components = H.shape[0]

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
+from jax import lax
 from sklearn.exceptions import ConvergenceWarning
 
 from ..factors import Factors
@@ -31,7 +32,8 @@ from ..losses.beta import DEFAULT_EPS, beta_divergence
 from ..run.loop import Status
 from ..solvers.base import Solver
 
-__all__ = ["half_step", "w_change", "error_loss", "run", "warn_max_iter", "warn_status_max_iter", "warn_diverged",
+__all__ = ["half_step", "w_change", "stop_each_step", "iterations", "error_loss", "run", "warn_max_iter",
+           "warn_status_max_iter", "warn_diverged",
            "report", "host_beta_divergence"]
 
 
@@ -71,6 +73,55 @@ def w_change(solver: Solver) -> Solver:
 
     return solver._replace(init=init, step=step, update_w=None, name=f"{solver.name}[W, change]", direct=None,
                            factory=None, grid=None, progress=lambda f, state, data: state.change)
+
+
+class StopState(NamedTuple):
+    inner: object
+    n_iter: jax.Array  # steps taken up to and including the one where the rule fired
+    done: jax.Array  # the rule fired: further steps are the identity
+
+
+@functools.lru_cache(maxsize=64)
+def stop_each_step(solver: Solver, tol: float) -> Solver:
+    """``solver`` testing its own ``progress <= tol`` after **every** step, so the driver may check less often.
+
+    scikit-learn's coordinate descent stops at the first iteration where its
+    violation rule holds.  Checked by the driver after every step, that costs
+    an evaluation of the loss per iteration (for sparse data, one more pass
+    over the nonzeros).  This wrapper applies the rule inside the step: once
+    it holds, the solver stops updating (its further steps leave the factors
+    and state as they are) and its ``progress`` reads 0, so the driver stops
+    at its next check, with the factors of the iteration the rule fired at;
+    ``state.n_iter`` counts the iterations up to it (what a check after every
+    step reports).  ``tol`` is static (one compiled fit per value).
+    """
+    if solver.progress is None:
+        raise ValueError(f"solver {solver.name!r} has no progress measure to stop on")
+    progress = solver.progress
+
+    def init(f, data, key=None):
+        return StopState(solver.init(f, data, key), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+
+    def step(f, state, data, mask=None):
+        def advance(args):
+            f, st = args
+            g, inner = solver.step(f, st.inner, data, mask)
+            return g, StopState(inner, st.n_iter + 1, progress(g, inner, data) <= tol)
+
+        return lax.cond(state.done, lambda args: args, advance, (f, state))
+
+    def stopped_progress(f, state, data):
+        p = progress(f, state.inner, data)
+        return jnp.where(state.done, jnp.zeros_like(p), p)
+
+    return solver._replace(init=init, step=step, update_w=None, name=f"{solver.name}[stop each step]", direct=None,
+                           factory=None, grid=None, progress=stopped_progress)
+
+
+def iterations(result) -> int:
+    """Iterations of a fit: the driver's count, or the wrapper's of :func:`stop_each_step`."""
+    state = result.state
+    return int(np.asarray(state.n_iter if isinstance(state, StopState) else result.n_iter))
 
 
 @functools.lru_cache(maxsize=64)

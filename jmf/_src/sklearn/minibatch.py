@@ -101,13 +101,15 @@ def _batch(data, b, cfg: _Config):
 def _observed_mean(Xb, valid):
     """Mean of the batch's observed entries (its real rows only)."""
     n = Xb.shape[1]
+    dt = Xb.dtype
+    entries = jnp.sum(valid).astype(dt) * n  # every entry of the real rows
     if isinstance(Xb, Dense):
-        w = valid[:, None].astype(Xb.dtype) if Xb.weights is None else Xb.weights
-        return jnp.sum(w * Xb.A) / jnp.maximum(jnp.sum(w) if Xb.weights is not None else jnp.sum(valid) * n, 1)
+        w = valid[:, None].astype(dt) if Xb.weights is None else Xb.weights
+        return jnp.sum(w * Xb.A) / jnp.maximum(jnp.sum(w) if Xb.weights is not None else entries, 1).astype(dt)
     v = Xb.stored_vals()
     if zero_filled(Xb):
-        return jnp.sum(v) / jnp.maximum(jnp.sum(valid) * n, 1)
-    return jnp.sum(v) / jnp.maximum(jnp.sum(Xb.weights), 1)
+        return jnp.sum(v) / jnp.maximum(entries, 1).astype(dt)
+    return jnp.sum(v) / jnp.maximum(jnp.sum(Xb.weights), 1).astype(dt)
 
 
 def _mu_w(cfg: _Config, n: int):
@@ -441,9 +443,7 @@ class MiniBatchNMF(BaseNMF):
                 H0 = self.components_
             entries = _entries_per_batch(X, X.shape[0]) if sp.issparse(X) else 0
             cfg = self._config(p, X, X.shape[0], self._rho, entries)
-            data = as_data(X, absent)
-            if sp.issparse(X):
-                data, _ = _batch(data, 0, cfg)
+            data = _host_batch(X, entries, absent) if sp.issparse(X) else as_data(X, absent)
             H1, A, B = _partial_step(cfg, data, jnp.asarray(H0), jnp.asarray(self._components_numerator),
                                      jnp.asarray(self._components_denominator))
             self.components_ = np.asarray(H1).astype(X.dtype, copy=False)
@@ -452,6 +452,27 @@ class MiniBatchNMF(BaseNMF):
         self.n_components_ = self.components_.shape[0]
         self.n_steps_ += 1
         return self
+
+
+def _host_batch(X, entries: int, absent: str):
+    """A CSR batch as jmf sparse data with exactly ``entries`` stored entries (padding: weight 0), built on the host.
+
+    Batches of one shape and one power-of-two entry count share the compiled
+    step of ``partial_fit`` whatever their number of nonzeros.
+    """
+    X = X.tocsr()
+    X.sum_duplicates()
+    nnz = X.nnz
+    rows = np.full(entries, X.shape[0] - 1, np.int32)
+    cols = np.zeros(entries, np.int32)
+    vals = np.zeros(entries, X.dtype)
+    weights = np.zeros(entries, X.dtype)
+    rows[:nnz] = np.repeat(np.arange(X.shape[0], dtype=np.int32), np.diff(X.indptr))
+    cols[:nnz] = X.indices
+    vals[:nnz] = X.data
+    weights[:nnz] = 1
+    leaves = tuple(jnp.asarray(a) for a in (rows, cols, vals, weights))
+    return _rebuild(Sparse, leaves, X.shape, absent)
 
 
 def _padded(X, data, m_pad: int):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from ..solvers.nmf import hals, mu
 from ._base import BaseNMF, jmf_penalties, start_w_for
-from ._run import error_loss, half_step, report, run, warn_diverged, warn_max_iter
+from ._run import error_loss, half_step, iterations, report, run, stop_each_step, warn_diverged, warn_max_iter
 from ._validation import as_data, bool_param, choice_param, int_param, key_from_random_state, precision
 
 __all__ = ["NMF", "non_negative_factorization"]
@@ -41,10 +42,11 @@ class NMF(BaseNMF):
     init : {"random", "nndsvd", "nndsvda", "nndsvdar", "custom"} or None, default=None
         As in scikit-learn (None: "nndsvda" when ``n_components <= min(n_samples,
         n_features)``, else "random"; "random" also for ``n_init > 1``).
-        Random draws come from a ``jax.random.key`` derived from
-        ``random_state`` (:mod:`jmf.init`), so they differ from scikit-learn's
-        numpy draws; "nndsvd*" take the exact SVD of dense data (scikit-learn:
-        a randomized SVD) and a randomized one of sparse data.
+        With ``n_init=1`` the start is scikit-learn's own: the same numpy
+        draws from ``random_state`` and the same randomized SVD (which keeps
+        sparse input sparse), so the fits start from the same point.  The
+        batched restarts of ``n_init > 1`` draw theirs from JAX keys
+        (:mod:`jmf.init`).
     solver : {"cd", "mu"}, default="cd"
         "cd": coordinate descent (HALS), scikit-learn's update order (``shuffle``
         too); "mu": multiplicative updates (Févotte & Idier's exponents for
@@ -59,6 +61,10 @@ class NMF(BaseNMF):
         iterations, when the error ``sqrt(2 D_beta)`` decreased by less than
         ``tol`` times its initial value.  ``tol=0`` runs ``max_iter``
         iterations (coordinate descent stops earlier only at an exact optimum).
+        Exception: "cd" on sparse ``X`` with ``absent="missing"`` (no
+        scikit-learn counterpart) stops when the loss decreased by less than
+        ``tol`` times its initial value (jmf's rule: its row-by-row sparse
+        solver does not track the violation).
     max_iter : int, default=200
     random_state : int, RandomState instance or None, default=None
         Seeds the ``jax.random.key`` of random starts, restarts and ``shuffle``:
@@ -162,11 +168,26 @@ class NMF(BaseNMF):
             raise ValueError("NMF: n_init > 1 needs a random initialization; init='custom' starts a single fit")
         return p
 
-    def _solver(self, p, l1, l2):
-        """The jmf solver, its check interval and its ``tol``: scikit-learn's stopping rule for each."""
+    def _solver(self, p, l1, l2, sparse_missing: bool, update_H: bool):
+        """The jmf solver, its check interval and its ``tol``: scikit-learn's stopping rule for each.
+
+        Coordinate descent tests the violation rule after every iteration
+        inside the solver (:func:`stop_each_step`), so the driver evaluates
+        the loss only every 10 iterations.  On sparse data with missing
+        absent entries (jmf's ``absent="missing"``, which scikit-learn does
+        not have) it runs on jmf's row-by-row sparse engine, which does not
+        track the violation: it stops on jmf's rule, the relative decrease of
+        the loss, checked every iteration.  ``update_H=False``: the ``W``
+        half-step of the same solver.
+        """
         if p["solver"] == "cd":
-            return hals(l1=l1, l2=l2, stop="violation", shuffle=p["shuffle"]), 1, p["tol"]
+            solver = hals(l1=l1, l2=l2, stop="loss" if sparse_missing else "violation", shuffle=p["shuffle"])
+            solver = solver if update_H else half_step(solver)
+            if sparse_missing:
+                return solver, 1, p["tol"]
+            return stop_each_step(solver, p["tol"]), 10, p["tol"]
         solver = mu(beta=p["beta"], l1=l1, l2=l2)._replace(loss=error_loss(p["beta"]))
+        solver = solver if update_H else half_step(solver)
         return solver, 10, (p["tol"] or None)  # scikit-learn's mu checks only when tol > 0
 
     def fit_transform(self, X, y=None, W=None, H=None):
@@ -215,15 +236,13 @@ class NMF(BaseNMF):
             # A key only for what jmf draws itself (after the start, as scikit-learn draws from random_state).
             key = key_from_random_state(self.random_state) if (p["shuffle"] or isinstance(init, str)) else None
             l1, l2 = jmf_penalties(p["beta"], self._compute_regularization(X))
-            solver, check_every, tol = self._solver(p, l1, l2)
-            if not update_H:
-                solver = half_step(solver)
+            solver, check_every, tol = self._solver(p, l1, l2, sp.issparse(X) and absent == "missing", update_H)
             res = run(data, solver, init=init, rank=None if not isinstance(init, str) else k, key=key,
                       max_iter=p["max_iter"], tol=tol, check_every=check_every, verbose=p["verbose"],
                       n_init=p["n_init"] if update_H else 1)
             W_out = np.asarray(res.factors.W).astype(X.dtype, copy=False)
             H_out = np.asarray(res.factors.H).astype(X.dtype, copy=False)
-        n_iter = int(np.asarray(res.n_iter))
+        n_iter = iterations(res)
         warn_diverged(self, res)
         warn_max_iter(p["max_iter"], n_iter, p["tol"])
         report(self, res, "fit" if update_H else "transform")
