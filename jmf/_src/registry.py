@@ -299,7 +299,10 @@ _register("implicit_als", implicit_als, (
     Param("l2", "float", 1.0, "ridge penalty on W and H (sum units)", lo=0.0, lo_open=True),
     Param("alpha", "float", 2.0, "confidence slope: an observed value r has confidence 1 + alpha r", lo=0.0),
     _SOLVE._replace(default="cg"), _CG_STEPS, _CHUNK,
-), "Confidence-weighted ALS for implicit feedback (Hu, Koren and Volinsky 2008).")
+    Param("unobserved_weight", "float", 1.0, "weight of every unobserved entry (Rendle et al. 2021: alpha_0)", lo=0.0),
+    Param("nu", "float", 0.0, "frequency-scaled penalty l2 (count + w0 n)^nu (Rendle et al. 2021; 0: plain ridge)",
+          lo=0.0),
+), "Confidence-weighted ALS for implicit feedback (Hu, Koren and Volinsky 2008; iALS of Rendle et al. 2021).")
 _register("ratings_gradient", _ratings_gradient, (
     Param("optimizer", "str", "adam", "the Optax optimizer", choices=("adam", "sgd")),
     _LR,
