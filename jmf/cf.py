@@ -1,5 +1,6 @@
-"""Collaborative filtering: predictions with unknown-id fallback and batched top-n recommendation."""
+"""Collaborative filtering: predictions with unknown-id fallback, batched top-n recommendation, similar items
+and users, fold-in of new users, and baseline models for comparison."""
 
-from jmf._src.cf import predict, recommend
+from jmf._src.cf import fold_in, predict, recommend, similar_items, similar_users
 
-__all__ = ["predict", "recommend"]
+__all__ = ["predict", "recommend", "similar_items", "similar_users", "fold_in"]
