@@ -144,8 +144,9 @@ def jmf_bpr_fit(train, factors, lr, l2, epochs):
 
 def implicit_fit(train, factors, iterations, **params):
     import implicit
-    import jmf
     from threadpoolctl import threadpool_limits
+
+    import jmf
 
     ui = train.to_scipy().astype(np.float32).tocsr()
 

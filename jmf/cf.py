@@ -1,6 +1,8 @@
 """Collaborative filtering: predictions with unknown-id fallback, batched top-n recommendation, similar items
-and users, fold-in of new users, and baseline models for comparison."""
+and users, fold-in of new users, and baseline models (biases only, item kNN) for comparison."""
 
 from jmf._src.cf import fold_in, predict, recommend, similar_items, similar_users
+from jmf._src.cf_baselines import ItemKNN, baseline_only, item_knn
 
-__all__ = ["predict", "recommend", "similar_items", "similar_users", "fold_in"]
+__all__ = ["predict", "recommend", "similar_items", "similar_users", "fold_in", "baseline_only", "item_knn",
+           "ItemKNN"]

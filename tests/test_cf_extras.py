@@ -1,6 +1,5 @@
 """What users of implicit and Surprise expect: similar items/users, fold-in, baseline and item-kNN models."""
 
-import jax
 import numpy as np
 import pytest
 
@@ -133,3 +132,91 @@ def test_fold_in_bad_input():
         fold_in(f, als, jmf.Sparse([0], [0], [1.0], (1, 3)))
     with pytest.raises(TypeError, match="solver"):
         fold_in(f, "als", (np.array([1]), np.array([3.0])))
+
+
+def _surprise_trainset(data):
+    surprise = pytest.importorskip("surprise")
+    import pandas as pd
+
+    df = pd.DataFrame({"u": np.asarray(data.rows), "i": np.asarray(data.cols), "r": np.asarray(data.vals)})
+    return surprise, surprise.Dataset.load_from_df(df, surprise.Reader(rating_scale=(1, 5))).build_full_trainset()
+
+
+def _pairs(data, rng, p=40):
+    """Random (user, item) pairs that are not training entries (as a test set's)."""
+    m, n = data.shape
+    seen = set(zip(np.asarray(data.rows).tolist(), np.asarray(data.cols).tolist()))
+    rows, cols = rng.integers(0, m, 4 * p), rng.integers(0, n, 4 * p)
+    keep = np.array([(u, i) not in seen for u, i in zip(rows.tolist(), cols.tolist())])
+    return rows[keep][:p], cols[keep][:p]
+
+
+def test_baseline_only_matches_surprise(rng):
+    data = _ratings()
+    surprise, ts = _surprise_trainset(data)
+    algo = surprise.BaselineOnly(bsl_options={"method": "als", "reg_u": 15, "reg_i": 10, "n_epochs": 10},
+                                 verbose=False).fit(ts)
+    f = jmf.cf.baseline_only(data)
+    assert f.W.shape == (data.shape[0], 0)
+    rows, cols = _pairs(data, rng)
+    ref = [algo.predict(int(u), int(i), clip=False).est for u, i in zip(rows, cols)]
+    np.testing.assert_allclose(np.asarray(jmf.cf.predict(f, rows, cols)), ref, rtol=1e-10)
+    # a rank-0 model works with the ranking and rating metrics
+    assert jmf.metrics.rating_metrics(f, data)["rmse"] > 0
+    items, _ = jmf.cf.recommend(f, np.array([0, 1]), n=3, seen=data)
+    assert items.shape == (2, 3)
+
+
+def test_item_knn_pearson_baseline_matches_surprise_knnbaseline(rng):
+    data = _ratings()
+    surprise, ts = _surprise_trainset(data)
+    algo = surprise.KNNBaseline(k=10, min_k=2, sim_options={"name": "pearson_baseline", "user_based": False,
+                                                            "shrinkage": 20},
+                                bsl_options={"method": "als"}, verbose=False).fit(ts)
+    model = jmf.cf.item_knn(data, k=10, min_k=2, shrinkage=20.0, block=16)
+    n = data.shape[1]
+    S = np.array([[algo.sim[ts.to_inner_iid(i), ts.to_inner_iid(j)] if i != j else 0.0 for j in range(n)]
+                  for i in range(n)])
+    np.testing.assert_allclose(np.asarray(model.sim), S, atol=1e-10)
+    rows, cols = _pairs(data, rng)
+    ref = [algo.predict(int(u), int(i), clip=False).est for u, i in zip(rows, cols)]
+    np.testing.assert_allclose(model.predict(rows, cols), ref, rtol=1e-8)
+    # unknown users / items fall back to the baseline
+    base = jmf.cf.baseline_only(data)
+    got = model.predict(np.array([-1, 0]), np.array([3, -1]))
+    np.testing.assert_allclose(got, np.asarray(jmf.cf.predict(base, np.array([-1, 0]), np.array([3, -1]))))
+
+
+def test_item_knn_cosine_top_n_scores(rng):
+    m, n = 30, 12
+    A = (rng.random((m, n)) < 0.4).astype(np.float64)
+    A[:, 0] = 1
+    r, c = np.nonzero(A)
+    data = jmf.Sparse(r, c, np.ones(r.size), (m, n))
+    model = jmf.cf.item_knn(data, k=3, similarity="cosine")
+    norms = np.linalg.norm(A, axis=0)
+    S = (A.T @ A) / np.outer(norms, norms)
+    np.fill_diagonal(S, 0)
+    np.testing.assert_allclose(np.asarray(model.sim), S, atol=1e-12)
+    f = model.factors()
+    Sk = np.zeros_like(S)
+    for j in range(n):
+        top = np.argsort(-S[j], kind="stable")[:3]
+        Sk[j, top] = S[j, top]
+    np.testing.assert_allclose(np.asarray(f.W) @ np.asarray(f.H), A @ Sk, atol=1e-12)
+    out = jmf.metrics.ranking_metrics(f, data, k=3)
+    assert 0 <= out["ndcg"] <= 1
+
+
+def test_baselines_bad_input():
+    data = _ratings()
+    with pytest.raises(ValueError, match="reg_user"):
+        jmf.cf.baseline_only(data, reg_user=-1.0)
+    with pytest.raises(TypeError, match="Sparse"):
+        jmf.cf.baseline_only(np.ones((3, 3)))
+    with pytest.raises(ValueError, match="similarity"):
+        jmf.cf.item_knn(data, k=5, similarity="msd")
+    with pytest.raises(ValueError, match="max_items"):
+        jmf.cf.item_knn(data, k=5, max_items=10)
+    with pytest.raises(ValueError, match="k must be"):
+        jmf.cf.item_knn(data, k=data.shape[1])

@@ -279,7 +279,7 @@ def _exact_solver(solver):
     if solver.grid is not None:
         raise ValueError("solver carries a hyperparameter grid; build it at the chosen point "
                          "(e.g. jmf.solvers.als(l2=0.1)) to fold in")
-    factories = {getattr(als, "__wrapped__", als): als, getattr(implicit_als, "__wrapped__", implicit_als): implicit_als}
+    factories = {getattr(f, "__wrapped__", f): f for f in (als, implicit_als)}
     factory = None if solver.factory is None else factories.get(solver.factory[0])
     if factory is None:
         raise ValueError(f"fold_in solves the exact half-step of als, ratings_als (ALS-WR) or implicit_als; "

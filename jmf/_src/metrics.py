@@ -15,7 +15,8 @@ them, or those rated ``>= threshold``)::
 
 averaged over users.  AUC is not cut off at ``k``: the candidates are all
 items the user does not have in the training data, the relevant ones
-against the others (ties are broken by item order, as ``argsort`` does).  Users are processed in batches of ``batch_size``
+against the others (ties are broken by item order, as ``argsort`` does).
+Users are processed in batches of ``batch_size``
 (memory ``batch_size x n_items``), one compiled ``lax.map``.
 """
 

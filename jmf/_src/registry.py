@@ -329,7 +329,8 @@ def _bpr(optimizer="adam", learning_rate=0.01, l2=0.01, bias_l2=None, batch_size
 
 
 _register("bpr", _bpr, (
-    Param("optimizer", "str", "adam", "the Optax optimizer of the minibatch updates", choices=("adam", "sgd", "adagrad")),
+    Param("optimizer", "str", "adam", "the Optax optimizer of the minibatch updates",
+          choices=("adam", "sgd", "adagrad")),
     _LR,
     Param("l2", "float", 0.01, "per-triple ridge penalty on the user row and both item rows", lo=0.0),
     _BIAS_L2,
