@@ -51,7 +51,7 @@ class BPRState(NamedTuple):
     """State of :func:`bpr`: the optimizer's state, the PRNG key, and each row's span of entries."""
 
     opt_state: optax.OptState
-    key: jax.Array
+    key: jax.Array  # raw key data (jax.random.key_data), split once per step
     indptr: jax.Array  # (m,) first entry of each row (entries are sorted by row, then column)
     counts: jax.Array  # (m,) entries of each row
 
@@ -175,6 +175,8 @@ def bpr(optimizer: Optional[optax.GradientTransformation] = None, l2: float = 0.
 
     def init(f: Factors, data, key=None):
         key = jax.random.key(0) if key is None else key
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw key data in the state (plain uint32 leaves)
+            key = jax.random.key_data(key)
         with jax.numpy_dtype_promotion("standard"):
             opt_state = optimizer.init(f)
         counts, indptr = segment_counts(data.rows, data.shape[0])
@@ -183,7 +185,7 @@ def bpr(optimizer: Optional[optax.GradientTransformation] = None, l2: float = 0.
     def epoch(f: Factors, state: BPRState, data: Sparse, mask, w_only):
         nnz = data.vals.shape[-1]
         nb = -(-nnz // batch_size)
-        key, k_perm, k_neg = jax.random.split(state.key, 3)
+        key, k_perm, k_neg = jax.random.split(jax.random.wrap_key_data(state.key), 3)
         perm = jax.random.permutation(k_perm, nnz)
         pad = nb * batch_size - nnz
         live = jnp.concatenate([jnp.ones((nnz,), bool), jnp.zeros((pad,), bool)])
@@ -199,7 +201,7 @@ def bpr(optimizer: Optional[optax.GradientTransformation] = None, l2: float = 0.
             return gradient_update(optimizer, None, f, g, opt_state, mask, w_only), None
 
         (f, opt_state), _ = jax.lax.scan(one, (f, state.opt_state), batches)
-        return f, state._replace(opt_state=opt_state, key=key)
+        return f, state._replace(opt_state=opt_state, key=jax.random.key_data(key))
 
     def step(f: Factors, state: BPRState, data: Sparse, mask=None):
         return epoch(f, state, data, mask, False)
