@@ -234,7 +234,7 @@ def main(argv=None):
     if args.quick:
         grid = dict(l2=[0.1, 1.0], unobserved_weight=[0.1, 0.5], nu=[1.0])
     else:
-        grid = dict(l2=[0.003, 0.01, 0.03, 0.1], unobserved_weight=[0.03, 0.1, 0.3], nu=[0.5, 1.0])
+        grid = dict(l2=[0.03, 0.1, 0.3, 1.0], unobserved_weight=[0.03, 0.1, 0.3], nu=[0.25, 0.5, 1.0])
     point, table, warm, first = jmf_ials_search(inner, valid, args.factors, grid, sweeps)
     print(f"  jmf iALS grid: {len(table)} points in one fit_many call, {warm:.2f} s warm "
           f"({first:.1f} s first); best on validation {point}", flush=True)
@@ -242,6 +242,11 @@ def main(argv=None):
     pt = ", ".join(f"{k} {v:g}" for k, v in point.items())
     report(f"jmf implicit_als (tuned: {pt})", f, s, first - s, params=dict(point, search_seconds=warm,
                                                                            grid_points=len(table)))
+
+    # item kNN (cosine of the interaction columns), the classic item-item recommender
+    knn_k = 100
+    model, s = timed(lambda: jmf.cf.item_knn(train, k=knn_k, similarity="cosine"))
+    report(f"jmf item_knn (cosine, k {knn_k})", model.factors(), s)
 
     # jmf BPR
     lr, l2 = 0.01, 0.001

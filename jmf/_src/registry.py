@@ -320,8 +320,9 @@ _register("bpmf", bpmf, (
 ), "Bayesian PMF by Gibbs sampling (Salakhutdinov and Mnih 2008), biases, no penalty to tune; run with tol=none.")
 
 
-def _bpr(optimizer="adam", learning_rate=0.01, l2=0.01, bias_l2=None, batch_size=1024, item_bias=True, resample=3,
+def _bpr(optimizer=None, learning_rate=0.01, l2=0.01, bias_l2=None, batch_size=1024, item_bias=True, resample=3,
          n_eval=1 << 14):
+    optimizer = "adam" if optimizer is None else optimizer
     check_choice(optimizer, "optimizer", ("adam", "sgd", "adagrad"), "bpr")
     lr = _check_lr(learning_rate, "bpr")
     return _optax_cached(bpr, optimizer, lr, l2=l2, bias_l2=bias_l2, batch_size=batch_size, item_bias=item_bias,
@@ -329,8 +330,8 @@ def _bpr(optimizer="adam", learning_rate=0.01, l2=0.01, bias_l2=None, batch_size
 
 
 _register("bpr", _bpr, (
-    Param("optimizer", "str", "adam", "the Optax optimizer of the minibatch updates",
-          choices=("adam", "sgd", "adagrad")),
+    Param("optimizer", "str", None, "the Optax optimizer of the minibatch updates (none: adam)",
+          choices=("adam", "sgd", "adagrad"), none_ok=True),
     _LR,
     Param("l2", "float", 0.01, "per-triple ridge penalty on the user row and both item rows", lo=0.0),
     _BIAS_L2,
