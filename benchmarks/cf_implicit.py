@@ -231,8 +231,8 @@ def main(argv=None):
         f, s, p = implicit_fit(train, args.factors, sweeps)
         report("implicit ALS (defaults)", f, s, params=p)
         if not args.no_implicit_tuning:
-            regs = (0.01, 1.0) if args.quick else (0.01, 0.1, 1.0, 10.0, 30.0)
-            alphas = (1.0, 10.0) if args.quick else (1.0, 3.0, 10.0, 30.0)
+            regs = (0.01, 1.0) if args.quick else (0.01, 0.1, 1.0, 10.0, 30.0, 100.0, 300.0)
+            alphas = (1.0, 10.0) if args.quick else (1.0, 3.0, 10.0, 30.0, 100.0)
             scores, t0 = [], time.perf_counter()
             for reg in regs:
                 for alpha in alphas:
@@ -259,8 +259,9 @@ def main(argv=None):
 
     # item kNN (cosine of the interaction columns), the classic item-item recommender
     knn_k = 100
+    model, first = timed(lambda: jmf.cf.item_knn(train, k=knn_k, similarity="cosine"))
     model, s = timed(lambda: jmf.cf.item_knn(train, k=knn_k, similarity="cosine"))
-    report(f"jmf item_knn (cosine, k {knn_k})", model.factors(), s)
+    report(f"jmf item_knn (cosine, k {knn_k})", model.factors(), s, max(first - s, 0.0))
 
     # jmf BPR
     lr = args.bpr_lr
