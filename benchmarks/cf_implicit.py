@@ -3,6 +3,8 @@
     python benchmarks/cf_implicit.py            # full run (ml-latest-small when present)
     python benchmarks/cf_implicit.py --quick    # small grids, few sweeps: checks that everything runs
     python benchmarks/cf_implicit.py --factors 64 --out results.json
+    python benchmarks/cf_implicit.py --seed 1               # another test split
+    python benchmarks/cf_implicit.py --data synthetic       # data the grids were not chosen on
 
 Protocol
 --------
@@ -46,12 +48,12 @@ sys.path.insert(0, ROOT)
 ML_SMALL = os.path.join(ROOT, "..", "shared", "data", "ml-latest-small")
 
 
-def load_positives(quick: bool, threshold: float = 4.0):
+def load_positives(quick: bool, threshold: float = 4.0, data: str = "auto"):
     """``(rows, cols, shape, name)`` of the positive interactions."""
     import jmf
 
     path = os.path.join(ML_SMALL, "ratings.csv")
-    if os.path.exists(path):
+    if data != "synthetic" and os.path.exists(path):
         df = jmf.datasets.movielens("latest-small", path=ML_SMALL, as_frame=True)
         df = df[df["rating"] >= threshold]
         R = jmf.datasets.index_ratings(df)
@@ -61,8 +63,9 @@ def load_positives(quick: bool, threshold: float = 4.0):
                                          n_ratings=60_000 if not quick else 15_000)
     d = out.data
     keep = np.asarray(d.vals) >= threshold
+    why = "" if data == "synthetic" else "; ml-latest-small not found"
     return (np.asarray(d.rows)[keep], np.asarray(d.cols)[keep], d.shape,
-            "synthetic power-law ratings (ratings >= 4; ml-latest-small not found)")
+            f"synthetic power-law ratings (ratings >= 4{why})")
 
 
 def per_user_holdout(rows, cols, fraction: float, seed: int, min_count: int = 5):
@@ -182,7 +185,9 @@ def main(argv=None):
     ap.add_argument("--sweeps", type=int, default=15, help="ALS sweeps (jmf and implicit)")
     ap.add_argument("--bpr-epochs", type=int, default=100)
     ap.add_argument("--bpr-lr", type=float, default=0.003, help="Adam learning rate of BPR")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the test holdout (validation: seed + 1)")
+    ap.add_argument("--data", choices=("auto", "synthetic"), default="auto",
+                    help="auto: ml-latest-small when present, else synthetic")
     ap.add_argument("--no-implicit-tuning", action="store_true", help="implicit with its defaults only")
     ap.add_argument("--out", help="write the results as JSON")
     args = ap.parse_args(argv)
@@ -193,7 +198,7 @@ def main(argv=None):
 
     sweeps = 4 if args.quick else args.sweeps
     epochs = 5 if args.quick else args.bpr_epochs
-    rows, cols, shape, name = load_positives(args.quick)
+    rows, cols, shape, name = load_positives(args.quick, data=args.data)
     test_mask = per_user_holdout(rows, cols, 0.2, args.seed)
     tr_rows, tr_cols = rows[~test_mask], cols[~test_mask]
     valid_mask = per_user_holdout(tr_rows, tr_cols, 0.2, args.seed + 1)
