@@ -175,3 +175,10 @@ def test_ials_grid_of_unobserved_weight_and_nu_in_one_call(rng):
         implicit_als(unobserved_weight=-0.1)
     with pytest.raises(ValueError, match="nu"):
         implicit_als(nu=np.array([0.5, -1.0]))
+
+
+def test_sharded_fit_refuses_the_frequency_scaled_penalty(rng):
+    data, _ = _problem(rng, m=24, n=16)
+    mesh = jmf.sharding.model_mesh()
+    with pytest.raises(ValueError, match="nu=0"):
+        jmf.fit(data, implicit_als(l2=0.5, nu=1.0), rank=2, key=0, max_iter=2, mesh=mesh, progress=False)
