@@ -97,10 +97,11 @@ def test_plain_als_on_sparse_ratings_warns_and_does_not_diverge(capsys, tmp_path
     rows = ["user,item,rating"] + [f"{u},{i},{rng.integers(1, 6)}" for u in range(30) for i in range(20)
                                    if rng.random() < (0.1 if u < 5 or i < 3 else 0.6)]
     (tmp_path / "r.csv").write_text("\n".join(rows) + "\n")
-    code, out, err = _run(capsys, "fit", tmp_path / "r.csv", "--rank", 4, "--max-iter", 30, "-q")
+    code, out, err = _run(capsys, "fit", tmp_path / "r.csv", "--solver", "als", "--rank", 4, "--max-iter", 30, "-q")
     assert code == 0 and "DIVERGED" not in out, out
     assert "note: als without a ridge penalty" in err and "-p l2=" in err
-    code, out, err = _run(capsys, "fit", tmp_path / "r.csv", "--rank", 4, "--max-iter", 30, "-q", "-p", "l2=1")
+    code, out, err = _run(capsys, "fit", tmp_path / "r.csv", "--rank", 4, "--max-iter", 30, "-q", "-p", "l2=1",
+                          "--solver", "als")
     assert code == 0 and "note" not in err
 
 

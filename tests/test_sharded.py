@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 import jmf
 from jmf._src.run.loop import RunConfig
-from jmf._src.sharded.accounting import device_bytes, measure, project, sent_bytes
+from jmf._src.sharded.accounting import device_bytes, fit_memory, measure, project, sent_bytes
 from jmf._src.sharded.program import _advance_program, _start_program, make_ctx
 from jmf._src.sharded.solvers import make_impl
 
@@ -141,6 +141,9 @@ def test_layout_tables_hold_the_needed_rows(mesh):
     for exchange in ("all_to_all", "all_gather"):
         s = jmf.sharding.shard_sparse(data, mesh, exchange=exchange)
         mb, nb = s.blocks
+        for seg, bound in ((s.r_seg, s.max_counts[0]), (s.c_seg, s.max_counts[1])):  # the engine's chunk bound
+            counts = [np.bincount(x) for x in np.asarray(seg)]
+            assert max(c.max() for c in counts) <= bound  # every segment fits, padding included
         Ht = rng.standard_normal((4 * nb, 2))  # padded H^T, device o owns rows [o nb, (o + 1) nb)
         W = rng.standard_normal((4 * mb, 2))
         for side, (X, blk, send, ex, seg, slot, w) in enumerate([
@@ -215,6 +218,8 @@ def test_memory_per_device_is_a_quarter(mesh):
     assert abs(sharded.h_exchange.per_pair - model["T_h"]) <= 0.1 * model["T_h"]
     assert abs(sharded.w_exchange.per_pair - model["T_w"]) <= 0.1 * model["T_w"]
     assert abs(max(per_device.values()) - model["factors"]) <= 0.01 * model["factors"]
+    mem = fit_memory(sharded, jmf.solvers.ratings_als(0.1), k)  # the compiled check loop, per device
+    assert mem["peak"] >= 2 * max(per_device.values()) + max(entries.values())  # iterate + kept, the entries
 
 
 def test_save_and_load_shards(mesh, tmp_path):
@@ -271,12 +276,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(script, out) -> list:
-    """Run ``script PORT PID out`` as processes 0 and 1 (2 CPU devices each); their outputs."""
+def _two_processes(script, out, *extra) -> list:
+    """Run ``script PORT PID out *extra`` as processes 0 and 1 (2 CPU devices each); their outputs."""
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    procs = [subprocess.Popen([sys.executable, str(script), str(port), str(pid), str(out)], env=env,
+    procs = [subprocess.Popen([sys.executable, str(script), str(port), str(pid), str(out), *extra], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for pid in (0, 1)]
     logs = []
     for p in procs:
@@ -325,3 +330,23 @@ def test_two_processes_dense(tmp_path):
         assert int(z["n_iter"]) == int(one.n_iter)
         np.testing.assert_allclose(float(z["loss"]), float(one.loss), rtol=1e-10)
         np.testing.assert_allclose(z["W"] @ z["H"], np.asarray(one.factors.W @ one.factors.H), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_sparse(tmp_path):
+    """Each process passes only its users' ratings (hashed); float64 fits over 2 processes equal one device."""
+    _two_processes(os.path.join(ROOT, "tests", "sharded_worker.py"), tmp_path / "out", "sparse")
+    table = jmf.datasets.synthetic_ratings(0, n_users=300, n_items=200, n_ratings=6000).data  # as in the worker
+    r, c = np.asarray(table.rows), np.asarray(table.cols)
+    data = jmf.Sparse(r, c, np.asarray(table.vals, np.float64), table.shape)
+    outs = [np.load(tmp_path / f"out.{pid}.npz") for pid in (0, 1)]
+    assert outs[0]["nnz_local"] + outs[1]["nnz_local"] == data.nnz and min(o["nnz_local"] for o in outs) > 0
+    for name, solver in (("ratings_als", jmf.solvers.ratings_als(l2=0.1)),
+                         ("implicit_als", jmf.solvers.implicit_als())):
+        one = jmf.fit(data, solver, 8, key=0, max_iter=20, tol=None, progress=False)
+        p1 = np.asarray(one.factors.predict(r, c))
+        for o in outs:  # both processes gathered the same factors; each held 2 of the 4 blocks
+            assert o[name + "_W_shards"].tolist() == [[75, 8], [75, 8]]
+            assert o[name + "_H_shards"].tolist() == [[8, 50], [8, 50]]
+            assert np.max(np.abs(o[name] - p1)) <= 1e-6 * np.max(np.abs(p1)), name  # 2e-8 measured
+            np.testing.assert_allclose(float(o[name + "_loss"]), float(one.loss), rtol=1e-8)

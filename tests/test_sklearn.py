@@ -66,7 +66,7 @@ def X_nn():
         NMF(**_CHECK_NMF),
         MatrixFactorization(solver="hals", init="nndsvda", **_CHECK_NMF),
         TruncatedSVD(n_components=1),
-        RatingsRegressor(n_components=1, max_iter=20),
+        RatingsRegressor(n_components=1, max_iter=20, solver="als"),
     ],
     expected_failed_checks=expected_failed_checks,
 )
@@ -342,7 +342,7 @@ def ratings():
 
 def test_ratings_regressor_equals_jmf_and_falls_back_to_biases(ratings):
     X, y = ratings
-    est = RatingsRegressor(n_components=2, l2=1.0, random_state=0, max_iter=20).fit(X, y)
+    est = RatingsRegressor(n_components=2, l2=1.0, solver="als", random_state=0, max_iter=20).fit(X, y)
     users, u = np.unique(X[:, 0].astype(str), return_inverse=True)
     items, i = np.unique(X[:, 1].astype(int), return_inverse=True)
     assert (len(users), len(items), len(y)) == (50, 40, 900)
@@ -374,7 +374,7 @@ def test_ratings_regressor_cross_validation_and_grid_search(ratings):
     # 3 folds: the training folds (600 ratings) pad to the size of the full data (900 -> 1024), so
     # with l2=1.0 they reuse the fit compiled by the test above.
     cv = KFold(3, shuffle=True, random_state=0)
-    kw = dict(n_components=2, max_iter=20, random_state=0)
+    kw = dict(n_components=2, max_iter=20, random_state=0, solver="als")
     gs = GridSearchCV(RatingsRegressor(**kw), {"l2": [1.0, 300.0]}, cv=cv).fit(X, y)
     assert gs.best_params_ == {"l2": 1.0}
     scores = cross_val_score(RatingsRegressor(l2=1.0, **kw), X, y, cv=cv)
@@ -389,7 +389,7 @@ def test_ratings_regressor_dataframe_columns(ratings):
     pd = pytest.importorskip("pandas")
     X, y = ratings
     df = pd.DataFrame({"ts": np.arange(len(y)), "item": X[:, 1].astype(int), "user": X[:, 0]})
-    kw = dict(n_components=2, max_iter=20, random_state=0)
+    kw = dict(n_components=2, max_iter=20, random_state=0, solver="als")
     a = RatingsRegressor(user_col="user", item_col="item", **kw).fit(df, y)
     b = RatingsRegressor(**kw).fit(X, y)
     np.testing.assert_allclose(a.predict(df), b.predict(X), rtol=1e-10)
@@ -455,4 +455,4 @@ def test_bad_data_raises_at_fit(X_nn):
     with pytest.raises(ValueError, match="l2 must be"):
         RatingsRegressor(l2=-1.0).fit(X, y)
     with pytest.raises(ValueError, match="needs l2 > 0"):
-        RatingsRegressor(l2=0.0).fit(X, y)
+        RatingsRegressor(l2=0.0, solver="als").fit(X, y)

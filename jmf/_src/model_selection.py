@@ -146,13 +146,16 @@ def kfold(data: Sparse, n_splits: int = 5, key=0) -> Iterator:
 # -- batched cross-validation and hyperparameter search ---------------------------------------------
 
 
-def fold_stack(data: Sparse, n_splits: int = 5, key=0):
+def fold_stack(data: Sparse, n_splits: int = 5, key=0, test_size: Optional[float] = None):
     """K-fold split of the observed entries as two stacked batches with equal ``nnz`` (host-side, no compilation).
 
     The entries are shuffled (seeded) and cut into ``n_splits`` test folds of
     ``nnz // n_splits`` entries each; the ``nnz % n_splits`` leftover entries
     are in every training part and never tested, so that all training parts
-    have the same number of entries and stack without padding.
+    have the same number of entries and stack without padding.  With
+    ``n_splits=1`` there is one random holdout of ``test_size`` (a fraction
+    in (0, 1)) of the entries: a validation split, the cheap alternative to
+    K-fold when the fits are expensive.
 
     Returns
     -------
@@ -162,10 +165,19 @@ def fold_stack(data: Sparse, n_splits: int = 5, key=0):
         Held-out part of every fold (``(n_splits, size)``).
     """
     _check(data)
-    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or not 2 <= n_splits <= data.nnz // 2:
-        raise ValueError(f"n_splits must be an int in [2, nnz / 2 = {data.nnz // 2}], got {n_splits!r}")
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or not 1 <= n_splits <= data.nnz // 2:
+        raise ValueError(f"n_splits must be an int in [1, nnz / 2 = {data.nnz // 2}], got {n_splits!r}")
     nnz = data.nnz
-    size = nnz // n_splits
+    if n_splits == 1:
+        if isinstance(test_size, bool) or not isinstance(test_size, (float, int, np.floating)) \
+                or not 0 < test_size < 1:
+            raise ValueError(f"n_splits=1 (one holdout) needs test_size, a fraction in (0, 1); got {test_size!r}")
+        size = min(max(int(round(test_size * nnz)), 1), nnz - 1)
+    elif test_size is not None:
+        raise ValueError(f"test_size is for n_splits=1 (one holdout); K-fold test folds are nnz / n_splits, "
+                         f"got test_size={test_size!r} with n_splits={n_splits}")
+    else:
+        size = nnz // n_splits
     perm = numpy_rng(key).permutation(nnz)
     leaves = [np.asarray(x) for x in (data.rows, data.cols, data.vals)]
     w = None if data.weights is None else np.asarray(data.weights)
@@ -301,9 +313,9 @@ def _append_full(train: Sparse, data: Sparse) -> Sparse:
     return _rebuild(Sparse, leaves, data.shape)
 
 
-def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, key=0, max_iter: int = 10, tol=None,
-                check_every: Optional[int] = None, init="normal", clip="auto", refit="joint",
-                progress: bool = False) -> SearchResult:
+def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Optional[float] = None, key=0,
+                max_iter: int = 10, tol=None, check_every: Optional[int] = None, init="normal", clip="auto",
+                refit="joint", progress: bool = False) -> SearchResult:
     r"""K-fold cross-validation of every rank x hyperparameter setting, all members in one compiled call.
 
     The folds (:func:`fold_stack`: equal-size test folds over the observed
@@ -327,7 +339,9 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, key=0, max_it
     ranks : int or sequence of int
         Ranks to try (rank-padded members: cost grows with ``max(ranks)``).
     n_splits : int, default 5
-        Number of folds.
+        Number of folds; 1 for a single validation holdout of ``test_size``.
+    test_size : float in (0, 1), optional
+        The held-out fraction when ``n_splits=1`` (see :func:`fold_stack`).
     key : jax.random.key or int
         Seeds the folds and the initial factors (every fold starts from the
         same factors, as separate fits with this key would).
@@ -392,7 +406,7 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, key=0, max_it
     joint = refit is True or refit == "joint"
     check_every = max_iter if check_every is None else check_every
     fit_key = as_key(key)
-    train, test = fold_stack(data, n_splits, fit_key)  # the folds come from a numpy stream of the key
+    train, test = fold_stack(data, n_splits, fit_key, test_size)  # the folds come from a numpy stream of the key
     if joint:
         # All the data as one more matrix of the stack: every setting is refitted in the same compiled call,
         # so the refit never needs a program of its own (whatever rank wins); the folds are padded to its

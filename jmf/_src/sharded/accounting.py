@@ -21,13 +21,15 @@ parses ``compiled.as_text()`` for the collectives XLA actually emits and
 :func:`expected_collectives` lists what the formula says, op by op; the tests
 and ``benchmarks/sharded.py`` check they agree.
 
-Memory per device: its rows of ``W`` and columns of ``H`` (``(mb + nb) k b``,
+Memory per device: its rows of ``W`` and columns of ``H`` (``(mb + nb) q b``,
 times the check loop's copies: iterate, accepted, kept), its entries twice
 (row and column layout: ``(Er + Ec) (4 + 4 + 2 b)`` bytes with int32 indices)
 and the send lists, plus per half-step the fetched table (``P T q b``) and
-the engine's slabs.  :func:`device_bytes` measures live arrays per device;
-the compiled program's ``memory_analysis()`` gives its arguments and
-temporaries.
+the engine's slab of gathered features (``2 max(L, 16384) q b`` with ``L``
+the longest row or column: the engine's chunks hold whole segments).  :func:`device_bytes` measures
+arrays per device from their shards; :func:`fit_memory` reads the compiled
+check-loop program's ``memory_analysis()`` (per device: arguments, outputs,
+temporaries).
 """
 
 from __future__ import annotations
@@ -35,18 +37,18 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import numpy as np
 
 from ..run.loop import RunConfig
 from .layout import ShardedDense, ShardedSparse
-from .program import _start_program, loss_program, make_ctx, step_program
+from .program import _advance_program, _start_program, loss_program, make_ctx, step_program
 from .solvers import make_impl
 
 __all__ = ["Collective", "hlo_collectives", "expected_collectives", "sent_bytes", "device_bytes", "measure",
-           "project"]
+           "fit_memory", "project"]
 
 _ITEMSIZE = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "s64": 8, "u64": 8, "pred": 1, "s8": 1,
              "u8": 1}
@@ -172,8 +174,37 @@ def measure(data, solver, rank: int, *, key=0, init: str = "random") -> dict:
     }
 
 
+def fit_memory(data, solver, rank: int, *, key=0, init: str = "random", max_iter: int = 10,
+               check_every: int = 5) -> dict:
+    """Bytes per device of the compiled check-loop program of a sharded fit (``memory_analysis``).
+
+    The program ``fit`` runs (:func:`.program._advance_program`: the check
+    loop with its sweeps and loss evaluations) is compiled for ``data``'s mesh;
+    XLA's buffer assignment gives, per device, its arguments (the entries'
+    layouts, the carry: factors, kept factors, solver state), outputs, aliased
+    (donated) bytes and temporaries.  ``peak`` = arguments + outputs + temps -
+    aliased: what one device holds while the program runs (an upper bound:
+    the temporaries' arena is assigned for the whole program).
+    """
+    if not isinstance(data, (ShardedSparse, ShardedDense)):
+        raise TypeError("fit_memory takes data from jmf.sharding.shard_sparse / shard_dense")
+    kind = "sparse" if isinstance(data, ShardedSparse) else "dense"
+    impl, ctx = make_impl(solver, kind), make_ctx(data)
+    cfg = RunConfig(int(max_iter), int(check_every), int(rank), bool(solver.biases))
+    carry = _start_program(impl, ctx, cfg, init, data.mesh, data, jax.random.key(key), None)
+    tol = np.asarray(-1.0, np.dtype(data.dtype))
+    compiled = _advance_program.lower(impl, ctx, cfg, data.mesh, data, carry, np.int32(max_iter), tol).compile()
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return {}
+    out = {f: int(getattr(mem, f + "_size_in_bytes")) for f in ("argument", "output", "alias", "temp")}
+    out["peak"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    out["factor_bytes"] = device_bytes(carry.factors)
+    return out
+
+
 def project(nnz: float, m: float, n: float, k: int, devices: int, *, itemsize: int = 4, index_bytes: int = 4,
-            biases: bool = True, copies: int = 3) -> dict:
+            biases: bool = True, copies: int = 3, longest: Optional[float] = None) -> dict:
     """The memory and traffic model of the module docstring, for entries spread uniformly at random.
 
     ``T`` (rows one device needs from one other) is the expected number of
@@ -181,7 +212,11 @@ def project(nnz: float, m: float, n: float, k: int, devices: int, *, itemsize: i
     entries a pair of devices shares: ``b (1 - exp(-e / b))``.  Skewed data
     have a larger maximum over pairs; relabel rows and columns at random
     (hash the ids) to spread heavy ones.  ``copies``: factor copies the check
-    loop holds at peak (iterate, accepted, kept).  Returns bytes per device.
+    loop holds at peak (iterate, accepted, kept).  ``engine_slab``: the sparse
+    engine's chunk of gathered features, ``2 max(longest, 16384)`` entries of
+    ``q`` numbers, with ``longest`` the longest row or column (default: 4 x
+    the mean count of the shorter side; give the real one for skewed data:
+    ``ShardedSparse.max_counts``).  Returns bytes per device.
     """
     P_ = devices
     q = k + 1 if biases else k
@@ -191,12 +226,16 @@ def project(nnz: float, m: float, n: float, k: int, devices: int, *, itemsize: i
     rows_h = T_h if T_h < nb else nb  # the exchange that moves fewer bytes
     rows_w = T_w if T_w < mb else mb
     factors = (mb + nb) * q * itemsize
+    if longest is None:
+        longest = 4 * nnz / min(m, n)
+    slab = 2 * max(longest, 16384) * q * itemsize
     entries = 2 * (nnz / P_) * (2 * index_bytes + 2 * itemsize)
     lists = P_ * (T_h + T_w) * index_bytes
     table_h, table_w = P_ * rows_h * q * itemsize, P_ * rows_w * q * itemsize
     return {"rows_per_device": mb, "cols_per_device": nb, "T_h": T_h, "T_w": T_w,
             "h_mode": "all_to_all" if T_h < nb else "all_gather", "w_mode": "all_to_all" if T_w < mb else "all_gather",
             "factors": factors, "entries": entries, "send_lists": lists, "table_h": table_h, "table_w": table_w,
-            "peak": copies * factors + entries + lists + max(table_h, table_w),
+            "engine_slab": slab,
+            "peak": copies * factors + entries + lists + max(table_h, table_w) + slab,
             "sent_per_sweep": (P_ - 1) * (rows_h + rows_w) * q * itemsize,
             "sent_per_check": (P_ - 1) * rows_h * q * itemsize}

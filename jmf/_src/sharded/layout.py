@@ -103,22 +103,27 @@ class ShardedSparse:
     Attributes
     ----------
     r_seg, r_slot, r_vals, r_w : (P, Er)
-        Row layout: local row (``mb`` for padding), slot in the table of
-        ``H`` columns, value, weight (0 for padding).
+        Row layout: local row (padding entries, weight 0, are spread over the rows, one in row ``mb``),
+        slot in the table of ``H`` columns, value, weight (0 for padding).
     h_send : (P, P, Th)
         Local columns of ``H`` each device sends each device (all_to_all mode).
     c_seg, c_slot, c_vals, c_w : (P, Ec)
-        Column layout: local column (``nb`` for padding), slot in the table of ``W`` rows, value, weight.
+        Column layout: local column (padding likewise, one in column ``nb``), slot in the table of ``W`` rows, value,
+        weight.
     w_send : (P, P, Tw)
         Local rows of ``W`` each device sends each device.
     shape : (m, n)
     mesh : Mesh
     h_exchange, w_exchange : Exchange
         How the W half-step fetches columns of ``H`` and the H half-step rows of ``W``.
+    max_counts : (int, int)
+        Static bounds on the entries of one segment of the row layout and of the column layout
+        (the longest row / column, or a device's padding segment if longer): the sparse engine
+        sizes its chunks by them, not by the fetched table.
     """
 
     _LEAVES = ("r_seg", "r_slot", "r_vals", "r_w", "h_send", "c_seg", "c_slot", "c_vals", "c_w", "w_send")
-    __slots__ = _LEAVES + ("shape", "mesh", "h_exchange", "w_exchange", "info")
+    __slots__ = _LEAVES + ("shape", "mesh", "h_exchange", "w_exchange", "max_counts", "info")
 
     @property
     def axis(self) -> str:
@@ -152,14 +157,15 @@ class ShardedSparse:
 
 
 def _flatten_sparse(s: ShardedSparse):
-    return tuple(getattr(s, f) for f in ShardedSparse._LEAVES), (s.shape, s.mesh, s.h_exchange, s.w_exchange)
+    return (tuple(getattr(s, f) for f in ShardedSparse._LEAVES),
+            (s.shape, s.mesh, s.h_exchange, s.w_exchange, s.max_counts))
 
 
 def _unflatten_sparse(aux, leaves) -> ShardedSparse:
     obj = object.__new__(ShardedSparse)
     for f, x in zip(ShardedSparse._LEAVES, leaves):
         setattr(obj, f, x)
-    obj.shape, obj.mesh, obj.h_exchange, obj.w_exchange = aux
+    obj.shape, obj.mesh, obj.h_exchange, obj.w_exchange, obj.max_counts = aux
     obj.info = None
     return obj
 
@@ -358,6 +364,26 @@ def _slots(other: np.ndarray, uniq: np.ndarray, block: int, ex: Exchange) -> np.
     return (owner * ex.per_pair + pos).astype(np.int32)
 
 
+def _padded_layout(seg: np.ndarray, n_seg: int, size: int, fields):
+    """Entries of one layout padded to ``size`` with weight-0 entries, sorted by segment.
+
+    One padding entry goes to the dummy segment ``n_seg``; the others are
+    spread evenly over the real segments (they add nothing: weight 0), so no
+    segment is much longer than the longest real one however unequal the
+    devices' entry counts (the engine sizes its chunks by the longest).
+    ``fields``: ``[(array, fill)]`` aligned with ``seg``; returns
+    ``(seg, [arrays])`` of length ``size``.
+    """
+    extra = size - len(seg) - 1
+    per = np.full(n_seg, extra // n_seg, np.int64)
+    per[:extra % n_seg] += 1
+    pad_seg = np.concatenate([np.repeat(np.arange(n_seg), per), [n_seg]]).astype(seg.dtype)
+    all_seg = np.concatenate([seg, pad_seg])
+    order = np.argsort(all_seg, kind="stable")  # a segment's real entries first, then its padding
+    out = [np.concatenate([x, np.full(len(pad_seg), fill, x.dtype)])[order] for x, fill in fields]
+    return all_seg[order], out
+
+
 def _pad(x: np.ndarray, size: int, fill) -> np.ndarray:
     out = np.full((size,), fill, dtype=x.dtype)
     out[:len(x)] = x
@@ -411,7 +437,7 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
         w_send = _send_lists(rp.c // nb, rp.r - d * mb, P_, mb + 1)
         dup = (np.any((np.diff(rp.r) == 0) & (np.diff(rp.c) == 0)) if len(rp.r) > 1 else False)
         stats[d] = dict(uc=uc, ur=ur, need_h=need_h, need_w=need_w, h_send=h_send, w_send=w_send, dup=bool(dup))
-    local = np.zeros(7, np.int64)
+    local = np.full(9, np.iinfo(np.int64).min, np.int64)
     for d, (rp, cp) in parts.items():
         s = stats[d]
         rc = np.bincount(rp.r - d * mb, minlength=1) if len(rp.r) else np.zeros(1, np.int64)
@@ -419,8 +445,8 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
         local = np.maximum(local, [len(rp.r), len(cp.c),
                                    max(int(s["need_h"].max(initial=0)), max(len(x) for x in s["h_send"])),
                                    max(int(s["need_w"].max(initial=0)), max(len(x) for x in s["w_send"])),
-                                   int(rc.max()), int(cc.max()), int(s["dup"])])
-    Er, Ec, Th, Tw, max_rc, max_cc, dup = (int(x) for x in _global_max(local))
+                                   int(rc.max()), int(cc.max()), int(s["dup"]), -len(rp.r), -len(cp.c)])
+    Er, Ec, Th, Tw, max_rc, max_cc, dup, neg_min_r, neg_min_c = (int(x) for x in _global_max(local))
     if dup:
         raise ValueError("duplicate coordinates: some (row, col) entry appears more than once (across processes)")
     nnz_local = sum(len(rp.r) for rp, _ in parts.values())
@@ -428,6 +454,8 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
     if nnz == 0:
         raise ValueError("no observed entries")
     Er, Ec = max(Er, 1) + 1, max(Ec, 1) + 1  # at least one padding entry: its segment is the dummy one
+    # the longest segment of each layout: a row (column) with its share of the padding (_padded_layout)
+    max_counts = (max_rc + -(-max(Er - 1 + neg_min_r, 0) // mb), max_cc + -(-max(Ec - 1 + neg_min_c, 0) // nb))
     h_ex = choose_exchange(Th, nb, P_, exchange)
     w_ex = choose_exchange(Tw, mb, P_, exchange)
 
@@ -435,14 +463,14 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
     blocks = {f: {} for f in ShardedSparse._LEAVES}
     for d, (rp, cp) in parts.items():
         s = stats[d]
-        blocks["r_seg"][d] = _pad((rp.r - d * mb).astype(np.int32), Er, mb)[None]
-        blocks["r_slot"][d] = _pad(_slots(rp.c, s["uc"], nb, h_ex), Er, 0)[None]
-        blocks["r_vals"][d] = _pad(rp.v.astype(dtype), Er, 0)[None]
-        blocks["r_w"][d] = _pad(rp.w.astype(dtype), Er, 0)[None]
-        blocks["c_seg"][d] = _pad((cp.c - d * nb).astype(np.int32), Ec, nb)[None]
-        blocks["c_slot"][d] = _pad(_slots(cp.r, s["ur"], mb, w_ex), Ec, 0)[None]
-        blocks["c_vals"][d] = _pad(cp.v.astype(dtype), Ec, 0)[None]
-        blocks["c_w"][d] = _pad(cp.w.astype(dtype), Ec, 0)[None]
+        seg, (slot, v, w) = _padded_layout((rp.r - d * mb).astype(np.int32), mb, Er, [
+            (_slots(rp.c, s["uc"], nb, h_ex), 0), (rp.v.astype(dtype), 0), (rp.w.astype(dtype), 0)])
+        for name, x in zip(("r_seg", "r_slot", "r_vals", "r_w"), (seg, slot, v, w)):
+            blocks[name][d] = x[None]
+        seg, (slot, v, w) = _padded_layout((cp.c - d * nb).astype(np.int32), nb, Ec, [
+            (_slots(cp.r, s["ur"], mb, w_ex), 0), (cp.v.astype(dtype), 0), (cp.w.astype(dtype), 0)])
+        for name, x in zip(("c_seg", "c_slot", "c_vals", "c_w"), (seg, slot, v, w)):
+            blocks[name][d] = x[None]
         blocks["h_send"][d] = np.stack([_pad(x.astype(np.int32), h_ex.per_pair, 0) for x in s["h_send"]])[None]
         blocks["w_send"][d] = np.stack([_pad(x.astype(np.int32), w_ex.per_pair, 0) for x in s["w_send"]])[None]
     axis = mesh.axis_names[0]
@@ -452,6 +480,7 @@ def shard_sparse(data, mesh: Mesh, *, exchange: str = "auto") -> ShardedSparse:
     for f in ShardedSparse._LEAVES:
         setattr(obj, f, _global_array(mesh, P(axis), (P_,) + sizes[f], blocks[f]))
     obj.shape, obj.mesh, obj.h_exchange, obj.w_exchange = (m, n), mesh, h_ex, w_ex
+    obj.max_counts = tuple(int(x) for x in max_counts)
     vmin = min((float(rp.v[rp.w > 0].min()) for rp, _ in parts.values() if np.any(rp.w > 0)), default=0.0)
     obj.info = {"nnz": nnz, "max_row_count": max_rc, "max_col_count": max_cc, "local_min": vmin,
                 "padded_entries": (Er, Ec)}

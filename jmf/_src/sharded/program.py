@@ -64,7 +64,7 @@ def make_ctx(data, chunk_size: int = 1 << 16) -> Ctx:
     mesh = data.mesh
     if isinstance(data, ShardedSparse):
         return Ctx(data.axis, data.devices, tuple(data.shape), data.blocks, "sparse", data.h_exchange,
-                   data.w_exchange, lapack_safe(mesh), chunk_size)
+                   data.w_exchange, lapack_safe(mesh), chunk_size, data.max_counts)
     return Ctx(data.axis, data.devices, tuple(data.shape), data.blocks, "dense", None, None, lapack_safe(mesh),
                chunk_size)
 

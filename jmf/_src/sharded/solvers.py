@@ -68,6 +68,7 @@ class Ctx(NamedTuple):
     w_exchange: Any
     lapack: bool  # LAPACK solves are safe (not several CPU devices of one process)
     chunk_size: int = 1 << 16
+    max_counts: Any = None  # (row layout, column layout): longest segment, ShardedSparse.max_counts
 
     @property
     def spd(self) -> Callable:
@@ -119,13 +120,24 @@ class LocalLayout(NamedTuple):
 
 
 def local_layout(ctx: Ctx, d) -> LocalLayout:
+    """This device's two layouts as :class:`jmf.Sparse` with their engine packing.
+
+    The second dimension of each ``Sparse``'s shape is the static bound on a
+    segment's entries that the sparse engine sizes its chunks by (the
+    single-device solvers read it from ``shape[1]``): the longest segment of
+    the layout (``ctx.max_counts``), at most the fetched table.  Slots index
+    the fetched table, which the engine sizes from the features it is given.
+    """
     mb, nb = ctx.blocks
-    rows = _rebuild(Sparse, (d.r_seg, d.r_slot, d.r_vals, d.r_w), (mb + 1, ctx.h_exchange.table))
-    cols = _rebuild(Sparse, (d.c_seg, d.c_slot, d.c_vals, d.c_w), (nb + 1, ctx.w_exchange.table))
+    r_max, c_max = ctx.h_exchange.table, ctx.w_exchange.table
+    if ctx.max_counts is not None:
+        r_max, c_max = min(r_max, max(1, ctx.max_counts[0])), min(c_max, max(1, ctx.max_counts[1]))
+    rows = _rebuild(Sparse, (d.r_seg, d.r_slot, d.r_vals, d.r_w), (mb + 1, r_max))
+    cols = _rebuild(Sparse, (d.c_seg, d.c_slot, d.c_vals, d.c_w), (nb + 1, c_max))
     rcount = jax.ops.segment_sum(d.r_w, d.r_seg, num_segments=mb + 1, indices_are_sorted=True)
     ccount = jax.ops.segment_sum(d.c_w, d.c_seg, num_segments=nb + 1, indices_are_sorted=True)
-    rside = side_layout(d.r_seg, mb + 1, None, ctx.h_exchange.table)
-    cside = side_layout(d.c_seg, nb + 1, None, ctx.w_exchange.table)
+    rside = side_layout(d.r_seg, mb + 1, None, r_max)
+    cside = side_layout(d.c_seg, nb + 1, None, c_max)
     return LocalLayout(rows, rside, rcount, cols, cside, ccount)
 
 
@@ -431,7 +443,7 @@ def _hals_impl(kw: dict) -> Impl:
             G = G + lam2 * eye
         if _nz(lam1):
             B = B - lam1 / 2
-        X = _repeated(ctx, lambda X: _cd_shared(X, G, B), X, sweeps, inner_tol)
+        X = _repeated(ctx, lambda X: _cd_shared(X, G, B)[0], X, sweeps, inner_tol)
         return f._replace(W=X.T) if side == 0 else f._replace(H=X)
 
     def sparse_half(ctx, f: Factors, st: State, data, side):
@@ -450,7 +462,7 @@ def _hals_impl(kw: dict) -> Impl:
                 G = G + lam2 * eye
             if _nz(lam1):
                 B = B - lam1 / 2
-            return _cd_blocks(X, G, B)
+            return _cd_blocks(X, G, B)[0]  # (X, violation): the violation is not tracked here
 
         X = _sparse_sweep(local, SparseLayout(sd, sd, None, None), _ext(X), F, 0, sweep)[:-1]
         return f._replace(W=X) if side == 0 else f._replace(H=X.T)

@@ -15,6 +15,7 @@ from .._validation import is_int as _is_int
 from ..data import Sparse, _rebuild
 from ..fit import fit
 from ..losses.frobenius import frobenius
+from ..ratings_model import DEFAULT_BURN_IN, DEFAULT_SWEEPS, fit_ratings
 from ..run.loop import Status
 from ..solvers.als import als
 from ..solvers.gradient import adam
@@ -80,7 +81,12 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
 
     .. math::  \hat y_{ui} = \mu + b_u + c_i + W_u \cdot H_i
 
-    fitted by minimizing jmf's loss on the observed ratings,
+    By default (``solver="auto"``) it is jmf's default ratings model,
+    :func:`jmf.cf.fit_ratings`: Bayesian PMF with biases, its rank (or an
+    ensemble of ranks) chosen on a validation holdout of the training
+    ratings at fit time -- nothing to tune, and the best held-out error of
+    the models measured (BENCHMARKS.md).  With ``solver="als"`` or
+    ``"adam"`` it minimizes jmf's loss on the observed ratings,
     ``(sum (y - yhat)^2 + l2 (|W|^2 + |H|^2) + bias_l2 (|b|^2 + |c|^2)) / N``.
     Users or items not seen in ``fit`` fall back to the biases: an unknown
     user has ``b_u = 0`` and ``W_u = 0`` (and likewise for items), so an
@@ -88,23 +94,29 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_components : int, default=10
-        Rank (capped at ``min(n_users, n_items)`` of the training data).
+    n_components : int or "auto", default="auto"
+        Rank (capped at ``min(n_users, n_items)`` of the training data);
+        "auto" (``solver="auto"`` only) chooses it on a validation holdout.
+        The "als" and "adam" solvers take 10 for "auto".
     l2 : float, default=1.0
-        Ridge penalty on the factors (jmf's units: per-rating sum, see above).
+        Ridge penalty on the factors (jmf's units: per-rating sum, see above);
+        "als" and "adam" only (the default model samples its precisions).
     bias_l2 : float or None, default=None
         Ridge penalty on the biases (default ``l2``).
-    solver : {"als", "adam"}, default="als"
+    solver : {"auto", "als", "adam"}, default="auto"
+        "auto": the default ratings model (Bayesian PMF, :func:`jmf.cf.fit_ratings`);
         "als": alternating least squares on the biased model; "adam": full-batch Adam.
     learning_rate : float, default=0.05
         Step size of "adam".
-    max_iter : int, default=50
+    max_iter : int or None, default=None
+        Iterations ("als", "adam": 50 when None) or Gibbs sweeps ("auto": 100 when None).
     tol : float or None, default=1e-4
+        Stopping tolerance of "als" and "adam" (the sampler runs ``max_iter`` sweeps).
     check_every : int, default=5
     user_col, item_col : int or str, default=0, 1
         Columns of ``X`` holding the ids (names when ``X`` is a DataFrame).
     clip : bool, default=False
-        Clip predictions to the range of the training ratings.
+        Clip predictions to the range of the training ratings ("auto" always does).
     random_state : int, RandomState instance or None, default=None
         Seeds the ``jax.random.key`` of the fit.
     verbose : int, default=0
@@ -113,15 +125,21 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
     ----------
     users_, items_ : ndarray
         Sorted distinct ids seen in ``fit``.
-    user_factors_ : ndarray of shape (n_users, n_components_)
-    item_factors_ : ndarray of shape (n_items, n_components_)
+    user_factors_ : ndarray of shape (n_users, width)
+    item_factors_ : ndarray of shape (n_items, width)
+        ``width = n_components_`` for "als" and "adam"; for "auto" the
+        posterior mean keeps every sample side by side (``width`` = samples x rank).
     user_bias_ : ndarray of shape (n_users,)
     item_bias_ : ndarray of shape (n_items,)
     global_mean_ : float
         The offset ``mu``.
     n_components_ : int
+        The rank used (chosen for "auto"; for an ensemble, the sum of its ranks).
+    choice_ : str
+        What "auto" chose ("rank 5", "ensemble", ...); the solver's name otherwise.
     n_iter_ : int
     loss_ : float
+        The final loss ("als", "adam"); NaN for "auto".
     n_features_in_ : int
     feature_names_in_ : ndarray of shape (n_features_in_,)
 
@@ -144,13 +162,13 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_components=10,
+        n_components="auto",
         *,
         l2=1.0,
         bias_l2=None,
-        solver="als",
+        solver="auto",
         learning_rate=0.05,
-        max_iter=50,
+        max_iter=None,
         tol=1e-4,
         check_every=5,
         user_col=0,
@@ -175,20 +193,28 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
 
     def _params(self):
         p = {}
-        p["k"] = int_param(self, "n_components", 1)
+        s = choice_param(self, "solver", {"auto", "als", "adam"})
+        p["k"] = "auto" if s == "auto" and self.n_components == "auto" else (
+            10 if self.n_components == "auto" else int_param(self, "n_components", 1))
         p["l2"] = real_param(self, "l2")
         p["bias_l2"] = real_param(self, "bias_l2", none_ok=True)
         if p["bias_l2"] is None:
             p["bias_l2"] = p["l2"]
-        p["max_iter"] = int_param(self, "max_iter", 1)
+        default_iter = DEFAULT_SWEEPS if s == "auto" else 50
+        p["max_iter"] = default_iter if self.max_iter is None else int_param(self, "max_iter", 1)
         p["check_every"] = int_param(self, "check_every", 1)
         p["tol"] = real_param(self, "tol", none_ok=True)
         p["verbose"] = verbose_param(self)
         check_random_state_type(self)
-        s = choice_param(self, "solver", {"als", "adam"})
         if not isinstance(self.clip, (bool, np.bool_)):
             raise TypeError(f"RatingsRegressor: clip must be a bool, got {self.clip!r}")
-        if s == "als":
+        p["name"] = s
+        if s == "auto":
+            if p["max_iter"] < 2:
+                raise ValueError(f"RatingsRegressor: solver='auto' needs max_iter >= 2 Gibbs sweeps, "
+                                 f"got {p['max_iter']}")
+            p["solver"] = None
+        elif s == "als":
             if p["l2"] == 0:
                 raise ValueError("RatingsRegressor: solver='als' needs l2 > 0 (users or items with fewer ratings "
                                  "than n_components make the ridge solves singular)")
@@ -241,24 +267,40 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
             raise TypeError(f"RatingsRegressor: user and item ids must be mutually comparable; each id argument "
                             f"must be a string or a number ({exc})") from None
         m, n = len(self.users_), len(self.items_)
-        k = min(p["k"], m, n)
         data = _padded_ratings(u_idx.ravel(), i_idx.ravel(), y, m, n)
         key = key_from_random_state(self.random_state)
+        if p["solver"] is None:  # the default ratings model
+            sweeps = p["max_iter"]
+            model = fit_ratings(data, "auto" if p["k"] == "auto" else min(p["k"], m, n), key=key, max_iter=sweeps,
+                                burn_in=min(DEFAULT_BURN_IN, sweeps // 5), progress=bool(p["verbose"]))
+            self._store(model.factors, m, n)
+            self.n_components_ = int(model.rank)
+            self.choice_ = model.params["choice"]
+            self.n_iter_ = sweeps
+            self.loss_ = float("nan")
+            self._y_range = model.clip
+            self._clip_predictions = True  # the default model predicts on the rating scale
+            return self
+        k = min(p["k"], m, n)
         res = fit(data, p["solver"], k, key=key, init="normal", max_iter=p["max_iter"], tol=p["tol"],
-                      check_every=p["check_every"], biases=True, progress=bool(p["verbose"]))
+                  check_every=p["check_every"], biases=True, progress=bool(p["verbose"]))
         _warn_status(self, res, p["tol"])
         _report(self, res)
-        f = res.factors
+        self._store(res.factors, m, n)
+        self.n_components_ = int(k)
+        self.choice_ = p["name"]
+        self.n_iter_ = int(np.asarray(res.n_iter))
+        self.loss_ = float(np.asarray(res.loss))
+        self._y_range = (float(np.min(y)), float(np.max(y)))
+        self._clip_predictions = bool(self.clip)
+        return self
+
+    def _store(self, f, m, n):
         self.user_factors_ = np.asarray(f.W, dtype=np.float64)[:m]
         self.item_factors_ = np.asarray(f.H, dtype=np.float64).T[:n].copy()
         self.user_bias_ = np.asarray(f.row_bias, dtype=np.float64)[:m]
         self.item_bias_ = np.asarray(f.col_bias, dtype=np.float64)[:n]
         self.global_mean_ = float(np.asarray(f.offset))
-        self.n_components_ = int(k)
-        self.n_iter_ = int(np.asarray(res.n_iter))
-        self.loss_ = float(np.asarray(res.loss))
-        self._y_range = (float(np.min(y)), float(np.max(y)))
-        return self
 
     def _lookup(self, known, ids):
         pos = np.searchsorted(known, ids)
@@ -283,7 +325,7 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
         yhat += np.where(ki, self.item_bias_[ii], 0.0)
         both = ku & ki
         yhat += np.where(both, np.einsum("pk,pk->p", self.user_factors_[uu], self.item_factors_[ii]), 0.0)
-        if self.clip:
+        if self._clip_predictions:
             yhat = np.clip(yhat, *self._y_range)
         return yhat
 
