@@ -220,3 +220,16 @@ def test_baselines_bad_input():
         jmf.cf.item_knn(data, k=5, max_items=10)
     with pytest.raises(ValueError, match="k must be"):
         jmf.cf.item_knn(data, k=data.shape[1])
+
+
+def test_knn_predict_and_baseline_compile_once(rng):
+    data = _ratings()
+    model = jmf.cf.item_knn(data, k=5)
+    model.predict(*_pairs(data, rng, 10))
+    jmf.cf.baseline_only(data)
+    with compilations() as log:
+        for p in (3, 40, 100):
+            rows, cols = _pairs(data, rng, p)
+            assert model.predict(rows, cols).shape == rows.shape
+        jmf.cf.baseline_only(data, reg_user=3.0, reg_item=1.0)
+    assert log.programs == 0
