@@ -114,3 +114,71 @@ def test_bad_input():
         implicit_als(solve="qr")
     with pytest.raises(TypeError, match="Sparse"):
         implicit_loss().value(jmf.Factors(jnp.ones((2, 1)), jnp.ones((1, 2))), jmf.Dense(np.ones((2, 2))))
+
+
+def _dense_loss_general(W, H, R, alpha, l2, w0, nu):
+    """Rendle et al.'s frequency-scaled objective with an unobserved weight, by brute force."""
+    obs = R > 0
+    S = W @ H
+    m, n = R.shape
+    C = np.where(obs, 1 + alpha * R, w0)
+    P = obs.astype(float)
+    d = (obs.sum(1) + w0 * n) ** nu
+    e = (obs.sum(0) + w0 * m) ** nu
+    return (np.sum(C * (P - S) ** 2) + l2 * (np.sum(d[:, None] * W ** 2) + np.sum(e[None, :] * H ** 2))) / (m * n)
+
+
+@pytest.mark.parametrize("w0, nu", [(0.1, 1.0), (0.4, 0.5), (2.0, 0.0)])
+def test_ials_frequency_scaled_matches_dense_reference(rng, w0, nu):
+    data, R = _problem(rng)
+    m, n = R.shape
+    k, alpha, l2 = 3, 0.7, 0.05
+    obs = R > 0
+    s = implicit_als(l2=l2, alpha=alpha, solve="cholesky", unobserved_weight=w0, nu=nu)
+    seen = []
+    res = jmf.fit(data, s, rank=k, key=0, init="normal", max_iter=6, tol=None, check_every=1,
+                  callback=lambda info: seen.append((jax.tree_util.tree_map(np.array, info.factors), float(info.loss))))
+    assert np.all(np.diff(np.asarray(res.loss_history)) <= 1e-12)
+    (f, loss), (f2, _) = seen[-2], seen[-1]
+    W, H = np.asarray(f.W), np.asarray(f.H)
+    assert loss == pytest.approx(_dense_loss_general(W, H, R, alpha, l2, w0, nu), rel=1e-12)
+    C = np.where(obs, 1 + alpha * R, w0)
+    P = obs.astype(float)
+    d = (obs.sum(1) + w0 * n) ** nu
+    e = (obs.sum(0) + w0 * m) ** nu
+    Wn = np.stack([np.linalg.solve(H @ np.diag(C[u]) @ H.T + l2 * d[u] * np.eye(k), H @ (C[u] * P[u]))
+                   for u in range(m)])
+    Hn = np.stack([np.linalg.solve(Wn.T @ np.diag(C[:, i]) @ Wn + l2 * e[i] * np.eye(k), Wn.T @ (C[:, i] * P[:, i]))
+                   for i in range(n)]).T
+    np.testing.assert_allclose(np.asarray(f2.W), Wn, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(f2.H), Hn, atol=1e-10)
+    # the loss gradient agrees with autodiff of the brute-force objective
+    g = s.loss.grad(f2, data)
+    ref = jax.grad(lambda W, H: (jnp.sum(jnp.asarray(C) * (P - W @ H) ** 2)
+                                 + l2 * (jnp.sum(d[:, None] * W ** 2) + jnp.sum(e[None, :] * H ** 2))) / (m * n),
+                   argnums=(0, 1))(jnp.asarray(f2.W), jnp.asarray(f2.H))
+    np.testing.assert_allclose(np.asarray(g.W), np.asarray(ref[0]), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(g.H), np.asarray(ref[1]), atol=1e-12)
+
+
+def test_ials_grid_of_unobserved_weight_and_nu_in_one_call(rng):
+    data, _ = _problem(rng)
+    solver = implicit_als(l2=0.1, unobserved_weight=np.array([0.05, 0.5]), nu=np.array([0.0, 1.0]))
+    assert solver.grid.size == 4
+    kw = dict(rank=3, max_iter=5, tol=None, init="normal")
+    res = jmf.fit_many(data, solver, key=0, **kw)
+    for p in range(4):
+        point = {k: float(v[p]) for k, v in res.params.items()}
+        single = jmf.fit(data, implicit_als(l2=0.1, **point), key=0, **kw)
+        np.testing.assert_allclose(res.member(p).factors.W, single.factors.W, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="unobserved_weight"):
+        implicit_als(unobserved_weight=-0.1)
+    with pytest.raises(ValueError, match="nu"):
+        implicit_als(nu=np.array([0.5, -1.0]))
+
+
+def test_sharded_fit_refuses_the_frequency_scaled_penalty(rng):
+    data, _ = _problem(rng, m=24, n=16)
+    mesh = jmf.sharding.model_mesh()
+    with pytest.raises(ValueError, match="nu=0"):
+        jmf.fit(data, implicit_als(l2=0.5, nu=1.0), rank=2, key=0, max_iter=2, mesh=mesh, progress=False)

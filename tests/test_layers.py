@@ -26,8 +26,8 @@ LAYERS = [
                      "_src.sharded.program", "_src.sharded.accounting"]),
     ("fit", ["_src.fit"]),
     ("applications", ["_src.registry", "_src.consensus", "_src.metrics", "_src.model_selection", "_src.cf",
-                      "_src.cf.*", "_src.datasets", "_src.datasets.*", "_src.readers", "_src.io", "_src.compress",
-                      "_src.sharded.io", "_src.ratings_model"]),
+                      "_src.cf.*", "_src.cf_baselines", "_src.datasets", "_src.datasets.*", "_src.readers", "_src.io",
+                      "_src.compress", "_src.sharded.io", "_src.ratings_model"]),
     ("faces", ["_src.plotting", "_src.experiments", "_src.experiments.*", "_src.sklearn", "_src.sklearn.*"]),
     ("public", ["", "[!_]*"]),  # jmf/__init__.py, the public facades and the CLI
 ]

@@ -60,7 +60,7 @@ def _ref_ranking(f, test, train, k, threshold=None):
     Rel = np.zeros((m, n), bool)
     keep = np.ones(test.nnz, bool) if threshold is None else np.asarray(test.vals) >= threshold
     Rel[np.asarray(test.rows)[keep], np.asarray(test.cols)[keep]] = True
-    P, R, N = [], [], []
+    P, R, N, AP, RR, AUC = [], [], [], [], [], []
     for u in range(m):
         nrel = Rel[u].sum()
         if nrel == 0:
@@ -73,7 +73,12 @@ def _ref_ranking(f, test, train, k, threshold=None):
         dcg = np.sum(hit / np.log2(np.arange(k) + 2))
         idcg = np.sum(1 / np.log2(np.arange(min(k, nrel)) + 2))
         N.append(dcg / idcg)
-    return np.mean(P), np.mean(R), np.mean(N), len(P)
+        AP.append(sum(hit[r] * hit[: r + 1].sum() / (r + 1) for r in range(k)) / min(k, nrel))
+        RR.append(1.0 / (np.argmax(hit) + 1) if hit.any() else 0.0)
+        pos = np.nonzero(Rel[u])[0]
+        negs = np.nonzero(~Rel[u] & ~Tr[u])[0]
+        AUC.append(np.mean([[s[i] > s[j] for j in negs] for i in pos]) if negs.size else 1.0)
+    return np.mean(P), np.mean(R), np.mean(N), len(P), np.mean(AP), np.mean(RR), np.mean(AUC)
 
 
 @pytest.mark.parametrize("threshold,batch", [(None, 7), (4.0, 512)])
@@ -82,11 +87,17 @@ def test_ranking_metrics_reference(rng, threshold, batch):
     train, test = train_test_split(data, 0.3, key=1)
     f = _factors(rng, *data.shape)
     got = ranking_metrics(f, test, k=5, train=train, threshold=threshold, batch_size=batch)
-    p, r, n, nu = _ref_ranking(f, test, train, 5, threshold)
+    p, r, n, nu, ap, rr, auc = _ref_ranking(f, test, train, 5, threshold)
     assert got["n_users"] == nu
     assert got["precision"] == pytest.approx(p)
     assert got["recall"] == pytest.approx(r)
     assert got["ndcg"] == pytest.approx(n)
+    assert got["map"] == pytest.approx(ap)
+    assert got["mrr"] == pytest.approx(rr)
+    assert got["auc"] == pytest.approx(auc)
+    assert jmf.metrics.map_at_k(f, test, 5, train, threshold) == pytest.approx(ap)
+    assert jmf.metrics.mrr_at_k(f, test, 5, train, threshold) == pytest.approx(rr)
+    assert jmf.metrics.auc(f, test, train, threshold) == pytest.approx(auc)
 
 
 def test_ranking_perfect_model_has_ndcg_one(rng):
@@ -96,8 +107,12 @@ def test_ranking_perfect_model_has_ndcg_one(rng):
     r, c = np.nonzero(rel)
     test = jmf.Sparse(r, c, np.ones(r.size), (m, n))
     f = jmf.Factors(rel.astype(np.float64), np.eye(n))  # score = relevance
-    out = ranking_metrics(f, test, k=3)
+    out = ranking_metrics(f, test, k=3, per_user=True)
     assert out["ndcg"] == pytest.approx(1.0)
+    assert out["map"] == out["mrr"] == out["auc"] == pytest.approx(1.0)
+    assert out["auc_per_user"].shape == out["users"].shape
+    worst = ranking_metrics(jmf.Factors(-rel.astype(np.float64), np.eye(n)), test, k=3)
+    assert worst["auc"] == pytest.approx(0.0) and worst["mrr"] == worst["map"] == 0.0
     assert out["recall"] == pytest.approx(np.mean(np.minimum(3, rel.sum(1)) / rel.sum(1)))
 
 

@@ -80,6 +80,8 @@ SPARSE = {
     "als-biases-count-scaled-exact": (lambda: jmf.solvers.als(0.3, biases=True, count_scaled=True), False, "auto"),
     "ratings-als-cg": (lambda: jmf.solvers.ratings_als(0.2), False, "all_to_all"),
     "implicit-als": (lambda: jmf.solvers.implicit_als(l2=0.5), True, "all_to_all"),
+    "implicit-als-unobserved-weight": (lambda: jmf.solvers.implicit_als(l2=0.5, unobserved_weight=0.3), True,
+                                       "all_to_all"),
     "hals": (lambda: jmf.solvers.hals(l2=0.1), True, "auto"),
     "adam-ratings-loss": (lambda: jmf.solvers.adam(0.02, loss=jmf.losses.ratings_loss(0.1, count_scaled=True),
                                                    biases=True), False, "all_to_all"),

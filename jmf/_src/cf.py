@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .data import Sparse
+from .data import Sparse, _rebuild
 from .factors import Factors, predict_entries
 
-__all__ = ["predict", "recommend", "padded_user_entries"]
+__all__ = ["predict", "recommend", "padded_user_entries", "similar_items", "similar_users", "fold_in"]
 
 
 def predict(factors: Factors, rows, cols, clip: Optional[tuple] = None) -> jax.Array:
@@ -176,3 +176,206 @@ def recommend(factors: Factors, users, n: int = 10, exclude_seen: bool = True, s
         loc, cols = np.full((nb, 1), B, np.int32), np.zeros((nb, 1), np.int32)
     items, scores = _topn(factors, jnp.asarray(users_pad), jnp.asarray(loc), jnp.asarray(cols), int(n), B)
     return items[: users.size], scores[: users.size]
+
+
+# -- similar items and users ----------------------------------------------------------------------
+
+
+def _next_pow2(x: int, floor: int = 1) -> int:
+    return max(floor, 1 << max(0, int(x) - 1).bit_length())
+
+
+@partial(jax.jit, static_argnames=("n", "batch_size", "columns"))
+def _similar(V, queries, n, batch_size, columns):
+    """Top-``n`` cosine neighbours of the rows (columns) ``queries`` of ``V`` (itself excluded), per batch."""
+    V = V.T if columns else V
+    norm = jnp.sqrt(jnp.sum(V * V, axis=1))
+    Vn = V / jnp.where(norm > 0, norm, 1)[:, None]
+    ids = jnp.arange(V.shape[0], dtype=jnp.int32)
+
+    def one(q):
+        s = Vn[q] @ Vn.T
+        s = jnp.where(ids[None, :] == q[:, None], -jnp.inf, s)
+        return jax.lax.top_k(s, n)
+
+    scores, idx = jax.lax.map(one, queries.reshape(-1, batch_size))
+    return idx.reshape(-1, n), scores.reshape(-1, n)
+
+
+def _similar_checked(V, ids, n, batch_size, what: str):
+    ids = np.asarray(ids)
+    columns = what == "item"
+    count = V.shape[1] if columns else V.shape[0]
+    if ids.ndim == 0:
+        ids = ids[None]
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise ValueError(f"{what}s must be a 1-D integer array (or one int), got shape {ids.shape} and dtype "
+                         f"{ids.dtype}")
+    if ids.size == 0:
+        raise ValueError(f"{what}s is empty")
+    if ids.min() < 0 or ids.max() >= count:
+        raise ValueError(f"{what}s must be in [0, {count}), got values in [{ids.min()}, {ids.max()}]")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= count - 1:
+        raise ValueError(f"n must be an int in [1, {count - 1}] (the other {what}s), got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    # Pad the queries to a power of two (and a whole number of batches): one program per size class.
+    B = int(min(_next_pow2(batch_size), _next_pow2(ids.size, 8)))
+    padded = np.zeros(-(-_next_pow2(ids.size, 8) // B) * B, np.int32)
+    padded[: ids.size] = ids
+    idx, scores = _similar(V, jnp.asarray(padded), int(n), B, columns)
+    return np.asarray(idx)[: ids.size], np.asarray(scores)[: ids.size]
+
+
+def similar_items(factors: Factors, items, n: int = 10, batch_size: int = 1024):
+    """The ``n`` items most similar to each of ``items``: cosine similarity of the columns of ``H``.
+
+    Parameters
+    ----------
+    factors : Factors
+        A fitted model; item ``j`` is the vector ``H[:, j]`` (biases are not used).
+    items : int or 1-D int array, shape (Q,)
+        Item indices in ``[0, n_items)``.
+    n : int, default 10
+        Neighbours per item, ``1 <= n <= n_items - 1``; the item itself is excluded.
+    batch_size : int, default 1024
+        Items compared at a time (memory ``batch_size x n_items``).
+
+    Returns
+    -------
+    ids : int32 ndarray, shape (Q, n)
+        Most similar first.
+    scores : ndarray, shape (Q, n)
+        Cosine similarities in ``[-1, 1]`` (0 against an all-zero vector).
+
+    Notes
+    -----
+    One compiled program per (number of items, ``n``, size class of ``Q``):
+    the queries are padded to a power of two, so repeated calls do not
+    recompile.  ``O(Q n_items k)`` work.
+    """
+    return _similar_checked(factors.H, items, n, batch_size, "item")
+
+
+def similar_users(factors: Factors, users, n: int = 10, batch_size: int = 1024):
+    """The ``n`` users most similar to each of ``users``: cosine similarity of the rows of ``W``.
+
+    Same parameters and results as :func:`similar_items`, for rows of ``W``.
+    """
+    return _similar_checked(factors.W, users, n, batch_size, "user")
+
+
+# -- fold-in ---------------------------------------------------------------------------------------
+
+
+def _exact_solver(solver):
+    """The solver rebuilt with exact (Cholesky) half-steps, or a ValueError when fold-in does not apply."""
+    from .solvers.als import als
+    from .solvers.base import Solver
+    from .solvers.implicit import implicit_als
+
+    if not isinstance(solver, Solver):
+        raise TypeError(f"solver must be a jmf solver (e.g. jmf.solvers.als(...)), got {type(solver).__name__}")
+    if solver.grid is not None:
+        raise ValueError("solver carries a hyperparameter grid; build it at the chosen point "
+                         "(e.g. jmf.solvers.als(l2=0.1)) to fold in")
+    factories = {getattr(f, "__wrapped__", f): f for f in (als, implicit_als)}
+    factory = None if solver.factory is None else factories.get(solver.factory[0])
+    if factory is None:
+        raise ValueError(f"fold_in solves the exact half-step of als, ratings_als (ALS-WR) or implicit_als; "
+                         f"solver {solver.name!r} has none (fold in with its update_w steps yourself)")
+    return factory(**{**dict(solver.factory[1]), "solve": "cholesky"})
+
+
+@partial(jax.jit, static_argnums=0)
+def _fold(solver, f: Factors, data: Sparse):
+    state = solver.init(f, data)
+    f, _ = solver.update_w(f, state, data, None)
+    return f
+
+
+def fold_in(factors: Factors, solver, entries) -> Factors:
+    """Factors of new (or changed) users from their entries, without refitting: one exact ALS half-step.
+
+    Each user's row of ``W`` (and row bias) solves the same system as the
+    solver's update of ``W`` with ``H`` (and the column biases and offset)
+    fixed -- the ridge / ALS-WR regression of :func:`jmf.solvers.als` or the
+    implicit-feedback system of :func:`jmf.solvers.implicit_als` (with its
+    confidence, unobserved weight and frequency-scaled penalty), solved
+    exactly (Cholesky, whatever the solver's ``solve``).  For a user who was
+    in the training data, the result is that user's row after one more
+    (exact) half-step: implicit's ``recalculate_user``.
+
+    Parameters
+    ----------
+    factors : Factors
+        The fitted model (``H`` of shape (k, n_items)).
+    solver : Solver
+        The solver it was fitted with (its hyperparameters define the system):
+        :func:`jmf.solvers.als`, :func:`jmf.solvers.ratings_als` or
+        :func:`jmf.solvers.implicit_als`, without a grid.
+    entries : Sparse of shape (U, n_items), or (cols, vals)
+        The users' entries (ratings, or interactions for implicit feedback);
+        a pair of 1-D arrays is one user.  Weights of a :class:`jmf.Sparse` count.
+
+    Returns
+    -------
+    Factors
+        ``W`` of shape (U, k) (and ``row_bias`` (U,) for a model with biases; NumPy arrays),
+        with the model's ``H``, ``col_bias`` and ``offset``: pass it to
+        :func:`predict` / :func:`recommend` with user indices ``0..U-1``.
+        Users without entries get zero rows.
+
+    Notes
+    -----
+    The entries are padded (weight 0) to power-of-two sizes, so repeated
+    calls compile one program per size class, not per user.
+    """
+    if not isinstance(factors, Factors):
+        raise TypeError(f"factors must be a jmf.Factors, got {type(factors).__name__}")
+    exact = _exact_solver(solver)
+    if exact.biases != factors.has_biases:
+        raise ValueError(f"the solver {'fits' if exact.biases else 'has no'} biases but the factors "
+                         f"{'have' if factors.has_biases else 'have none'}: pass the solver the model was fitted with")
+    k, n_items = factors.H.shape
+    dtype = jnp.asarray(factors.H).dtype
+    if isinstance(entries, Sparse):
+        if entries.batch_shape or entries.shape[1] != n_items or entries.absent != "missing":
+            raise ValueError(f"entries must be a single jmf.Sparse of shape (U, {n_items}) with absent='missing', "
+                             f"got shape {entries.shape}")
+        rows, cols = np.asarray(entries.rows), np.asarray(entries.cols)
+        vals, w = np.asarray(entries.vals), np.asarray(entries.effective_weights())
+        U = entries.shape[0]
+    else:
+        try:
+            cols, vals = entries
+        except (TypeError, ValueError):
+            raise TypeError("entries must be a jmf.Sparse or a (cols, vals) pair of one user") from None
+        cols, vals = np.asarray(cols), np.asarray(vals, dtype=np.float64)
+        if cols.ndim != 1 or cols.shape != vals.shape or (cols.size and cols.dtype.kind not in "iu"):
+            raise ValueError(f"cols and vals must be 1-D of the same length (cols integers), got {cols.shape} "
+                             f"{cols.dtype} and {vals.shape}")
+        if cols.size and (cols.min() < 0 or cols.max() >= n_items):
+            raise ValueError(f"cols must be in [0, {n_items}), got values in [{cols.min()}, {cols.max()}]")
+        if np.unique(cols).size != cols.size:
+            raise ValueError("cols has duplicates: give each item once")
+        if not np.all(np.isfinite(vals)):
+            raise ValueError("vals must be finite")
+        order = np.argsort(cols, kind="stable")
+        cols, vals = cols[order], vals[order]
+        rows, w, U = np.zeros(cols.size, np.int64), np.ones(cols.size), 1
+    nnz = rows.size
+    U_pad, nnz_pad = _next_pow2(U), _next_pow2(nnz + 1, 8)  # at least one padding entry: weights are always given
+    pad = nnz_pad - nnz
+    rows_p = np.concatenate([rows, np.full(pad, U_pad - 1)]).astype(np.int32)
+    cols_p = np.concatenate([cols, np.full(pad, n_items - 1)]).astype(np.int32)
+    vals_p = np.concatenate([vals, np.zeros(pad)]).astype(dtype)
+    w_p = np.concatenate([w, np.zeros(pad)]).astype(dtype)
+    data = _rebuild(Sparse, tuple(jnp.asarray(x) for x in (rows_p, cols_p, vals_p, w_p)), (U_pad, n_items))
+    f0 = Factors(jnp.zeros((U_pad, k), dtype), jnp.asarray(factors.H))
+    if exact.biases:
+        f0 = f0._replace(row_bias=jnp.zeros((U_pad,), dtype), col_bias=jnp.asarray(factors.col_bias),
+                         offset=jnp.asarray(factors.offset))
+    out = _fold(exact, f0, data)
+    out = out._replace(W=np.asarray(out.W)[:U], H=factors.H)  # host-side slices: no program per U
+    return out._replace(row_bias=np.asarray(out.row_bias)[:U]) if exact.biases else out

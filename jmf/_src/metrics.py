@@ -1,4 +1,4 @@
-r"""Evaluation metrics: rating error (RMSE, MAE) and top-k ranking quality (precision, recall, NDCG).
+r"""Evaluation metrics: rating error (RMSE, MAE) and top-k ranking quality (precision, recall, NDCG, MAP, MRR, AUC).
 
 Ranking metrics follow the usual offline protocol: for each user with at
 least one relevant held-out item, score every item with the model, drop the
@@ -9,8 +9,14 @@ them, or those rated ``>= threshold``)::
     precision@k = hits / k
     recall@k    = hits / n_relevant
     NDCG@k      = sum_{r < k} rel_r / log2(r + 2)  /  sum_{r < min(k, n_relevant)} 1 / log2(r + 2)
+    AP@k        = sum_{r < k} rel_r precision@(r + 1)  /  min(k, n_relevant)        (MAP@k: its mean)
+    RR@k        = 1 / (rank of the first relevant item), 0 if none in the top k    (MRR@k: its mean)
+    AUC         = share of (relevant, non-relevant) pairs ordered correctly, over all candidate items
 
-averaged over users.  Users are processed in batches of ``batch_size``
+averaged over users.  AUC is not cut off at ``k``: the candidates are all
+items the user does not have in the training data, the relevant ones
+against the others (ties are broken by item order, as ``argsort`` does).
+Users are processed in batches of ``batch_size``
 (memory ``batch_size x n_items``), one compiled ``lax.map``.
 """
 
@@ -27,7 +33,8 @@ from .cf import padded_user_entries, predict
 from .data import Sparse
 from .factors import Factors
 
-__all__ = ["rmse", "mae", "rating_metrics", "ranking_metrics", "precision_at_k", "recall_at_k", "ndcg_at_k"]
+__all__ = ["rmse", "mae", "rating_metrics", "ranking_metrics", "precision_at_k", "recall_at_k", "ndcg_at_k",
+           "map_at_k", "mrr_at_k", "auc"]
 
 
 def _pair(y_true, y_pred, weights=None):
@@ -89,10 +96,14 @@ def rating_metrics(factors: Factors, test, clip: Optional[tuple] = None) -> dict
 
 @partial(jax.jit, static_argnames=("k", "batch_size"))
 def _rank_eval(f: Factors, users_pad, seen_loc, seen_cols, rel_loc, rel_cols, k, batch_size):
+    """Per user: hits@k, DCG@k, sum of precision at the hits (AP numerator), reciprocal rank, AUC numerator
+    and the number of non-relevant candidates."""
     nb = users_pad.shape[0] // batch_size
     n_items = f.H.shape[1]
-    col_term = jnp.zeros((n_items,), f.W.dtype) if f.col_bias is None else f.col_bias
-    discount = 1.0 / jnp.log2(jnp.arange(k, dtype=f.W.dtype) + 2)
+    dtype = f.W.dtype
+    col_term = jnp.zeros((n_items,), dtype) if f.col_bias is None else f.col_bias
+    discount = 1.0 / jnp.log2(jnp.arange(k, dtype=dtype) + 2)
+    inv_rank = 1.0 / jnp.arange(1, k + 1, dtype=dtype)
 
     def one(args):
         u, sl, sc, rl, rc = args
@@ -101,16 +112,25 @@ def _rank_eval(f: Factors, users_pad, seen_loc, seen_cols, rel_loc, rel_cols, k,
         s = jnp.where(seen, -jnp.inf, s)
         _, top = jax.lax.top_k(s, k)
         rel = jnp.zeros((batch_size, n_items), bool).at[rl, rc].set(True, mode="drop")
-        hit = jnp.take_along_axis(rel, top, axis=1).astype(f.W.dtype)
-        return jnp.sum(hit, axis=1), hit @ discount
+        hit = jnp.take_along_axis(rel, top, axis=1).astype(dtype)
+        ap = jnp.sum(hit * jnp.cumsum(hit, axis=1) * inv_rank[None, :], axis=1)
+        rr = jnp.max(hit * inv_rank[None, :], axis=1)
+        # AUC: for every relevant item, the non-relevant candidates (unseen) scored below it
+        neg = (~seen & ~rel).astype(dtype)
+        order = jnp.argsort(s, axis=1)
+        neg_sorted = jnp.take_along_axis(neg, order, axis=1)
+        below = jnp.cumsum(neg_sorted, axis=1) - neg_sorted
+        rel_sorted = jnp.take_along_axis(rel, order, axis=1).astype(dtype)
+        auc_num = jnp.sum(rel_sorted * below, axis=1)
+        return jnp.sum(hit, axis=1), hit @ discount, ap, rr, auc_num, jnp.sum(neg, axis=1)
 
-    hits, dcg = jax.lax.map(one, (users_pad.reshape(nb, batch_size), seen_loc, seen_cols, rel_loc, rel_cols))
-    return hits.reshape(-1), dcg.reshape(-1)
+    out = jax.lax.map(one, (users_pad.reshape(nb, batch_size), seen_loc, seen_cols, rel_loc, rel_cols))
+    return tuple(x.reshape(-1) for x in out)
 
 
 def ranking_metrics(factors: Factors, test: Sparse, k: int = 10, train: Optional[Sparse] = None,
                     threshold: Optional[float] = None, batch_size: int = 512, per_user: bool = False) -> dict:
-    """Precision@k, recall@k and NDCG@k, averaged over users with a relevant held-out item.
+    """Precision@k, recall@k, NDCG@k, MAP@k, MRR@k and AUC, averaged over users with a relevant held-out item.
 
     Parameters
     ----------
@@ -132,8 +152,10 @@ def ranking_metrics(factors: Factors, test: Sparse, k: int = 10, train: Optional
 
     Returns
     -------
-    dict with "precision", "recall", "ndcg" (floats), "n_users" and, if
-    ``per_user``, "users", "precision_per_user", "recall_per_user", "ndcg_per_user".
+    dict with "precision", "recall", "ndcg", "map", "mrr", "auc" (floats; see
+    the module docstring), "n_users" and, if ``per_user``, "users" and
+    "<metric>_per_user" arrays for each of the six metrics.  A user without
+    non-relevant candidates has AUC 1.
     """
     if not isinstance(test, Sparse) or test.batch_shape:
         raise TypeError("test must be a single (unbatched) jmf.Sparse")
@@ -161,18 +183,20 @@ def ranking_metrics(factors: Factors, test: Sparse, k: int = 10, train: Optional
     else:
         seen_loc, seen_cols = np.full((nb, 1), B, np.int32), np.zeros((nb, 1), np.int32)
     up = np.where(users_pad >= 0, users_pad, 0).astype(np.int32)
-    hits, dcg = _rank_eval(factors, jnp.asarray(up), jnp.asarray(seen_loc), jnp.asarray(seen_cols),
-                           jnp.asarray(rel_loc), jnp.asarray(rel_cols), int(k), B)
-    hits = np.asarray(hits, np.float64)[: users.size]
-    dcg = np.asarray(dcg, np.float64)[: users.size]
+    res = _rank_eval(factors, jnp.asarray(up), jnp.asarray(seen_loc), jnp.asarray(seen_cols),
+                     jnp.asarray(rel_loc), jnp.asarray(rel_cols), int(k), B)
+    hits, dcg, ap, rr, auc_num, n_neg = (np.asarray(x, np.float64)[: users.size] for x in res)
     n_rel = n_rel[: users.size].astype(np.float64)
     disc = 1.0 / np.log2(np.arange(k) + 2)
     idcg = np.cumsum(disc)[np.minimum(n_rel, k).astype(np.int64) - 1]
-    prec, rec, ndcg = hits / k, hits / n_rel, dcg / idcg
-    out = {"precision": float(prec.mean()), "recall": float(rec.mean()), "ndcg": float(ndcg.mean()),
-           "n_users": int(users.size)}
+    pairs = n_rel * n_neg
+    per = {"precision": hits / k, "recall": hits / n_rel, "ndcg": dcg / idcg, "map": ap / np.minimum(n_rel, k),
+           "mrr": rr, "auc": np.where(pairs > 0, auc_num / np.maximum(pairs, 1), 1.0)}
+    out = {name: float(v.mean()) for name, v in per.items()}
+    out["n_users"] = int(users.size)
     if per_user:
-        out.update(users=users, precision_per_user=prec, recall_per_user=rec, ndcg_per_user=ndcg)
+        out["users"] = users
+        out.update({f"{name}_per_user": v for name, v in per.items()})
     return out
 
 
@@ -189,3 +213,18 @@ def recall_at_k(factors, test, k=10, train=None, threshold=None) -> float:
 def ndcg_at_k(factors, test, k=10, train=None, threshold=None) -> float:
     """Mean NDCG@k (see :func:`ranking_metrics`)."""
     return ranking_metrics(factors, test, k, train, threshold)["ndcg"]
+
+
+def map_at_k(factors, test, k=10, train=None, threshold=None) -> float:
+    """Mean average precision@k (see :func:`ranking_metrics`)."""
+    return ranking_metrics(factors, test, k, train, threshold)["map"]
+
+
+def mrr_at_k(factors, test, k=10, train=None, threshold=None) -> float:
+    """Mean reciprocal rank@k (see :func:`ranking_metrics`)."""
+    return ranking_metrics(factors, test, k, train, threshold)["mrr"]
+
+
+def auc(factors, test, train=None, threshold=None) -> float:
+    """Mean per-user AUC over all candidate items (see :func:`ranking_metrics`)."""
+    return ranking_metrics(factors, test, 1, train, threshold)["auc"]

@@ -24,6 +24,7 @@ from . import losses
 from ._validation import check_choice, is_real, numpy_rng
 from .solvers.als import als, ratings_als
 from .solvers.bpmf import bpmf
+from .solvers.bpr import bpr
 from .solvers.gradient import _check_lr, adam, sgd
 from .solvers.implicit import implicit_als
 from .solvers.nmf import hals, mu
@@ -299,7 +300,10 @@ _register("implicit_als", implicit_als, (
     Param("l2", "float", 1.0, "ridge penalty on W and H (sum units)", lo=0.0, lo_open=True),
     Param("alpha", "float", 2.0, "confidence slope: an observed value r has confidence 1 + alpha r", lo=0.0),
     _SOLVE._replace(default="cg"), _CG_STEPS, _CHUNK,
-), "Confidence-weighted ALS for implicit feedback (Hu, Koren and Volinsky 2008).")
+    Param("unobserved_weight", "float", 1.0, "weight of every unobserved entry (Rendle et al. 2021: alpha_0)", lo=0.0),
+    Param("nu", "float", 0.0, "frequency-scaled penalty l2 (count + w0 n)^nu (Rendle et al. 2021; 0: plain ridge)",
+          lo=0.0),
+), "Confidence-weighted ALS for implicit feedback (Hu, Koren and Volinsky 2008; iALS of Rendle et al. 2021).")
 _register("ratings_gradient", _ratings_gradient, (
     Param("optimizer", "str", "adam", "the Optax optimizer", choices=("adam", "sgd")),
     _LR,
@@ -314,6 +318,28 @@ _register("bpmf", bpmf, (
     Param("a0", "float", 2.0, "Gamma prior shape of the noise precision", lo=0.0, lo_open=True),
     Param("b0", "float", 1.0, "Gamma prior rate of the noise precision", lo=0.0, lo_open=True),
 ), "Bayesian PMF by Gibbs sampling (Salakhutdinov and Mnih 2008), biases, no penalty to tune; run with tol=none.")
+
+
+def _bpr(optimizer=None, learning_rate=0.01, l2=0.01, bias_l2=None, batch_size=1024, item_bias=True, resample=3,
+         n_eval=1 << 14):
+    optimizer = "adam" if optimizer is None else optimizer
+    check_choice(optimizer, "optimizer", ("adam", "sgd", "adagrad"), "bpr")
+    lr = _check_lr(learning_rate, "bpr")
+    return _optax_cached(bpr, optimizer, lr, l2=l2, bias_l2=bias_l2, batch_size=batch_size, item_bias=item_bias,
+                         resample=resample, n_eval=n_eval)
+
+
+_register("bpr", _bpr, (
+    Param("optimizer", "str", None, "the Optax optimizer of the minibatch updates (none: adam)",
+          choices=("adam", "sgd", "adagrad"), none_ok=True),
+    _LR,
+    Param("l2", "float", 0.01, "per-triple ridge penalty on the user row and both item rows", lo=0.0),
+    _BIAS_L2,
+    Param("batch_size", "int", 1024, "triples per optimizer update (one step is an epoch)", lo=1),
+    Param("item_bias", "bool", True, "fit an item bias (popularity)"),
+    Param("resample", "int", 3, "redraws of a negative item that is a positive", lo=0),
+    Param("n_eval", "int", 1 << 14, "triples in the fixed sample of the recorded loss", lo=1),
+), "Bayesian personalized ranking (Rendle et al. 2009) for implicit feedback: sampled triples, Optax updates.")
 
 
 def solver_names() -> list[str]:

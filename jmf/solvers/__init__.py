@@ -4,6 +4,7 @@ from jmf._src.losses.ratings import row_scaled_frobenius
 from jmf._src.solvers.als import ALSState, als, ratings_als
 from jmf._src.solvers.base import EmptyState, Solver
 from jmf._src.solvers.bpmf import BPMFState, bpmf, posterior_mean
+from jmf._src.solvers.bpr import BPRState, bpr
 from jmf._src.solvers.gradient import GradientState, adam, gradient, nonnegative, sgd
 from jmf._src.solvers.implicit import ImplicitLayout, implicit_als
 from jmf._src.solvers.nmf import HALSState, hals, mu
@@ -13,4 +14,4 @@ from jmf._src.solvers.svd import SVDState, svd
 __all__ = ["Solver", "EmptyState", "GradientState", "gradient", "sgd", "adam", "nonnegative", "als", "ALSState",
            "row_scaled_frobenius", "mu", "hals", "HALSState", "svd", "SVDState",
            "ratings_als", "RatingsLayout", "ratings_gradient", "RatingsGradientState", "implicit_als", "ImplicitLayout",
-           "bpmf", "BPMFState", "posterior_mean"]
+           "bpmf", "BPMFState", "posterior_mean", "bpr", "BPRState"]

@@ -351,17 +351,18 @@ def _als_impl(kw: dict) -> Impl:
 
 def _implicit_impl(kw: dict) -> Impl:
     l2, alpha, solve, cg_steps = kw["l2"], kw["alpha"], kw["solve"], kw["cg_steps"]
+    w0 = kw.get("unobserved_weight", 1.0)  # the weight of unobserved entries (nu = 0 only, see make_impl)
 
     def half(ctx, X, Y, Ytab, local: Sparse, sd: Side):
         k = X.shape[1]
         dtype = X.dtype
-        base = psum(Y.T @ Y, ctx) + jnp.diag(jnp.full((k,), l2, dtype))  # the Gram of ALL other-side rows
+        base = w0 * psum(Y.T @ Y, ctx) + jnp.diag(jnp.full((k,), l2, dtype))  # the Gram of ALL other-side rows
         w_all = local.weights
 
         def contrib(ent, valid):
             w = jnp.where(valid, w_all[ent], 0).astype(dtype)
-            r = alpha * local.vals[ent].astype(dtype)
-            return Ytab[local.cols[ent]], w * r, w * (1 + r)
+            c = 1 + alpha * local.vals[ent].astype(dtype)
+            return Ytab[local.cols[ent]], w * (c - w0), w * c
 
         max_count, nnz = local.shape[1], local.nnz
         if solve == "cg":
@@ -386,10 +387,10 @@ def _implicit_impl(kw: dict) -> Impl:
         def fn(acc, idx, live):
             s = jnp.sum(W[seg[idx]] * Ht[slot[idx]], axis=1)
             conf = 1 + alpha * v[idx]
-            return acc + jnp.sum((w[idx] * live.astype(dtype)) * (conf * (1 - s) ** 2 - s * s))
+            return acc + jnp.sum((w[idx] * live.astype(dtype)) * (conf * (1 - s) ** 2 - w0 * s * s))
 
         obs = chunked_entry_sum(seg.shape[0], ctx.chunk_size, fn, jnp.zeros((), dtype))
-        full = jnp.sum(psum(f.W.T @ f.W, ctx) * psum(f.H @ f.H.T, ctx))
+        full = w0 * jnp.sum(psum(f.W.T @ f.W, ctx) * psum(f.H @ f.H.T, ctx))
         pen = l2 * (jnp.sum(f.W * f.W) + jnp.sum(f.H * f.H))
         m, n = ctx.shape
         return (full + psum(obs + pen, ctx)) / jnp.asarray(m * n, dtype)
@@ -557,6 +558,9 @@ def make_impl(solver: Solver, kind: str) -> Impl:
     if factory is getattr(_implicit_factory, "__wrapped__", None):
         if kind != "sparse":
             raise ValueError("implicit_als needs sparse data")
+        if kw.get("nu", 0.0) != 0:
+            raise ValueError("a sharded implicit_als fit supports the plain penalty (nu=0) only; the frequency-scaled "
+                             "penalty (nu > 0) runs unsharded (jmf.fit without mesh=)")
         return _implicit_impl(kw)
     if factory is getattr(_hals_factory, "__wrapped__", None):
         return _hals_impl(kw)
