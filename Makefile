@@ -21,15 +21,16 @@ demo: $(STAMP)
 	$(PY) experiments/compare_solvers.py
 
 # Lint first (ruff: pyflakes, pycodestyle, import order; the import-layer contract is a test).
-# Two workers (one per core); --dist loadfile keeps each test file in one
-# process so its compiled functions are reused by its tests.  A test whose worker
-# process CRASHED (never an ordinary failure) runs once more: XLA:CPU 0.10.2
-# segfaulted while compiling or loading a program about once per full run on
-# this machine (a different test each time; never reproduced alone) -- see
-# BENCHMARKS.md, "Known problems".
+# Two workers (one per core); worksteal hands each worker a contiguous half of
+# the tests, so a test file's compiled functions are mostly reused within one
+# process.  A test whose worker process CRASHED (never an ordinary failure) runs
+# once more: XLA:CPU (jaxlib 0.10.2) segfaulted while compiling or loading a
+# program once or twice per full run on this machine, a different test each time,
+# never reproduced alone.  (--dist loadfile cannot rerun a crashed test and its
+# scheduler stalled after a crash.)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadfile --reruns 1 --only-rerun "crashed"
+	$(PY) -m pytest -q -n 2 --dist worksteal --reruns 1 --only-rerun "crashed"
 
 # The documentation site in site/ (mkdocs-material + mkdocstrings): the API pages must match the
 # public modules' __all__ (docs/gen_api.py), and any warning fails the build.
