@@ -70,6 +70,8 @@ def implicit_loss(alpha: float = 1.0, l2: float = 0.0, chunk_size: int = 1 << 16
         Exponent of the frequency-scaled penalty (Rendle et al. 2021);
         0 is the plain ridge.
 
+    Notes
+    -----
     ``value`` and ``grad`` cost ``O(nnz k + (m + n) k^2)`` and stream over
     chunks of observed entries; weight-0 entries are ignored.
     """

@@ -504,7 +504,7 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1, stop: str = "loss", sh
         rule, the relative decrease of the loss.  "violation":
         scikit-learn's rule for ``cd``, ``violation / violation_init <= tol``
         with the projected-gradient violation of each step (see
-        :class:`HALSState`; the solver's :attr:`~jmf.solvers.Solver.progress`).
+        :class:`HALSState`; the solver's ``progress``).
         scikit-learn tests it at every iteration: fit with ``check_every=1``
         for the same stopping iteration.  Not available on sparse data with
         missing entries.
