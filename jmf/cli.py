@@ -321,11 +321,12 @@ def _test_entries(path: str, info: dict):
     except (ValueError, TypeError) as exc:
         raise UsageError(f"--test: cannot read {path!r} as ratings: {exc}") from None
 
+    from jmf._src.datasets.ratings import _lookup
+
     def index(known, raw):
         known = np.asarray(known)
         raw = np.asarray(raw).astype(known.dtype) if known.dtype.kind != "U" else np.asarray(raw).astype(str)
-        pos = np.clip(np.searchsorted(known, raw), 0, len(known) - 1)
-        return np.where(known[pos] == raw, pos, -1).astype(np.int32)
+        return _lookup(known, raw).astype(np.int32)
 
     return (index(info["user_ids"], df["user"].to_numpy()), index(info["item_ids"], df["item"].to_numpy()),
             df["rating"].to_numpy(np.float64))

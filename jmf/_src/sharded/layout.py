@@ -93,7 +93,30 @@ def block_sizes(shape, devices: int) -> tuple[int, int]:
     return -(-m // devices), -(-n // devices)
 
 
-class ShardedSparse:
+class _OverMesh:
+    """What a matrix laid out over a 1-D mesh derives from its ``shape`` and ``mesh``: axis, devices, blocks."""
+
+    __slots__ = ()
+
+    @property
+    def axis(self) -> str:
+        return self.mesh.axis_names[0]
+
+    @property
+    def devices(self) -> int:
+        return self.mesh.devices.size
+
+    @property
+    def blocks(self) -> tuple[int, int]:
+        return block_sizes(self.shape, self.devices)
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        mb, nb = self.blocks
+        return mb * self.devices, nb * self.devices
+
+
+class ShardedSparse(_OverMesh):
     """Observed entries of one ``(m, n)`` matrix laid out over a 1-D mesh (see the module docstring).
 
     Build it with :func:`jmf.sharding.shard_sparse`.  Leaves are global
@@ -126,23 +149,6 @@ class ShardedSparse:
     __slots__ = _LEAVES + ("shape", "mesh", "h_exchange", "w_exchange", "max_counts", "info")
 
     @property
-    def axis(self) -> str:
-        return self.mesh.axis_names[0]
-
-    @property
-    def devices(self) -> int:
-        return self.mesh.devices.size
-
-    @property
-    def blocks(self) -> tuple[int, int]:
-        return block_sizes(self.shape, self.devices)
-
-    @property
-    def padded_shape(self) -> tuple[int, int]:
-        mb, nb = self.blocks
-        return mb * self.devices, nb * self.devices
-
-    @property
     def dtype(self):
         return self.r_vals.dtype
 
@@ -173,7 +179,7 @@ def _unflatten_sparse(aux, leaves) -> ShardedSparse:
 jax.tree_util.register_pytree_node(ShardedSparse, _flatten_sparse, _unflatten_sparse)
 
 
-class ShardedDense:
+class ShardedDense(_OverMesh):
     """A dense ``(m, n)`` matrix split by rows over a 1-D mesh: ``A`` padded to ``(P mb, P nb)``, sharded by rows.
 
     Build it with :func:`jmf.sharding.shard_dense`.  Padding rows and columns
@@ -182,23 +188,6 @@ class ShardedDense:
     """
 
     __slots__ = ("A", "shape", "mesh", "info")
-
-    @property
-    def axis(self) -> str:
-        return self.mesh.axis_names[0]
-
-    @property
-    def devices(self) -> int:
-        return self.mesh.devices.size
-
-    @property
-    def blocks(self) -> tuple[int, int]:
-        return block_sizes(self.shape, self.devices)
-
-    @property
-    def padded_shape(self) -> tuple[int, int]:
-        mb, nb = self.blocks
-        return mb * self.devices, nb * self.devices
 
     @property
     def dtype(self):
