@@ -291,9 +291,9 @@ def test_float32_data_whose_squares_overflow_or_underflow_is_refused(scale, matc
 
 
 def test_float64_input_without_x64(monkeypatch):
-    from jmf._src import data as D
+    from jmf._src.data import checks
 
-    monkeypatch.setattr(D, "_warned_x64", False)
+    monkeypatch.setattr(checks, "_warned_x64", False)
     A = np.random.default_rng(0).standard_normal((4, 3))
     with jax.enable_x64(False):
         with pytest.warns(UserWarning, match=r'jax.config.update\("jax_enable_x64", True\)'):

@@ -16,7 +16,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ..data import Dense, Sparse, _check_fits
+from ..data import Dense, Sparse
+from ..data.checks import _check_fits
 from ..io import _CORRUPT, _META, MATRIX_SUFFIXES, _load_npz
 from .ratings import RATING_COLUMNS, index_ratings
 
