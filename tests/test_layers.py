@@ -24,7 +24,7 @@ LAYERS = [
     ("run.executor", ["_src.run.executor"]),
     ("run.sharded", ["_src.sharded", "_src.sharded.layout", "_src.sharded.linalg", "_src.sharded.solvers",
                      "_src.sharded.program", "_src.sharded.accounting"]),
-    ("fit", ["_src.fit"]),
+    ("fit", ["_src.fit_results", "_src.mixed_shapes", "_src.fit"]),
     ("applications", ["_src.registry", "_src.consensus", "_src.metrics", "_src.model_selection", "_src.cf",
                       "_src.cf.*", "_src.cf_baselines", "_src.datasets", "_src.datasets.*", "_src.readers", "_src.io",
                       "_src.compress", "_src.sharded.io", "_src.ratings_model"]),

@@ -11,82 +11,26 @@ iterations.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ._validation import as_key, check_bool, check_int, check_rank, check_tol
-from .data import Dense, Sparse, _rebuild, as_data, pad_entries
+from .data import as_data
 from .factors import Factors
+from .fit_results import FitManyResult, FitResult, _to_result
 from .init import get_initializer
+from .mixed_shapes import _bucket_shapes, _stack_bucket
 from .run.driver import Args, Job
 from .run.executor import ProgressInfo, execute, make_plan
-from .run.loop import RunConfig, Status, n_checks
+from .run.loop import RunConfig, Status
 from .sharded import run_sharded
 from .sharding import is_global
 from .solvers.base import Solver, data_kind
 
 __all__ = ["Status", "FitResult", "FitManyResult", "ProgressInfo", "fit", "fit_many"]
-
-
-class FitResult(NamedTuple):
-    """Result of :func:`fit` (or one member of :func:`fit_many`).
-
-    Attributes
-    ----------
-    factors : Factors
-        Final factors (the last finite ones if the fit diverged).
-    loss : Array, ()
-        Loss of ``factors`` (the solver's objective, mean convention).
-    loss_history : Array, (n_checks + 1,)
-        Loss at iterations ``iterations``; NaN after the fit stopped.
-    iterations : Array of int, (n_checks + 1,)
-        Iteration number of each history entry: 0, check_every, 2 check_every, ..., max_iter.
-    n_iter : Array of int, ()
-        Iterations performed.
-    status : Array of int, ()
-        A :class:`Status` value.
-    state : pytree
-        Final solver state (for warm starts).
-    """
-
-    factors: Factors
-    loss: jax.Array
-    loss_history: jax.Array
-    iterations: jax.Array
-    n_iter: jax.Array
-    status: jax.Array
-    state: Any = None
-
-    @property
-    def converged(self):
-        return self.status == Status.CONVERGED
-
-    @property
-    def diverged(self):
-        return self.status == Status.DIVERGED
-
-    @property
-    def status_name(self):
-        """Status as a string (or an array of strings for batched results)."""
-        s = np.asarray(self.status)
-        if s.ndim == 0:
-            return Status(int(s)).name
-        return np.vectorize(lambda v: Status(int(v)).name)(s)
-
-    def __repr__(self) -> str:
-        if np.ndim(self.loss) == 0:
-            return (f"FitResult(loss={float(self.loss):.6g}, n_iter={int(self.n_iter)}, "
-                    f"status={self.status_name}, W={tuple(self.factors.W.shape)}, H={tuple(self.factors.H.shape)})")
-        return f"FitResult(batch={tuple(np.shape(self.loss))}, W={tuple(self.factors.W.shape)})"
-
-
-def _to_result(cfg: RunConfig, c) -> FitResult:
-    iterations = np.minimum(np.arange(n_checks(cfg) + 1, dtype=np.int32) * cfg.check_every, cfg.max_iter)
-    return FitResult(c.factors, c.loss_prev, c.history, iterations, c.n_iter, c.status, c.state)
 
 
 # -- validation ---------------------------------------------------------------------
@@ -265,93 +209,6 @@ def fit(
     return res.result
 
 
-class FitManyResult(NamedTuple):
-    """Result of :func:`fit_many`: every leaf has the member axes ``axes`` in front.
-
-    ``axes`` is a subset of ``("matrix", "param", "rank", "restart")`` in
-    that order: "matrix" when the data is a batch ``(B, m, n)``, "param"
-    when the solver carries a hyperparameter grid (``params`` holds each
-    member's values), "rank" when ``ranks`` was given, "restart" when
-    ``keys`` (or ``n_restarts``) was given.  For
-    example ``loss`` has shape ``(len(ranks), n_restarts)`` for one matrix
-    and ``(B, len(ranks), n_restarts)`` for a batch.  Rank-padded members
-    have ``W`` of width ``max(ranks)`` with zero columns beyond their rank.
-    """
-
-    result: FitResult
-    axes: tuple
-    ranks: Optional[np.ndarray] = None
-    params: Optional[dict] = None  # hyperparameter values along the "param" axis: name -> (P,)
-
-    @property
-    def factors(self) -> Factors:
-        return self.result.factors
-
-    @property
-    def loss(self):
-        return self.result.loss
-
-    @property
-    def loss_history(self):
-        return self.result.loss_history
-
-    @property
-    def iterations(self):
-        return self.result.iterations
-
-    @property
-    def n_iter(self):
-        return self.result.n_iter
-
-    @property
-    def status(self):
-        return self.result.status
-
-    @property
-    def status_name(self):
-        return self.result.status_name
-
-    def best(self) -> "FitManyResult":
-        """Keep, for every other axis, the restart with the lowest final loss.
-
-        Diverged members are never chosen unless all diverged.  The "restart"
-        axis is removed; e.g. with ranks and restarts, ``best().loss`` has
-        shape ``(len(ranks),)``.
-        """
-        if "restart" not in self.axes:
-            return self
-        ax = self.axes.index("restart")
-        loss = jnp.where(self.result.status == Status.DIVERGED, jnp.inf, self.result.loss)
-        loss = jnp.where(jnp.isnan(loss), jnp.inf, loss)
-        idx = jnp.argmin(loss, axis=ax)
-
-        def pick(x):
-            if x is None:
-                return None
-            x = jnp.asarray(x)
-            if x.ndim < len(self.axes):  # e.g. `iterations`, shared by all members
-                return x
-            trailing = (1,) * (x.ndim - len(self.axes))
-            i = jnp.expand_dims(idx, ax).reshape(idx.shape[:ax] + (1,) + idx.shape[ax:] + trailing)
-            return jnp.take_along_axis(x, i, axis=ax).squeeze(ax)
-
-        result = jax.tree_util.tree_map(pick, self.result._replace(iterations=None))
-        result = result._replace(iterations=self.result.iterations)
-        return FitManyResult(result, tuple(a for a in self.axes if a != "restart"), self.ranks, self.params)
-
-    def member(self, *index) -> FitResult:
-        """One member's :class:`FitResult` (index along ``axes``); rank padding is trimmed."""
-        if len(index) != len(self.axes):
-            raise IndexError(f"give one index per axis {self.axes}, got {index}")
-        res = jax.tree_util.tree_map(lambda x: x[index], self.result._replace(iterations=None))
-        res = res._replace(iterations=self.result.iterations)
-        if "rank" in self.axes:
-            r = int(self.ranks[index[self.axes.index("rank")]])
-            f = res.factors
-            res = res._replace(factors=f._replace(W=f.W[:, :r], H=f.H[:r]))
-        return res
-
-
 def fit_many(
     data,
     solver: Solver,
@@ -516,53 +373,7 @@ def fit_many(
     return FitManyResult(_to_result(cfg, carry), tuple(axes), ranks_np, params)
 
 
-# -- mixed shapes ---------------------------------------------------------------------------
-
-
-def _bucket_shapes(shapes: Sequence[tuple[int, int]], max_buckets: int) -> list[tuple[int, int]]:
-    """Padded shape for each input shape, using at most ``max_buckets`` distinct shapes when possible.
-
-    Exact shapes when there are few; otherwise each dimension is rounded up
-    on a geometric grid whose ratio grows (1.125, 1.25, 1.5, 2, ...) until
-    the number of buckets fits.
-    """
-    if len(set(shapes)) <= max_buckets:
-        return list(shapes)
-    for ratio in (1.125, 1.25, 1.5, 2.0, 4.0, 16.0):
-        def up(x):
-            return int(math.ceil(ratio ** math.ceil(math.log(x, ratio) - 1e-9))) if x > 1 else 1
-
-        padded = [(up(m), up(n)) for m, n in shapes]
-        if len(set(padded)) <= max_buckets:
-            return padded
-    big = (max(m for m, _ in shapes), max(n for _, n in shapes))
-    return [big] * len(shapes)
-
-
-def _pad_dense(d: Dense, shape, weighted: bool) -> tuple:
-    m, n = d.shape
-    M, N = shape
-    A = jnp.pad(d.A, ((0, M - m), (0, N - n)))
-    if not weighted:
-        return A, None
-    w = jnp.ones(d.shape, d.dtype) if d.weights is None else d.weights
-    return A, jnp.pad(w, ((0, M - m), (0, N - n)))
-
-
-def _stack_bucket(items: list, shape) -> "Dense | Sparse":
-    """One batch of a common padded ``shape``: padding rows and columns are unobserved (weight 0)."""
-    dtype = jnp.result_type(*[x.dtype for x in items])
-    if isinstance(items[0], Dense):
-        weighted = any(x.weights is not None or x.shape != tuple(shape) for x in items)
-        padded = [_pad_dense(x, shape, weighted) for x in items]
-        A = jnp.stack([a.astype(dtype) for a, _ in padded])
-        W = jnp.stack([w.astype(dtype) for _, w in padded]) if weighted else None
-        return _rebuild(Dense, (A, W))
-    nnz = max(x.nnz for x in items)
-    cols = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz, shape[0] - 1)
-            for x in items]
-    leaves = tuple(jnp.stack(c) for c in zip(*cols))
-    return _rebuild(Sparse, leaves, tuple(shape))
+# -- mixed shapes (jmf._src.mixed_shapes) ---------------------------------------------------
 
 
 def _fit_list(items: Sequence, solver, max_buckets: int = 8, **kwargs) -> list:

@@ -346,7 +346,7 @@ def load_result(path, *, with_metadata: bool = False):
     -------
     FitResult (or FitManyResult when a fit_many result was saved), optionally with its metadata dict.
     """
-    from .fit import FitManyResult, FitResult
+    from .fit_results import FitManyResult, FitResult
 
     arrays, meta = _read_npz(path)
     missing = [k for k in ("W", "H", "loss", "loss_history", "iterations", "n_iter", "status") if k not in arrays]
