@@ -26,8 +26,9 @@ from .solvers.als import als, ratings_als
 from .solvers.bpmf import bpmf
 from .solvers.bpr import bpr
 from .solvers.gradient import _check_lr, adam, sgd
+from .solvers.hals import hals
 from .solvers.implicit import implicit_als
-from .solvers.nmf import hals, mu
+from .solvers.mu import mu
 from .solvers.ratings import ratings_gradient
 from .solvers.svd import svd
 

@@ -6,8 +6,9 @@ from jmf._src.solvers.base import EmptyState, Solver
 from jmf._src.solvers.bpmf import BPMFState, bpmf, posterior_mean
 from jmf._src.solvers.bpr import BPRState, bpr
 from jmf._src.solvers.gradient import GradientState, adam, gradient, nonnegative, sgd
+from jmf._src.solvers.hals import HALSState, hals
 from jmf._src.solvers.implicit import ImplicitLayout, implicit_als
-from jmf._src.solvers.nmf import HALSState, hals, mu
+from jmf._src.solvers.mu import mu
 from jmf._src.solvers.ratings import RatingsGradientState, RatingsLayout, ratings_gradient
 from jmf._src.solvers.svd import SVDState, svd
 

@@ -15,7 +15,7 @@ check loop.  The per-row math is the single-device solvers' own:
   (H half-step); biases ride along as one more column of the table.
 * implicit ALS: the engine (:mod:`jmf._src.solvers._blocked`) with the shared
   Gram ``Y^T Y = psum`` of every device's ``Y_d^T Y_d``.
-* HALS on sparse data: :func:`jmf._src.solvers.nmf._sparse_sweep`.
+* HALS on sparse data: :func:`jmf._src.solvers.hals._sparse_sweep`.
 * gradient solvers (full batch, elementwise Optax transforms): the gradient
   of own rows from the row layout, of own columns from the column layout;
   the offset's from the row layout, summed over devices.
@@ -47,9 +47,10 @@ from ..solvers.als import _augment, _sparse_side
 from ..solvers.als import als as _als_factory
 from ..solvers.base import Solver
 from ..solvers.gradient import GradientSpec, gradient_update, nonnegative
+from ..solvers.hals import _cd_blocks, _cd_shared, _sparse_sweep
+from ..solvers.hals import hals as _hals_factory
 from ..solvers.implicit import implicit_als as _implicit_factory
-from ..solvers.nmf import _cd_blocks, _cd_shared, _inner_sweeps, _nz, _sparse_sweep
-from ..solvers.nmf import hals as _hals_factory
+from ..solvers.nmf import _inner_sweeps, _nz
 from .layout import Exchange
 from .linalg import spd_solver
 

@@ -31,7 +31,7 @@ from ..factors import Factors
 from ..losses.base import ALL_KINDS, zero_filled
 from ..losses.beta import DEFAULT_EPS, beta_divergence, elementwise_beta_divergence
 from ..solvers.base import EmptyState, Solver
-from ..solvers.nmf import mu, mu_terms
+from ..solvers.mu import mu, mu_terms
 from ._base import BaseNMF, jmf_penalties
 from ._run import error_loss, report, run, w_change, warn_max_iter
 from ._validation import as_data, bool_param, int_param, precision, real_param

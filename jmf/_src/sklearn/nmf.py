@@ -6,7 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from ..solvers.nmf import hals, mu
+from ..solvers.hals import hals
+from ..solvers.mu import mu
 from ._base import BaseNMF, jmf_penalties, start_w_for
 from ._run import error_loss, half_step, iterations, report, run, stop_each_step, warn_diverged, warn_max_iter
 from ._validation import as_data, bool_param, choice_param, int_param, key_from_random_state, precision
