@@ -29,7 +29,7 @@ LAYERS = [
                       "_src.cf.*", "_src.cf_baselines", "_src.datasets", "_src.datasets.*", "_src.readers", "_src.io",
                       "_src.compress", "_src.sharded.io", "_src.ratings_model"]),
     ("faces", ["_src.plotting", "_src.experiments", "_src.experiments.*", "_src.sklearn", "_src.sklearn.*"]),
-    ("public", ["", "[!_]*"]),  # jmf/__init__.py, the public facades and the CLI
+    ("public", ["", "[!_]*", "_cli", "_cli.*"]),  # jmf/__init__.py, the public facades and the CLI
 ]
 
 
