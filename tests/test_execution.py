@@ -66,9 +66,9 @@ def test_batched_als_that_deadlocked_finishes(shared_cache, n_devices):
 # -- in-process: the plan changes nothing but speed --------------------------------------
 
 
-def _assert_same(a, b, rtol):
+def _assert_same(a, b, rtol, atol=1e-12):
     for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 def test_lapack_solvers_are_not_split_but_gradient_solvers_are():
@@ -139,6 +139,43 @@ def test_lanes_layout_equals_vmapped_layout(rng, weighted):
     floats = lambda s: [x for x in jax.tree_util.tree_leaves(s) if np.issubdtype(np.asarray(x).dtype, np.floating)]  # noqa: E731
     _assert_same(floats(lanes.result.state), floats(vmapped.result.state), rtol=1e-9)
     assert len(np.unique(np.asarray(vmapped.n_iter))) > 1  # members froze at different times
+
+
+@pytest.mark.parametrize("case", ["grid", "bpmf", "stack"])
+def test_sequential_layout_equals_vmapped_layout(case):
+    """Members one after another ("map", each with its own loop) give the vmapped members' results."""
+    table = jmf.datasets.synthetic_ratings(0, n_users=40, n_items=30, n_ratings=500).data
+    kw = dict(ranks=[2, 3], key=1, progress=False, init="normal")
+    if case == "grid":  # members stop at different iterations (tol), hyperparameters as an axis
+        solver, kw = jmf.solvers.ratings_als(l2=np.array([0.05, 0.3]), solve="cholesky"), dict(kw, max_iter=40,
+                                                                                               tol=1e-4)
+    elif case == "bpmf":  # a sampler: state (keys, sample buffers) carried per member
+        solver, kw = jmf.solvers.bpmf(burn_in=3, n_keep=4), dict(kw, max_iter=8, tol=None, check_every=4)
+    else:  # a stack of matrices (the matrix axis outermost) and restarts
+        solver = jmf.solvers.ratings_als(solve="cholesky")
+        kw = dict(kw, n_restarts=2, max_iter=30, tol=1e-5)
+        table = jmf.stack([table, table.take(np.arange(table.nnz - 40))])
+    seq = jmf.fit_many(table, solver, plan={"layout": "map", "devices": 1}, **kw)
+    vmapped = jmf.fit_many(table, solver, plan={"layout": "vmap", "devices": 1}, **kw)
+    # float32 ratings: batched and unbatched kernels sum in different orders (same iterations, same statuses);
+    # a sampler amplifies that rounding a little every sweep, while a mixed-up key would differ by O(1).
+    rtol = 1e-3 if case == "bpmf" else 2e-5
+    _assert_same(seq.result, vmapped.result, rtol=rtol, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(seq.n_iter), np.asarray(vmapped.n_iter))
+    if case == "grid":
+        assert len(np.unique(np.asarray(vmapped.n_iter))) > 1  # members stopped at different times
+
+
+def test_large_sparse_members_run_one_after_another(rng, monkeypatch):
+    import jmf._src.fit as fit_module
+
+    seen = []
+    real = fit_module.make_plan
+    monkeypatch.setattr(fit_module, "make_plan", lambda job, args, **kw: seen.append(real(job, args, **kw)) or seen[-1])
+    table = jmf.datasets.synthetic_ratings(0, n_users=400, n_items=300, n_ratings=20000).data
+    jmf.fit_many(table, jmf.solvers.ratings_als(), ranks=[8, 16], key=0, max_iter=1, progress=False)
+    jmf.fit_many(low_rank(rng, 6, 5, 2), jmf.solvers.als(), ranks=[1, 2], key=0, max_iter=1, progress=False)
+    assert [p.layout for p in seen] == ["map", "vmap"]
 
 
 def test_lanes_layout_refused_where_it_does_not_apply(rng):

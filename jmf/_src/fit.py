@@ -94,8 +94,8 @@ def _check_plan(plan) -> dict:
     if unknown:
         raise ValueError(f"plan has unknown keys {sorted(unknown)}; known: {', '.join(_PLAN_KEYS)}")
     out = dict(plan)
-    if "layout" in out and out["layout"] not in ("vmap", "lanes"):
-        raise ValueError(f"plan['layout'] must be 'vmap' or 'lanes', got {out['layout']!r}")
+    if "layout" in out and out["layout"] not in ("vmap", "map", "lanes"):
+        raise ValueError(f"plan['layout'] must be 'vmap', 'map' or 'lanes', got {out['layout']!r}")
     for name in ("devices", "lane_width"):
         if name in out:
             out[name] = check_int(out[name], f"plan[{name!r}]")
@@ -262,7 +262,8 @@ def fit_many(
         For a list of matrices: the most distinct padded shapes (compilations).
     plan : dict, optional
         Overrides of the execution plan, for experts and tests: ``layout``
-        ("vmap" or "lanes"), ``devices`` (CPU devices to split the members
+        ("vmap": members batched; "map": members one after another in the
+        same program; "lanes": batch-last), ``devices`` (CPU devices to split the members
         over; 1 runs on one device) and ``lane_width`` (members per cache
         chunk of the lanes layout).  Results do not depend on the plan
         beyond float rounding.

@@ -1,11 +1,13 @@
-"""The member-first layout: the driver vmapped over the member axes (restarts x ranks x matrices).
+"""The member-first layouts: the driver vmapped over the member axes (restarts x ranks x matrices), or mapped.
 
 :class:`Job` (static: solver, config, initializer, member axes) and
 :class:`Args` (traced: keys, ranks, starting factors, data, rank masks)
 describe a group of members; :func:`start` builds their :class:`Carry`
 (initial factors, solver state, initial loss) and :func:`advance` runs the
-check loop on it.  Leaves carry the member axes in front, in ``Job.axes``
-order.
+check loop on it, all members batched in each step ("vmap");
+:func:`advance_sequential` runs each member's own loop, one member after
+another ("map", for members that are large sparse problems).  Leaves carry
+the member axes in front, in ``Job.axes`` order.
 
 A direct solver (``Solver.direct``, e.g. the truncated SVD) has no loop:
 :func:`start` computes its solution right away and returns a finished carry
@@ -26,8 +28,8 @@ from ..init import add_biases
 from ..solvers.base import Solver, at_point
 from .loop import Carry, RunConfig, Status, check_loop, initial_history, initial_status
 
-__all__ = ["Job", "Args", "start", "advance", "select", "nest_vmap", "start_member", "member_solver",
-           "first_iteration"]
+__all__ = ["Job", "Args", "start", "advance", "advance_sequential", "select", "nest_vmap", "nest_map", "start_member",
+           "member_solver", "first_iteration"]
 
 
 class Job(NamedTuple):
@@ -67,6 +69,26 @@ def nest_vmap(fn, axes: Sequence[str], arg_axes: Sequence[frozenset]):
         in_axes = tuple(0 if axis in a else None for a in arg_axes)
         fn = jax.vmap(fn, in_axes=in_axes)
     return fn
+
+
+def nest_map(fn, axes: Sequence[str], arg_axes: Sequence[frozenset]):
+    """Like :func:`nest_vmap`, but one member after another (``lax.map``), each with unbatched operations."""
+    for axis in reversed(axes):
+        fn = _map_axis(fn, tuple(axis in a for a in arg_axes))
+    return fn
+
+
+def _map_axis(fn, mapped: tuple):
+    def over_members(*args):
+        xs = tuple(a for a, m in zip(args, mapped) if m)
+
+        def one(x):
+            it = iter(x)
+            return fn(*(next(it) if m else a for a, m in zip(args, mapped)))
+
+        return jax.lax.map(one, xs)
+
+    return over_members
 
 
 def select(pred, new, old):
@@ -180,11 +202,42 @@ def advance(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
     step = nest_vmap(member_step, job.axes, (every, every, matrix, rank, param))
     loss_fn = nest_vmap(member_loss, job.axes, (every, matrix, param))
     progress_fn = None
-    if member_solver(job, _first_point(args.hparams)).progress is not None:
+    one_point = args.hparams if "param" not in job.axes else _first_point(args.hparams)
+    if member_solver(job, one_point).progress is not None:
         progress = nest_vmap(member_progress, job.axes, (every, every, matrix, param))
         progress_fn = lambda f, s: progress(f, s, args.data, args.hparams)  # noqa: E731
     return check_loop(job.cfg, carry, lambda f, s: step(f, s, args.data, args.mask, args.hparams),
                       lambda f: loss_fn(f, args.data, args.hparams), select, stop_at, args.tol, progress_fn)
+
+
+# Args fields in order, and the member axes each varies along.
+_ARG_AXES = {"key": frozenset({"restart"}), "rank": frozenset({"rank"}), "factors0": frozenset(),
+             "data": frozenset({"matrix"}), "mask": frozenset({"rank"}), "tol": frozenset(),
+             "hparams": frozenset({"param"})}
+
+
+def advance_sequential(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
+    """:func:`advance` with each member's own loop, one member after another (the "map" layout).
+
+    vmapping a member whose step is already large (a sweep over a sparse
+    matrix) turns each gather and scatter of the sparse engine into a
+    batched one, which XLA:CPU runs several times slower than the member's
+    own.  Here every member runs its check loop alone (unbatched, its state
+    updated in place, stopping when it stops) inside ``lax.map``; results
+    equal the vmapped layout's to float rounding.
+    """
+    if job.solver.direct is not None:
+        return carry
+    single = job._replace(axes=())
+    shape = carry.loss_prev.shape
+    carry = carry._replace(it=jnp.broadcast_to(carry.it, shape), check=jnp.broadcast_to(carry.check, shape))
+
+    def member(carry_m, *fields):
+        return advance(single, Args(*fields), carry_m, stop_at)
+
+    arg_axes = (frozenset(job.axes),) + tuple(_ARG_AXES[name] for name in Args._fields)
+    out = nest_map(member, job.axes, arg_axes)(carry, *args)
+    return out._replace(it=jnp.max(out.it), check=jnp.max(out.check))
 
 
 def _first_point(hparams):

@@ -2,12 +2,15 @@
 
 :func:`make_plan` decides, before anything compiles,
 
-* the **layout**: member-first ``vmap`` (:mod:`.driver`) or batch-last
-  ``lanes`` (:mod:`.lanes`) for batches of tiny dense matrices;
+* the **layout**: member-first ``vmap`` (:mod:`.driver`), batch-last
+  ``lanes`` (:mod:`.lanes`) for batches of tiny dense matrices, or ``map``
+  (members one after another, each with its own loop) for members that are
+  large sparse problems;
 * the **devices**: the outermost member axis is split over a 1-D mesh with
   ``jax.shard_map`` -- the caller's ``mesh``, or on a CPU host with several
   CPU devices (see :func:`jmf._src.sharding.cpu_devices`) an automatic mesh
-  when the members are too small for XLA to spread one of them over cores;
+  when the members are too small for XLA to spread one of them over cores,
+  or are sparse ones run by ``map``;
 * the **chunks**: the outer axis is cut into equal chunks that fit a memory
   budget (the last one padded by repeating members, so every chunk reuses
   one compilation); time chunks split the iterations for a live progress
@@ -68,7 +71,7 @@ class Plan(NamedTuple):
 
     Attributes
     ----------
-    layout : {"vmap", "lanes"}
+    layout : {"vmap", "map", "lanes"}
     mesh : Mesh or None
         The outermost member axis is split over this 1-D mesh; None runs on one device.
     n_outer : int
@@ -150,6 +153,17 @@ def member_bytes(job: Job, args: Args) -> int:
     return int(item * (4 * factor_elems + temps + n_checks(job.cfg) + 1) + 2 * state_bytes)
 
 
+def _sequential_members(job: Job, args: Args) -> bool:
+    """Whether members run one after another ("map"): several members, each a large sparse matrix.
+
+    vmapped, the sparse engine's gathers and scatters become batched ones,
+    which XLA:CPU runs much slower: on MovieLens latest-small a vmapped
+    member's sweep took 1.3-2x the time of the same member alone
+    (BENCHMARKS.md, sequential members).
+    """
+    return bool(job.axes) and isinstance(args.data, Sparse) and _member_work(job, args) > SMALL_MEMBER_WORK
+
+
 def _member_work(job: Job, args: Args) -> int:
     data = args.data
     return (data.nnz if isinstance(data, Sparse) else math.prod(data.shape)) * job.cfg.width
@@ -198,7 +212,7 @@ def blocking_custom_calls(job: Job, args: Args) -> frozenset:
 # that only splitting the members over devices puts a second core to work.
 SMALL_MEMBER_WORK = 1 << 17
 # Members each device needs before a split pays for itself (dispatch, vector width).
-_MIN_MEMBERS_PER_DEVICE = {"lanes": 256, "vmap": 64}
+_MIN_MEMBERS_PER_DEVICE = {"lanes": 256, "vmap": 64, "map": 2}
 
 
 def _auto_mesh(job: Job, args: Args, layout: str, n_outer: int, devices: Optional[int]):
@@ -213,7 +227,9 @@ def _auto_mesh(job: Job, args: Args, layout: str, n_outer: int, devices: Optiona
     if not job.axes or n_outer < 2:
         return None, "one device: nothing to split"
     if devices is None:
-        if _member_work(job, args) > SMALL_MEMBER_WORK:
+        # XLA:CPU runs a big dense member's matrix products on every core; a sparse member's gathers and
+        # loops run on one, so sequential ("map") members still gain from a split.
+        if layout != "map" and _member_work(job, args) > SMALL_MEMBER_WORK:
             return None, "one device: members large enough for XLA to use every core"
         per_device = _n_members(job, args) // _MIN_MEMBERS_PER_DEVICE[layout]
         devices = min(len(available), per_device, n_outer)
@@ -241,7 +257,7 @@ def make_plan(job: Job, args: Args, *, mesh: Optional[Mesh] = None, memory_budge
     """
     can_lane = lanes.eligible(job, args)
     if layout is None:
-        layout = "lanes" if can_lane else "vmap"
+        layout = "lanes" if can_lane else "map" if _sequential_members(job, args) else "vmap"
     elif layout == "lanes" and not can_lane:
         raise ValueError("plan['layout'] = 'lanes' needs a batch of small dense matrices and an elementwise "
                          "gradient solver with the Frobenius loss (e.g. jmf.solvers.adam)")
@@ -286,8 +302,11 @@ def make_plan(job: Job, args: Args, *, mesh: Optional[Mesh] = None, memory_budge
 
 # -- programs ------------------------------------------------------------------------------
 
+_MEMBER_FIRST = ("vmap", "map")  # layouts whose carry leaves lead with the member axes
+
 _LAYOUTS = {
     "vmap": (driver.start, driver.advance, None),
+    "map": (driver.start, driver.advance_sequential, None),
     "lanes": (lanes.start, lanes.advance, lanes.finish),
 }
 
@@ -336,7 +355,7 @@ def _sharded(fn, plan: Plan, job: Job, *, carry_in: bool, scalar_counters_in: bo
 @partial(jax.jit, static_argnames=("job", "plan"))
 def _start_program(job: Job, plan: Plan, args: Args) -> Carry:
     start, _, _ = _layout_fns(plan)
-    scalar = plan.layout == "vmap"
+    scalar = plan.layout in _MEMBER_FIRST
     return _sharded(lambda a: start(job, a), plan, job, carry_in=False, scalar_counters_in=False,
                     scalar_counters_out=scalar)(args)
 
@@ -344,7 +363,7 @@ def _start_program(job: Job, plan: Plan, args: Args) -> Carry:
 @partial(jax.jit, static_argnames=("job", "plan"), donate_argnames=("carry",))
 def _advance_program(job: Job, plan: Plan, args: Args, carry: Carry, stop_at) -> Carry:
     _, advance, _ = _layout_fns(plan)
-    scalar = plan.layout == "vmap"
+    scalar = plan.layout in _MEMBER_FIRST
     return _sharded(lambda a, c, s: advance(job, a, c, s), plan, job, carry_in=True, scalar_counters_in=scalar,
                     scalar_counters_out=scalar, n_scalars=1)(args, carry, stop_at)
 
@@ -358,7 +377,7 @@ def _finish_program(job: Job, plan: Plan, args: Args, carry: Carry) -> Carry:
 
 def _finished(job: Job, plan: Plan, args: Args, carry: Carry) -> Carry:
     """The member-first carry, with the shared counters as host integers."""
-    if plan.layout != "vmap":
+    if plan.layout not in _MEMBER_FIRST:
         carry = _finish_program(job, plan, args, carry)
     return carry._replace(it=_local_max(carry.it), check=_local_max(carry.check))
 
@@ -469,7 +488,7 @@ def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, 
             bar.set_postfix(loss=f"{float(np.nanmin(loss)):.4g}")
         done = it
         if callback is not None:
-            factors = _finished(job, plan, args, carry).factors if plan.layout != "vmap" else carry.factors
+            factors = _finished(job, plan, args, carry).factors if plan.layout not in _MEMBER_FIRST else carry.factors
             if job.axes:
                 factors = jax.tree_util.tree_map(lambda x: x[:n_real], factors)
             info = ProgressInfo(it, loss, _host_view(job, plan, args, carry, "n_iter", n_real), status, factors)
