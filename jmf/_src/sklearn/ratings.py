@@ -109,7 +109,7 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
     learning_rate : float, default=0.05
         Step size of "adam".
     max_iter : int or None, default=None
-        Iterations ("als", "adam": 50 when None) or Gibbs sweeps ("auto": 100 when None).
+        Iterations ("als", "adam": 50 when None) or Gibbs sweeps ("auto": 60 when None).
     tol : float or None, default=1e-4
         Stopping tolerance of "als" and "adam" (the sampler runs ``max_iter`` sweeps).
     check_every : int, default=5
@@ -272,7 +272,7 @@ class RatingsRegressor(RegressorMixin, BaseEstimator):
         if p["solver"] is None:  # the default ratings model
             sweeps = p["max_iter"]
             model = fit_ratings(data, "auto" if p["k"] == "auto" else min(p["k"], m, n), key=key, max_iter=sweeps,
-                                burn_in=min(DEFAULT_BURN_IN, sweeps // 5), progress=bool(p["verbose"]))
+                                burn_in=min(DEFAULT_BURN_IN, sweeps // 4), progress=bool(p["verbose"]))
             self._store(model.factors, m, n)
             self.n_components_ = int(model.rank)
             self.choice_ = model.params["choice"]
