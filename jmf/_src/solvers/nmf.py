@@ -255,7 +255,7 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
         delta = num / den
         if gamma != 1:
             delta = delta**gamma
-        X = X * delta * mask
+        X = X * delta * mask[None, :]
         if (side == 0 and beta < 1) or (side == 1 and beta <= 1):
             X = jnp.where(X < _TINY, 0, X)
         return X
@@ -276,7 +276,7 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
             num, G = products(data, f, 0).T, f.H @ f.H.T
             W = _repeated(lambda X: update(X, num, X @ G, *pen[0]), f.W, _inner_sweeps(inner, m, n, k, mask),
                           inner_tol)
-            return f._replace(W=W if mask is None else W * mask)
+            return f._replace(W=W if mask is None else W * mask[None, :])
         num, G = products(data, f, 1), f.W.T @ f.W
         H = _repeated(lambda X: update(X, num, G @ X, *pen[1]), f.H, _inner_sweeps(inner, n, m, k, mask), inner_tol)
         return f._replace(H=H if mask is None else H * mask[:, None])
@@ -575,7 +575,7 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1, stop: str = "loss", sh
         eye = jnp.eye(k, dtype=f.W.dtype)
         lam2, lam1 = (l2W, l1W) if side == 0 else (l2H, l1H)
         X, F = (f.W, f.H.T) if side == 0 else (f.H.T, f.W)
-        F = F * mask
+        F = F * mask[None, :]
 
         def normal(G, B):
             if _nz(lam2):
@@ -589,7 +589,7 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1, stop: str = "loss", sh
         else:  # the sparse engine solves bucket by bucket: the violation is not tracked there
             X = _sparse_sweep(data, state.layout, X, F, side, lambda G, B, X: _cd_blocks(X, *normal(G, B), order)[0])
             v = jnp.full((), jnp.nan, X.dtype)
-        X = X * mask
+        X = X * mask[None, :]
         return (f._replace(W=X) if side == 0 else f._replace(H=X.T)), v
 
     def orders(state, k, n):
