@@ -355,7 +355,8 @@ def member_means(factors: Factors, state: BPMFState) -> Factors:
     """
     T = state.W_buf.shape[-3]
     kept = jnp.minimum(state.kept, T)
-    valid = (jnp.arange(T, dtype=kept.dtype) < kept[..., None]).astype(state.W_buf.dtype)  # (..., T)
+    valid = (jnp.broadcast_to(jnp.arange(T, dtype=kept.dtype), kept.shape + (T,)) < kept[..., None]).astype(
+        state.W_buf.dtype)  # (..., T)
     none = kept == 0
     w = jnp.where(none[..., None], 0, valid / jnp.maximum(kept, 1)[..., None].astype(valid.dtype))
     s = jnp.sqrt(w)

@@ -579,7 +579,7 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1, stop: str = "loss", sh
 
         def normal(G, B):
             if _nz(lam2):
-                G = G + lam2 * eye
+                G = G + lam2 * jnp.broadcast_to(eye, G.shape)  # G may be a batch of blocks (sparse buckets)
             if _nz(lam1):
                 B = B - lam1 / 2
             return G, B
