@@ -150,8 +150,9 @@ def test_sparse_equals_masked_dense(rng):
     kw = dict(rank=2, key=5, max_iter=100, tol=None, progress=False)
     rs = jmf.fit(jmf.Sparse.from_dense(A, mask=mask), jmf.solvers.adam(1e-2), **kw)
     rd = jmf.fit(jmf.Dense(A, weights=mask.astype(float)), jmf.solvers.adam(1e-2), **kw)
-    np.testing.assert_allclose(rs.factors.W, rd.factors.W, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(rs.loss_history, rd.loss_history, rtol=1e-9)
+    # float32: the two paths sum in another order, 100 Adam steps apart by rounding
+    np.testing.assert_allclose(rs.factors.W, rd.factors.W, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(rs.loss_history, rd.loss_history, rtol=1e-5)
 
 
 def test_biases_are_fitted(rng):

@@ -16,6 +16,9 @@ from scipy.optimize import nnls
 
 import jmf
 
+# float64: half steps against exact ridge / NNLS solutions, to 1e-8..1e-14.
+pytestmark = pytest.mark.x64
+
 M_, N_, K_ = 9, 14, 3
 
 

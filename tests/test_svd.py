@@ -10,6 +10,9 @@ import pytest
 import jmf
 from tests.conftest import low_rank
 
+# float64: SVDs, initializations and the SVD solver against NumPy and scikit-learn, to 1e-8..1e-12.
+pytestmark = pytest.mark.x64
+
 
 def _jit_init(name):
     return jax.jit(jmf.init.INITIALIZERS[name], static_argnums=(2, 3))
