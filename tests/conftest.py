@@ -1,4 +1,9 @@
-"""Strict test configuration: 4 simulated CPU devices, float64 available, strict dtype promotion.
+"""Strict test configuration: 4 simulated CPU devices, strict dtype promotion, no implicit rank promotion.
+
+Tests run in float32, JAX's default and what users run.  A test that needs float64 (a comparison with a
+reference to ~1e-10, finite differences) opts in with the ``x64`` marker -- ``@pytest.mark.x64`` on the test,
+or ``pytestmark = pytest.mark.x64`` for a whole file -- which runs its setup, call and teardown inside
+``jax.enable_x64(True)``; or, for part of a test, with the ``x64`` fixture.
 
 The device count must be set before JAX initializes its backends, hence at import time here.
 """
@@ -18,8 +23,27 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+# Library code must not rely on NumPy's implicit rank promotion (users may set "raise"): broadcasts are
+# written out ([None, :], jnp.broadcast_to).
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Fixtures and test of an ``x64``-marked test inside ``jax.enable_x64(True)`` (thread-local, read at trace
+    time; jit caches are keyed on it, so float32 and float64 compilations of a function never mix)."""
+    if item.get_closest_marker("x64") is None:
+        return (yield)
+    with jax.enable_x64(True):
+        return (yield)
+
+
+@pytest.fixture
+def x64():
+    """float64 for the rest of one test (``request.getfixturevalue("x64")``, or a test argument)."""
+    with jax.enable_x64(True):
+        yield
 
 # Scripts that tests start as subprocesses run code at import: never collect them (--doctest-modules).
 collect_ignore = ["execution_worker.py", "multihost_worker.py", "sharded_worker.py"]

@@ -17,6 +17,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+jax.config.update("jax_numpy_rank_promotion", "raise")  # as the suite (tests/conftest.py)
+
 import jmf  # noqa: E402
 
 n_devices = int(sys.argv[1])

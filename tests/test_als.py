@@ -12,6 +12,9 @@ from jmf._src.solvers import _blocked, _normal
 from tests.conftest import low_rank
 from tests.solver_helpers import run
 
+# float64: ALS steps against NumPy ridge solves and the SVD optimum, to 1e-9..1e-12.
+pytestmark = pytest.mark.x64
+
 M_, N_, K_ = 30, 24, 3
 
 

@@ -17,9 +17,9 @@ from .conftest import low_rank
 KW = dict(max_iter=150, tol=1e-4, progress=False)
 
 
-def _assert_same(a, b, rtol=1e-9):
-    np.testing.assert_allclose(a.factors.W, b.factors.W, rtol=rtol, atol=1e-12)
-    np.testing.assert_allclose(a.factors.H, b.factors.H, rtol=rtol, atol=1e-12)
+def _assert_same(a, b, rtol=1e-9, atol=1e-12):
+    np.testing.assert_allclose(a.factors.W, b.factors.W, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(a.factors.H, b.factors.H, rtol=rtol, atol=atol)
     np.testing.assert_allclose(a.loss, b.loss, rtol=rtol)
     np.testing.assert_array_equal(a.n_iter, b.n_iter)
     np.testing.assert_array_equal(a.status, b.status)
@@ -33,7 +33,8 @@ def test_mixed_shapes_dense_equal_fitting_each_alone(rng):
     for A, res in zip(mats, out):
         alone = jmf.fit(A, solver, rank=2, key=3, **KW)
         assert res.factors.W.shape == (A.shape[0], 2) and res.factors.H.shape == (2, A.shape[1])
-        _assert_same(res.result, alone, rtol=1e-8)
+        # Padded to a common shape, the float32 sums run in another order: the fits are apart by rounding.
+        _assert_same(res.result, alone, rtol=2e-5, atol=1e-6)
 
 
 def test_mixed_shapes_sparse_with_restarts(rng):
@@ -47,7 +48,8 @@ def test_mixed_shapes_sparse_with_restarts(rng):
     for d, res in zip(mats, out):
         assert res.axes == ("restart",)
         alone = jmf.fit_many(d, solver, rank=2, keys=keys, **KW)
-        _assert_same(res.result, alone.result, rtol=1e-8)
+        # Padded to a common shape, the float32 sums run in another order: 150 Adam steps apart by rounding.
+        _assert_same(res.result, alone.result, rtol=2e-5, atol=1e-6)
 
 
 def test_mixed_shapes_errors(rng):
@@ -145,6 +147,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.x64  # the worker processes run in float64; the single-process fit must too (1e-10)
 @pytest.mark.multiprocess
 def test_multihost_two_processes(tmp_path):
     worker = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
@@ -193,7 +196,7 @@ def _fake_restarts(rng, perms, noise=0.0, signs=None):
         Hs.append(H + noise * rng.standard_normal(H.shape))
     S = len(perms)
     result = jmf.FitResult(jmf.Factors(jnp.asarray(np.stack(Ws)), jnp.asarray(np.stack(Hs))),
-                           loss=jnp.arange(S, dtype=jnp.float64), loss_history=jnp.zeros((S, 1)),
+                           loss=jnp.arange(S, dtype=jnp.float32), loss_history=jnp.zeros((S, 1)),
                            iterations=np.zeros(1, np.int32), n_iter=jnp.zeros(S, jnp.int32),
                            status=jnp.zeros(S, jnp.int32))
     return jmf.FitManyResult(result, ("restart",)), W0, H0
@@ -205,8 +208,9 @@ def test_align_restarts_recovers_permutations(rng):
     al = jmf.align_restarts(many)
     assert int(al.reference) == 0  # lowest loss
     for s in range(3):
-        np.testing.assert_allclose(al.factors.H[s], H0, rtol=1e-12)
-        np.testing.assert_allclose(al.factors.W[s], W0, rtol=1e-12)
+        # permuted exactly: the float64 factors rounded to float32 (how the results store them)
+        np.testing.assert_allclose(al.factors.H[s], H0.astype(np.float32), rtol=1e-12)
+        np.testing.assert_allclose(al.factors.W[s], W0.astype(np.float32), rtol=1e-12)
     np.testing.assert_allclose(al.stability, 1.0)
     noisy, _, _ = _fake_restarts(rng, perms, noise=0.3)
     assert float(jmf.align_restarts(noisy).stability) < 0.99
@@ -216,7 +220,7 @@ def test_align_restarts_signed_and_errors(rng):
     perms = [np.arange(3), np.array([1, 2, 0])]
     many, W0, H0 = _fake_restarts(rng, perms, signs=[np.ones(3), np.array([1.0, -1.0, 1.0])])
     al = jmf.align_restarts(many)
-    np.testing.assert_allclose(al.factors.H[1], H0, rtol=1e-12)
+    np.testing.assert_allclose(al.factors.H[1], H0.astype(np.float32), rtol=1e-12)  # signs and order are exact
     single = jmf.FitManyResult(many.result, ("matrix",))
     with pytest.raises(ValueError, match="no restart axis"):
         jmf.align_restarts(single)

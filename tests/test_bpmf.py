@@ -8,6 +8,9 @@ import pytest
 import jmf
 from jmf._src.solvers import bpmf as B
 
+# float64: the sampler's conditional moments and posterior means against NumPy linear algebra, to 1e-8..1e-12.
+pytestmark = pytest.mark.x64
+
 KW = dict(init="normal", max_iter=12, tol=None, check_every=12, progress=False)
 SOLVER = dict(burn_in=4, n_keep=8)
 

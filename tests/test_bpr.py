@@ -75,8 +75,9 @@ def test_l2_grid_equals_single_fits(rng):
     res = jmf.fit_many(data, grid, key=0, max_iter=4, **KW)
     for p, l2 in enumerate([0.0, 0.1]):
         one = jmf.fit(data, bpr(opt, l2=l2, batch_size=64), key=0, max_iter=4, **KW)
+        # atol: float32 rounding (entries of order 1; grid and single fit sum in another order)
         np.testing.assert_allclose(np.asarray(res.member(p).factors.W), np.asarray(one.factors.W), rtol=1e-6,
-                                   atol=1e-9)
+                                   atol=1e-7)
 
 
 def test_any_optax_transform_and_rank_masks(rng):

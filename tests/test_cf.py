@@ -29,6 +29,7 @@ def _dense_loss(f, r, c, v, m, n, l2, count_scaled):
     return (jnp.sum((v - pred) ** 2) + pen) / len(v)
 
 
+@pytest.mark.x64  # against a float64 NumPy ridge solve
 @pytest.mark.parametrize("count_scaled", [False, True])
 def test_als_step_matches_numpy_ridge_and_loss_decreases(rng, count_scaled):
     data, r, c, v = _ratings(rng)
@@ -61,6 +62,7 @@ def test_als_step_matches_numpy_ridge_and_loss_decreases(rng, count_scaled):
     assert float(s.loss.value(f, data)) == pytest.approx(ref, rel=1e-12)
 
 
+@pytest.mark.x64  # the hand gradient against autodiff to 1e-7
 @pytest.mark.parametrize("count_scaled", [False, True])
 def test_ratings_loss_grad_matches_autodiff(rng, count_scaled):
     data, r, c, v = _ratings(rng)
@@ -89,6 +91,7 @@ def test_cg_als_converges_to_cholesky_fixed_point(rng):
     np.testing.assert_allclose(np.asarray(stay.factors.W), np.asarray(exact.factors.W), atol=2e-2)
 
 
+@pytest.mark.x64  # a rank-masked fit equals a separate fit to float64 rounding
 def test_ratings_als_rank_mask_matches_separate_fit(rng):
     data, *_ = _ratings(rng)
     s = ratings_als(l2=0.5, solve="cholesky")
@@ -142,6 +145,7 @@ def test_bad_hyperparameters():
         jmf.fit(np.ones((4, 4)), jmf.solvers.ratings_gradient(optax.adam(0.1)), rank=2, key=0)
 
 
+@pytest.mark.x64  # the hand gradient against autodiff to 1e-7
 @pytest.mark.parametrize("count_scaled", [False, True])
 def test_packed_gradient_matches_autodiff(rng, count_scaled):
     from jmf._src.solvers._blocked import sparse_layout

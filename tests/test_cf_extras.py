@@ -21,6 +21,7 @@ def _cosine_ref(V, q, n):
     return top, s[top]
 
 
+@pytest.mark.x64  # against a float64 NumPy reference to 1e-12
 def test_similar_items_and_users_match_reference(rng):
     m, n, k = 30, 25, 4
     f = jmf.Factors(rng.standard_normal((m, k)), rng.standard_normal((k, n)))
@@ -151,6 +152,7 @@ def _pairs(data, rng, p=40):
     return rows[keep][:p], cols[keep][:p]
 
 
+@pytest.mark.x64  # against Surprise (float64) to 1e-10
 def test_baseline_only_matches_surprise(rng):
     data = _ratings()
     surprise, ts = _surprise_trainset(data)
@@ -167,6 +169,7 @@ def test_baseline_only_matches_surprise(rng):
     assert items.shape == (2, 3)
 
 
+@pytest.mark.x64  # against Surprise (float64) to 1e-7
 def test_item_knn_pearson_baseline_matches_surprise_knnbaseline(rng):
     data = _ratings()
     surprise, ts = _surprise_trainset(data)
@@ -187,6 +190,7 @@ def test_item_knn_pearson_baseline_matches_surprise_knnbaseline(rng):
     np.testing.assert_allclose(got, np.asarray(jmf.cf.predict(base, np.array([-1, 0]), np.array([3, -1]))))
 
 
+@pytest.mark.x64  # against a float64 NumPy reference to 1e-7
 def test_item_knn_cosine_top_n_scores(rng):
     m, n = 30, 12
     A = (rng.random((m, n)) < 0.4).astype(np.float64)

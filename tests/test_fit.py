@@ -75,6 +75,7 @@ def test_diverged_keeps_last_finite_factors(rng):
     assert not np.isfinite(bad) or bad > 1e4 * h[0]
 
 
+@pytest.mark.x64  # batched and looped fits agree to 1e-9, stopping iterations included
 def test_fit_many_restarts_equals_loop_of_fit(rng):
     A = low_rank(rng, 12, 9, 3, noise=0.1)
     keys = jax.random.split(jax.random.key(0), 5)
@@ -107,8 +108,9 @@ def test_fit_many_ranks_masking_is_exact(rng):
             single = jmf.fit(A, solver, rank=r, key=keys[j], **kw)
             member = many.member(i, j)
             assert member.factors.W.shape == (12, r)
-            np.testing.assert_allclose(member.factors.W, single.factors.W, rtol=1e-8, atol=1e-10)
-            np.testing.assert_allclose(member.loss, single.loss, rtol=1e-8)
+            # float32: the padded batch sums in another order (the padding itself is checked exactly above)
+            np.testing.assert_allclose(member.factors.W, single.factors.W, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(member.loss, single.loss, rtol=1e-5)
 
 
 def test_fit_many_members_freeze_with_own_n_iter(rng):
@@ -139,7 +141,8 @@ def test_batch_of_matrices(rng):
     assert many.axes == ("matrix",) and many.loss.shape == (3,)
     for b in range(3):
         single = jmf.fit(As[b], jmf.solvers.adam(1e-2), rank=2, key=0, max_iter=100, tol=None, progress=False)
-        np.testing.assert_allclose(many.factors.W[b], single.factors.W, rtol=1e-9)
+        # float32: batched and single programs round differently over 100 Adam steps
+        np.testing.assert_allclose(many.factors.W[b], single.factors.W, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="fit_many"):
         jmf.fit(jmf.Dense(As), jmf.solvers.adam(1e-2), rank=2, key=0)
 
@@ -150,8 +153,9 @@ def test_sparse_equals_masked_dense(rng):
     kw = dict(rank=2, key=5, max_iter=100, tol=None, progress=False)
     rs = jmf.fit(jmf.Sparse.from_dense(A, mask=mask), jmf.solvers.adam(1e-2), **kw)
     rd = jmf.fit(jmf.Dense(A, weights=mask.astype(float)), jmf.solvers.adam(1e-2), **kw)
-    np.testing.assert_allclose(rs.factors.W, rd.factors.W, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(rs.loss_history, rd.loss_history, rtol=1e-9)
+    # float32: the two paths sum in another order, 100 Adam steps apart by rounding
+    np.testing.assert_allclose(rs.factors.W, rd.factors.W, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(rs.loss_history, rd.loss_history, rtol=1e-5)
 
 
 def test_biases_are_fitted(rng):
@@ -318,7 +322,7 @@ def _direct_solver(value):
     def direct(key, data, width, mask):
         m, n = data.shape
         f = jmf.Factors(jnp.full((m, width), value, data.dtype), jnp.full((width, n), value, data.dtype))
-        return f if mask is None else f._replace(W=f.W * mask, H=f.H * mask[:, None])
+        return f if mask is None else f._replace(W=f.W * mask[None, :], H=f.H * mask[:, None])
 
     return jmf.solvers.Solver(init=lambda f, d, k=None: jmf.solvers.EmptyState(), step=None,
                               loss=jmf.losses.frobenius(), name=f"direct({value})", direct=direct)

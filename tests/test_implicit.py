@@ -9,6 +9,9 @@ import jmf
 from jmf.losses import implicit_loss
 from jmf.solvers import implicit_als
 
+# float64: implicit ALS against dense float64 references and autodiff, to 1e-8..1e-12.
+pytestmark = pytest.mark.x64
+
 
 def _problem(rng, m=25, n=18):
     mask = rng.random((m, n)) < 0.3

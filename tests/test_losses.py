@@ -8,6 +8,9 @@ import pytest
 import jmf
 from jmf._src.losses import squared_error
 
+# Values to 1e-12 against float64 NumPy, gradients against autodiff and finite differences.
+pytestmark = pytest.mark.x64
+
 
 def _factors(rng, m, n, k, biases=False):
     f = jmf.Factors(jnp.asarray(rng.standard_normal((m, k))), jnp.asarray(rng.standard_normal((k, n))))

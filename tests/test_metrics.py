@@ -36,6 +36,7 @@ def test_rmse_mae_reference(rng):
         mae([], [])
 
 
+@pytest.mark.x64  # against a float64 NumPy reference to 1e-12
 def test_predict_unknown_fallback(rng):
     f = _factors(rng, 5, 4)
     rows = np.array([0, -1, 2, -1, 4])
@@ -127,6 +128,7 @@ def test_ranking_bad_input(rng):
         ranking_metrics(f, data, threshold=100.0)
 
 
+@pytest.mark.x64  # scores against a float64 NumPy reference to 1e-7
 def test_recommend_excludes_seen_and_matches_reference(rng):
     data = _random_sparse(rng)
     f = _factors(rng, *data.shape)

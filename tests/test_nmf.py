@@ -16,6 +16,9 @@ from tests.solver_helpers import run
 sklearn = pytest.importorskip("sklearn")
 from sklearn.decomposition import NMF  # noqa: E402
 
+# float64: multiplicative and HALS updates against NumPy references and scikit-learn, to 1e-6..1e-12.
+pytestmark = pytest.mark.x64
+
 M_, N_, K_ = 40, 30, 4
 
 

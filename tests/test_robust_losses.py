@@ -35,6 +35,7 @@ LOSSES = {
 }
 
 
+@pytest.mark.x64  # central differences and autodiff to 1e-10
 @pytest.mark.parametrize("kind", ["dense", "weighted", "sparse"])
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_gradient_matches_finite_differences(name, kind):
@@ -60,6 +61,7 @@ def test_gradient_matches_finite_differences(name, kind):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.x64  # Huber with a huge delta equals Frobenius to 1e-12, sparse equals dense to 1e-12
 def test_huber_limits_and_values():
     rng = np.random.default_rng(1)
     data = _data(rng, "sparse", 6, 5)

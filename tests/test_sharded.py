@@ -23,6 +23,10 @@ from jmf._src.sharded.accounting import device_bytes, fit_memory, measure, proje
 from jmf._src.sharded.program import _advance_program, _start_program, make_ctx
 from jmf._src.sharded.solvers import make_impl
 
+# float64: sharded fits must equal one-device fits to 1e-8..1e-9 (loss histories, iteration counts), the
+# memory model counts 8-byte floats, and the two-process workers run in float64.
+pytestmark = pytest.mark.x64
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 M, N, K = 30, 22, 3  # not multiples of 4: the last blocks carry padding
 

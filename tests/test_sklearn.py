@@ -94,6 +94,7 @@ def test_import_jmf_does_not_import_sklearn():
 # -- NMF equals jmf called directly ---------------------------------------------------------
 
 
+@pytest.mark.x64  # the estimator computes float64 input in float64: jmf called directly must too, to compare to 1e-10
 def test_nmf_n_init_is_one_batched_fit_keeping_the_best(X_nn):
     est = NMF(4, n_init=3, random_state=0, max_iter=100).fit(X_nn)  # init=None: "random" for restarts
     # scikit-learn's stopping rule for "cd": the projected-gradient violation, checked every iteration.
@@ -133,6 +134,7 @@ def test_random_state_derives_the_key(X_nn):
         ("mu", "itakura-saito", 0.0, "same", 0.0),
     ],
 )
+@pytest.mark.x64  # the estimator computes float64 input in float64: jmf called directly must too, to compare to 1e-10
 def test_nmf_within_one_percent_of_sklearn(X_nn, solver, beta_loss, alpha_W, alpha_H, l1_ratio):
     X = X_nn + 0.1  # positive everywhere (Itakura-Saito needs it)
     rng = np.random.default_rng(5)
@@ -285,6 +287,7 @@ def test_truncated_svd_matches_sklearn(sparse):
 # -- MatrixFactorization ----------------------------------------------------------------
 
 
+@pytest.mark.x64  # the estimator computes float64 input in float64: jmf called directly must too, to compare to 1e-10
 def test_matrix_factorization_als_equals_jmf_and_transform_is_masked_ridge():
     rng = np.random.default_rng(12)
     A = low_rank(rng, 40, 15, 3, noise=0.01)
@@ -343,6 +346,7 @@ def ratings():
     return X, y
 
 
+@pytest.mark.x64  # the estimator computes float64 input in float64: jmf called directly must too, to compare to 1e-10
 def test_ratings_regressor_equals_jmf_and_falls_back_to_biases(ratings):
     X, y = ratings
     est = RatingsRegressor(n_components=2, l2=1.0, solver="als", random_state=0, max_iter=20).fit(X, y)

@@ -74,6 +74,7 @@ def test_digits_at_default_settings_within_one_percent_of_sklearn(digits, solver
     assert est.components_.dtype == np.float64 and est.components_.shape == (16, 64)
 
 
+@pytest.mark.x64  # the estimator computes float64 input in float64: jmf called directly must too, to compare to 1e-12
 @pytest.mark.parametrize("tol", [1e-2, 1e-3])
 def test_cd_stops_at_the_iteration_a_check_after_every_step_finds(tol):
     """NMF(solver="cd") tests the violation rule inside the solver and lets the driver check every 10

@@ -10,6 +10,9 @@ import pytest
 import jmf
 from tests.conftest import low_rank
 
+# float64: SVDs, initializations and the SVD solver against NumPy and scikit-learn, to 1e-8..1e-12.
+pytestmark = pytest.mark.x64
+
 
 def _jit_init(name):
     return jax.jit(jmf.init.INITIALIZERS[name], static_argnums=(2, 3))
@@ -36,7 +39,7 @@ def test_truncated_svd_matches_numpy():
     U, s, Vt = jmf.truncated_svd(A, 5)
     Un, sn, Vtn = np.linalg.svd(A, full_matrices=False)
     np.testing.assert_allclose(np.asarray(s), sn[:5], rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(U * s) @ np.asarray(Vt), (Un[:, :5] * sn[:5]) @ Vtn[:5], atol=1e-12)
+    np.testing.assert_allclose(np.asarray(U * s[None, :]) @ np.asarray(Vt), (Un[:, :5] * sn[:5]) @ Vtn[:5], atol=1e-12)
     # sklearn's svd_flip convention: the largest |entry| of each column of U is positive.
     Un = np.asarray(U)
     assert np.all(Un[np.argmax(np.abs(Un), axis=0), np.arange(5)] > 0)

@@ -145,4 +145,4 @@ def apply_rank_mask(f: Factors, mask) -> Factors:
     """Zero the columns of ``W`` and rows of ``H`` beyond a member's rank."""
     if mask is None:
         return f
-    return f._replace(W=f.W * mask, H=f.H * mask[:, None])
+    return f._replace(W=f.W * mask[None, :], H=f.H * mask[:, None])

@@ -104,7 +104,7 @@ def _finish(W, H, width, rank):
     if rank is None:
         return Factors(W, H)
     mask = rank_mask(rank, width, W.dtype)
-    return Factors(W * mask, H * mask[:, None])
+    return Factors(W * mask[None, :], H * mask[:, None])
 
 
 def random(key, data, width: int, rank=None) -> Factors:
@@ -164,7 +164,7 @@ def svd(key, data, width: int, rank=None) -> Factors:
         raise ValueError(f"svd init needs rank <= min(m, n) = {min(m, n)}, got {width}")
     U, s, Vt = top_singular_triplets(key, data, width)
     root = jnp.sqrt(s)
-    return _finish(U * root, root[:, None] * Vt, width, rank)
+    return _finish(U * root[None, :], root[:, None] * Vt, width, rank)
 
 
 def _nndsvd_components(key, data, width: int, eps: float):
@@ -196,10 +196,10 @@ def _nndsvd_components(key, data, width: int, eps: float):
     def unit(x, nrm):
         return x / jnp.where(nrm > 0, nrm, 1)
 
-    u = jnp.where(use_pos, unit(xp, xpn), unit(xn, xnn))
+    u = jnp.where(use_pos[None, :], unit(xp, xpn[None, :]), unit(xn, xnn[None, :]))
     v = jnp.where(use_pos[:, None], unit(yp, ypn[:, None]), unit(yn, ynn[:, None]))
     lam = jnp.sqrt(s * jnp.where(use_pos, mp, mn))
-    W, H = lam * u, lam[:, None] * v
+    W, H = lam[None, :] * u, lam[:, None] * v
     root = jnp.sqrt(s[0])
     W = W.at[:, 0].set(root * jnp.abs(U[:, 0]))
     H = H.at[0].set(root * jnp.abs(Vt[0]))

@@ -41,7 +41,7 @@ def flip_signs(U, Vt):
     idx = jnp.argmax(jnp.abs(U), axis=0)
     signs = jnp.sign(U[idx, jnp.arange(U.shape[1])])
     signs = jnp.where(signs == 0, 1, signs).astype(U.dtype)
-    return U * signs, Vt * signs[:, None]
+    return U * signs[None, :], Vt * signs[:, None]
 
 
 def operator(data) -> tuple[Callable, Callable]:

@@ -108,7 +108,7 @@ def _frobenius_kernel(spec: GradientSpec, l2, l1) -> _Kernel:
             gW = gW + l1W * jnp.sign(f.W)
         if l1H:
             gH = gH + l1H * jnp.sign(f.H)
-        return Factors(gW * inv_n, gH * inv_n)
+        return Factors(gW * inv_n[None, None, :], gH * inv_n[None, None, :])
 
     def init(f):
         with jax.numpy_dtype_promotion("standard"):

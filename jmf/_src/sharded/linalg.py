@@ -71,10 +71,11 @@ def spd_solve_jax(G, b, ridge=None):
     if ridge is None:
         ridge = jnp.zeros((q,), G.dtype)
     if G.ndim == 2 and ridge.ndim == 1:  # one shared system, many right-hand sides
-        Gr = G + ridge * eye
+        Gr = G + ridge[None, :] * eye
         Gr = Gr + ridge_floor(Gr) * eye
         return _cho_solve_jax(cholesky_jax(Gr), b.T).T
     G = jnp.broadcast_to(G, b.shape[:-1] + (q, q))
+    eye = jnp.broadcast_to(eye, G.shape)
     Gr = G + jnp.broadcast_to(ridge, b.shape)[..., :, None] * eye
     Gr = Gr + ridge_floor(Gr)[..., None, None] * eye
     return _cho_solve_jax(cholesky_jax(Gr), b[..., None])[..., 0]

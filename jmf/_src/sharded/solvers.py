@@ -460,7 +460,7 @@ def _hals_impl(kw: dict) -> Impl:
 
         def sweep(G, B, X):
             if _nz(lam2):
-                G = G + lam2 * eye
+                G = G + lam2 * jnp.broadcast_to(eye, G.shape)  # G: a bucket's blocks
             if _nz(lam1):
                 B = B - lam1 / 2
             return _cd_blocks(X, G, B)[0]  # (X, violation): the violation is not tracked here

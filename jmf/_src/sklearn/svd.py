@@ -71,7 +71,7 @@ def _subspace_svd(data, key, tol, rank, block):
     def body(c):
         it, U, s, Vt, _ = c
         Y = A_mul(Vt[:rank].T)  # A v_i: the residuals of the current triplets, and the next block's start
-        res = jnp.linalg.norm(Y - U[:, :rank] * s[:rank], axis=0)
+        res = jnp.linalg.norm(Y - U[:, :rank] * s[None, :rank], axis=0)
         done = jnp.max(res) <= thresh * s[0]
         U2, s2, Vt2 = ritz(Vt.T)
         keep = lambda a, b: jnp.where(done, a, b)  # noqa: E731

@@ -97,8 +97,8 @@ def solve_spd(G, b, ridge=None):
         ridge = jnp.zeros((q,), G.dtype)
 
     def one_batch(Gb, bb, rb):
-        Gr = Gb + rb[..., :, None] * eye
-        Gr = Gr + ridge_floor(Gr)[..., None, None] * eye
+        Gr = Gb + rb[..., :, None] * eye[None]
+        Gr = Gr + ridge_floor(Gr)[..., None, None] * eye[None]
         # Gr is symmetric: factor its transpose, which in LAPACK's column-major
         # layout is Gr's row-major memory as is.  Otherwise XLA copies all
         # (g, q, q) blocks into column-major order before the batch loop.
@@ -106,7 +106,7 @@ def solve_spd(G, b, ridge=None):
         return _cho_solve(L, bb)
 
     if G.ndim == 2:
-        Gr = G + (ridge if ridge.ndim == 1 else jnp.zeros((q,), G.dtype)) * eye
+        Gr = G + (ridge if ridge.ndim == 1 else jnp.zeros((q,), G.dtype))[None, :] * eye
         if ridge.ndim == 2:
             # Different ridge per group with a shared Gram: batch the blocks.
             return _batched_solve(one_batch, jnp.broadcast_to(G, (b.shape[0], q, q)), b, ridge)

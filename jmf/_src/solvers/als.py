@@ -124,7 +124,7 @@ def _als(l2W, l2H, biases: bool, bias_l2, count_scaled: bool, solve: str, cg_ste
         lam = l2W if side == 0 else l2H
         pen = lam * jnp.ones((k,), dtype)
         extra = 1 - mask  # masked-out columns: unit diagonal, no coupling, zero solution
-        F = F * mask
+        F = F * mask[None, :]
         if biases:
             pen = jnp.concatenate([pen, jnp.full((1,), bias_l2, dtype)])
             extra = jnp.concatenate([extra, jnp.zeros((1,), dtype)])
@@ -138,7 +138,7 @@ def _als(l2W, l2H, biases: bool, bias_l2, count_scaled: bool, solve: str, cg_ste
             sol = _dense_side(data, F, shift, side, pen, extra, counts, count_scaled)
         else:
             sol = _sparse_side(data, state, X, F, shift, side, pen, extra, count_scaled, solve, cg_steps)
-        new = sol[:, :k] * mask
+        new = sol[:, :k] * mask[None, :]
         if side == 0:
             f = f._replace(W=new)
             return f._replace(row_bias=sol[:, k]) if biases else f

@@ -111,9 +111,10 @@ def _gamma(key, a, dtype):
     tiny = jnp.finfo(dtype).tiny
     x = jax.random.normal(kx, (_GAMMA_PROPOSALS,) + a.shape, dtype)
     u = jax.random.uniform(ku, (_GAMMA_PROPOSALS,) + a.shape, dtype, minval=tiny)
-    v = (1 + c * x) ** 3
+    c1, d1 = c[None], d[None]  # against the (proposals,) + a.shape draws
+    v = (1 + c1 * x) ** 3
     positive = v > 0
-    ok = positive & (jnp.log(u) < 0.5 * x * x + d - d * v + d * jnp.log(jnp.where(positive, v, 1)))
+    ok = positive & (jnp.log(u) < 0.5 * x * x + d1 - d1 * v + d1 * jnp.log(jnp.where(positive, v, 1)))
     first = jnp.argmax(ok, axis=0)
     accepted = jnp.take_along_axis(v, first[None], axis=0)[0]
     g = d * jnp.where(jnp.any(ok, axis=0), accepted, jnp.maximum(v[0], tiny))
@@ -148,7 +149,7 @@ def _sample_hyper(key, X, live, mask, beta0, dtype):
     N = jnp.maximum(jnp.sum(live), 1)
     Xl = X * live[:, None]
     xbar = jnp.sum(Xl, axis=0) / N
-    Xc = (X - xbar) * live[:, None]
+    Xc = (X - xbar[None, :]) * live[:, None]
     S = Xc.T @ Xc  # N * S_bar
     bn = beta0 + N
     V_inv = jnp.eye(D, dtype=dtype) + S + (beta0 * N / bn) * jnp.outer(xbar, xbar)
@@ -354,7 +355,8 @@ def member_means(factors: Factors, state: BPMFState) -> Factors:
     """
     T = state.W_buf.shape[-3]
     kept = jnp.minimum(state.kept, T)
-    valid = (jnp.arange(T, dtype=kept.dtype) < kept[..., None]).astype(state.W_buf.dtype)  # (..., T)
+    valid = (jnp.broadcast_to(jnp.arange(T, dtype=kept.dtype), kept.shape + (T,)) < kept[..., None]).astype(
+        state.W_buf.dtype)  # (..., T)
     none = kept == 0
     w = jnp.where(none[..., None], 0, valid / jnp.maximum(kept, 1)[..., None].astype(valid.dtype))
     s = jnp.sqrt(w)

@@ -247,11 +247,11 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1, stop: str = "loss", sh
         eye = jnp.eye(k, dtype=f.W.dtype)
         lam2, lam1 = (l2W, l1W) if side == 0 else (l2H, l1H)
         X, F = (f.W, f.H.T) if side == 0 else (f.H.T, f.W)
-        F = F * mask
+        F = F * mask[None, :]
 
         def normal(G, B):
             if _nz(lam2):
-                G = G + lam2 * eye
+                G = G + lam2 * jnp.broadcast_to(eye, G.shape)  # G may be a batch of blocks (sparse buckets)
             if _nz(lam1):
                 B = B - lam1 / 2
             return G, B
@@ -261,7 +261,7 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1, stop: str = "loss", sh
         else:  # the sparse engine solves bucket by bucket: the violation is not tracked there
             X = _sparse_sweep(data, state.layout, X, F, side, lambda G, B, X: _cd_blocks(X, *normal(G, B), order)[0])
             v = jnp.full((), jnp.nan, X.dtype)
-        X = X * mask
+        X = X * mask[None, :]
         return (f._replace(W=X) if side == 0 else f._replace(H=X.T)), v
 
     def orders(state, k, n):

@@ -205,7 +205,7 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
         delta = num / den
         if gamma != 1:
             delta = delta**gamma
-        X = X * delta * mask
+        X = X * delta * mask[None, :]
         if (side == 0 and beta < 1) or (side == 1 and beta <= 1):
             X = jnp.where(X < _TINY, 0, X)
         return X
@@ -226,7 +226,7 @@ def mu(beta=2.0, l1=0.0, l2=0.0, eps=None, inner=1, inner_tol: float = 0.1) -> S
             num, G = products(data, f, 0).T, f.H @ f.H.T
             W = _repeated(lambda X: update(X, num, X @ G, *pen[0]), f.W, _inner_sweeps(inner, m, n, k, mask),
                           inner_tol)
-            return f._replace(W=W if mask is None else W * mask)
+            return f._replace(W=W if mask is None else W * mask[None, :])
         num, G = products(data, f, 1), f.W.T @ f.W
         H = _repeated(lambda X: update(X, num, G @ X, *pen[1]), f.H, _inner_sweeps(inner, n, m, k, mask), inner_tol)
         return f._replace(H=H if mask is None else H * mask[:, None])

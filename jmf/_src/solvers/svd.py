@@ -76,6 +76,6 @@ def svd(method: str = "auto", n_oversamples: int = 10, n_power_iter: int = 4) ->
         else:
             U, s, Vt = _randomized(data, width, key, int(n_oversamples), int(n_power_iter))
         root = jnp.sqrt(s).astype(data.dtype)
-        return apply_rank_mask(Factors(U * root, root[:, None] * Vt), mask)
+        return apply_rank_mask(Factors(U * root[None, :], root[:, None] * Vt), mask)
 
     return Solver(init=init, step=None, loss=frobenius(), name=f"svd({method})", data_kinds=kinds, direct=direct)
