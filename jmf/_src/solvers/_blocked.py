@@ -14,10 +14,10 @@ so instead:
 * each segment's entries (contiguous in a processing order) are cut into
   *tiles* of ``T`` slots, one width for all (:func:`tile_width`: about half
   the average segment length, a power of two in [4, 64]);
-* whole segments are *packed* into chunks of ``C`` tiles, in processing
-  order, a segment never straddling two chunks (``C`` holds at least two
-  of the longest possible segment, so every chunk but the last is more
-  than half full);
+* whole segments are *packed* into chunks of ``C`` tiles and at most ``L``
+  segments, in processing order, a segment never straddling two chunks
+  (``C`` holds at least two of the longest possible segment; ``L`` is
+  about 1.25x an average chunk's segments, see :func:`packing`);
 * a chunk is processed in one step: its entries are gathered into a
   zero-padded ``(C, T, K)`` slab, per-tile Grams / right-hand sides are
   summed into the chunk's segments with a sorted ``segment_sum``, the
@@ -35,7 +35,7 @@ the packed engine compiles in a few seconds (BENCHMARKS.md, compilation).
 
 No ``(S, K, K)`` array is ever formed.  Everything runs inside ``jit``: the
 packing comes from a ``lax.scan`` over the segments' tile counts, and the
-number of chunks is a traced trip count; only ``T`` and ``C`` are static.
+number of chunks is a traced trip count; only ``T``, ``C`` and ``L`` are static.
 """
 
 
@@ -73,7 +73,8 @@ def _cg_iteration(matvec: Callable, state):
 class Side(NamedTuple):
     """Static-size packing of one side's segments (computed once per data set, in ``Solver.init``).
 
-    Tile slots are laid out chunk after chunk (``n_slots = n_chunks_max * C``).
+    Tile slots are laid out chunk after chunk (``n_slots = n_chunks_max * C``), segment slots
+    likewise (``n_chunks_max * L``).
     """
 
     counts: jax.Array  # (S,) entries per segment
@@ -81,9 +82,14 @@ class Side(NamedTuple):
     order: Optional[jax.Array]  # (nnz,) data position of each entry in processing order; None: identity
     tile_start: jax.Array  # (n_slots,) processing position of each tile's first entry
     tile_length: jax.Array  # (n_slots,) entries in the tile (0: an unused slot)
-    tile_local: jax.Array  # (n_slots,) the tile's segment within its chunk (C for unused slots)
-    local_segment: jax.Array  # (n_slots,) segment id of each chunk-local segment slot (S: unused)
+    tile_local: jax.Array  # (n_slots,) the tile's segment slot within its chunk (L for unused slots)
+    local_segment: jax.Array  # (n_chunks_max * L,) segment id of each chunk-local segment slot (S: unused)
     n_chunks: jax.Array  # () chunks in use
+
+
+# Tiles this short form their Gram blocks with fused elementwise products instead of batched GEMMs
+# (2x faster at 4 x 33 per tile on the development machine; GEMMs win from about 16 entries on).
+_SHORT_TILE = 8
 
 
 def tile_width(nnz: int, n_segments: int) -> int:
@@ -92,31 +98,38 @@ def tile_width(nnz: int, n_segments: int) -> int:
     return int(min(64, max(4, 2 ** round(math.log2(max(average / 2, 1.0))))))
 
 
-def packing(nnz: int, n_segments: int, max_count: int) -> tuple[int, int, int]:
-    """Static ``(T, C, n_chunks_max)``: tile width, tiles per chunk, and a bound on the chunks.
+def packing(nnz: int, n_segments: int, max_count: int) -> tuple[int, int, int, int]:
+    """Static ``(T, C, L, n_chunks_max)``: tile width, tiles and segments per chunk, a bound on the chunks.
 
     ``C`` holds two of the longest possible segments (``max_count`` entries)
-    and at least ~16k slots, so each chunk but the last is more than half
-    full and there are at most ``2 tiles / C + 1`` chunks.
+    and at least ~16k slots.  ``L`` segment slots per chunk are about 1.25x
+    the segments of an average chunk: every chunk's systems are solved (and
+    its per-segment arrays formed) for all ``L`` slots, so ``L = C`` would
+    solve ~3x more systems than there are segments when segments are a few
+    tiles long.  A chunk closes when its tiles or its segment slots run out:
+    one closed for tiles is more than half full (``2 tiles / C`` of those at
+    most), one closed for segments holds ``L`` (``S / L`` of those at most).
     """
     T = tile_width(nnz, n_segments)
     longest = -(-max(max_count, 1) // T)
     n_tiles = nnz // T + n_segments  # each segment adds at most one partial tile
     C = max(2 * longest, min(-(-(1 << 14) // T), n_tiles))
-    return T, C, 2 * n_tiles // C + 2
+    typical = max(nnz / T + n_segments / 2, 1.0)  # tiles of an average packing (half a partial tile each)
+    L = int(min(C, max(8, -(-int(1.25 * C * n_segments / typical) // 8) * 8)))
+    return T, C, L, 2 * n_tiles // C + max(n_segments, 1) // L + 2
 
 
 def side_layout(seg, n_segments: int, order, max_count: int) -> Side:
     """Packing of the segments with sorted ids ``seg`` (processing order); see the module docstring."""
     S = n_segments
     nnz = seg.shape[0]
-    T, C, NC = packing(nnz, S, max_count)
+    T, C, L, NC = packing(nnz, S, max_count)
     counts, indptr = segment_counts(seg, S)
     n_tiles = (counts + T - 1) // T
 
     def place(carry, nt):
         chunk, fill, local = carry
-        new = fill + nt > C
+        new = (fill + nt > C) | ((nt > 0) & (local >= L))
         chunk, fill, local = jnp.where(new, chunk + 1, chunk), jnp.where(new, 0, fill), jnp.where(new, 0, local)
         return (chunk, fill + nt, local + (nt > 0).astype(jnp.int32)), (chunk, fill, local)
 
@@ -129,9 +142,9 @@ def side_layout(seg, n_segments: int, order, max_count: int) -> Side:
     used = (j >= 0) & (j < n_tiles[s])
     tile_start = jnp.where(used, indptr[s] + j * T, 0)
     tile_length = jnp.where(used, jnp.clip(counts[s] - j * T, 0, T), 0)
-    tile_local = jnp.where(used, local[s], C)
-    slot = jnp.where(n_tiles > 0, chunk * C + local, NC * C)  # empty segments own no slot
-    local_segment = jnp.full((NC * C,), S, jnp.int32).at[slot].set(jnp.arange(S, dtype=jnp.int32), mode="drop")
+    tile_local = jnp.where(used, local[s], L)
+    slot = jnp.where(n_tiles > 0, chunk * L + local, NC * L)  # empty segments own no slot
+    local_segment = jnp.full((NC * L,), S, jnp.int32).at[slot].set(jnp.arange(S, dtype=jnp.int32), mode="drop")
     return Side(counts, indptr, order, tile_start.astype(jnp.int32), tile_length.astype(jnp.int32),
                 tile_local.astype(jnp.int32), local_segment, last + 1)
 
@@ -141,14 +154,14 @@ def packed_rows(side: Side, X0, chunk_fn: Callable, nnz: int, max_count: int):
 
     ``chunk_fn(ent, valid, tile_local, seg, x0)`` gets the entry positions
     ``ent`` (C, T) of the chunk's tiles (valid where ``valid``), each tile's
-    chunk-local segment ``tile_local`` (C,) (``C`` for unused tiles; sorted,
-    so :func:`per_segment` sums tiles into segments), the segment id ``seg``
-    (C,) of each local segment slot (``S`` for unused slots) and their
-    current rows ``x0`` (C, K'), and returns the new rows (C, K').  Segments
-    without entries get rows of zeros.
+    chunk-local segment slot ``tile_local`` (C,) (``L`` for unused tiles;
+    sorted, so :func:`per_segment` sums tiles into segments), the segment id
+    ``seg`` (L,) of each of the chunk's ``L`` segment slots (``S`` for unused
+    slots) and their current rows ``x0`` (L, K'), and returns the new rows
+    (L, K').  Segments without entries get rows of zeros.
     """
     S = X0.shape[0]
-    T, C, _ = packing(nnz, S, max_count)
+    T, C, L, _ = packing(nnz, S, max_count)
     lane = jnp.arange(T, dtype=jnp.int32)
     order = side.order
 
@@ -157,7 +170,7 @@ def packed_rows(side: Side, X0, chunk_fn: Callable, nnz: int, max_count: int):
         start = jax.lax.dynamic_slice_in_dim(side.tile_start, at, C)
         length = jax.lax.dynamic_slice_in_dim(side.tile_length, at, C)
         tile_local = jax.lax.dynamic_slice_in_dim(side.tile_local, at, C)
-        seg = jax.lax.dynamic_slice_in_dim(side.local_segment, at, C)
+        seg = jax.lax.dynamic_slice_in_dim(side.local_segment, c * L, L)
         valid = lane[None, :] < length[:, None]
         pos = jnp.where(valid, start[:, None] + lane[None, :], 0)
         ent = pos if order is None else order[pos]
@@ -168,10 +181,9 @@ def packed_rows(side: Side, X0, chunk_fn: Callable, nnz: int, max_count: int):
     return jnp.where((side.counts > 0)[:, None], X, 0)
 
 
-def per_segment(x, tile_local):
-    """Sum per-tile values ``x`` (C, ...) into the chunk's segments (C, ...) (unused tiles dropped)."""
-    C = tile_local.shape[0]
-    return jax.ops.segment_sum(x, tile_local, num_segments=C, indices_are_sorted=True)
+def per_segment(x, tile_local, n_local: int):
+    """Sum per-tile values ``x`` (C, ...) into the chunk's ``n_local`` segment slots (unused tiles dropped)."""
+    return jax.ops.segment_sum(x, tile_local, num_segments=n_local, indices_are_sorted=True)
 
 
 def packed_solve(side: Side, X0, contrib: Callable, system: Callable, max_count: int, nnz: int):
@@ -204,8 +216,12 @@ def packed_solve(side: Side, X0, contrib: Callable, system: Callable, max_count:
     def chunk_fn(ent, valid, tile_local, seg, x0):
         Y, g, h = contrib(ent, valid)
         Yg = Y if g is None else Y * g[..., None]
-        G = per_segment(jnp.einsum("ctk,ctj->ckj", Yg, Y, preferred_element_type=dtype), tile_local)
-        R = per_segment(jnp.einsum("ctk,ct->ck", Y, h, preferred_element_type=dtype), tile_local)
+        if Y.shape[1] <= _SHORT_TILE:  # a batch of tiny GEMMs runs one small kernel per tile: fused products
+            G = jnp.sum(Yg[..., :, None] * Y[..., None, :], axis=1)
+        else:
+            G = jnp.einsum("ctk,ctj->ckj", Yg, Y, preferred_element_type=dtype)
+        G = per_segment(G, tile_local, seg.shape[0])
+        R = per_segment(jnp.einsum("ctk,ct->ck", Y, h, preferred_element_type=dtype), tile_local, seg.shape[0])
         return system(G, R, seg, x0)
 
     return packed_rows(side, X0, chunk_fn, nnz, max_count)
@@ -226,7 +242,7 @@ def packed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: in
 
     def chunk_fn(ent, valid, tile_local, seg, x0):
         Y, g, h = contrib(ent, valid)
-        R = per_segment(jnp.einsum("ctk,ct->ck", Y, h, preferred_element_type=dtype), tile_local)
+        R = per_segment(jnp.einsum("ctk,ct->ck", Y, h, preferred_element_type=dtype), tile_local, seg.shape[0])
         pad = jnp.zeros((1,) + x0.shape[1:], dtype)
 
         def matvec(p):
@@ -235,7 +251,7 @@ def packed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: in
             if g is not None:
                 s = s * g
             return base_apply(p, seg) + per_segment(jnp.einsum("ctk,ct->ck", Y, s, preferred_element_type=dtype),
-                                                    tile_local)
+                                                    tile_local, seg.shape[0])
 
         r = R - matvec(x0)
         state = (x0, r, r, jnp.sum(r * r, axis=1))

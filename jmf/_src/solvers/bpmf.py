@@ -213,7 +213,7 @@ def _rows(data: Sparse, side, X, F, shift, other_idx, alpha, mu, lam, mask, nois
             G = jnp.einsum("vlk,vlj->vkj", Y * w[..., None], Y, preferred_element_type=dtype).reshape(-1, D * D)
         R = jnp.sum(Y * (w * t)[..., None], axis=1)
         T = jnp.sum(w * t * t, axis=1, keepdims=True)
-        return per_segment(jnp.concatenate([G, R, T], axis=1), tile_local)  # tiles summed into their rows
+        return per_segment(jnp.concatenate([G, R, T], axis=1), tile_local, seg.shape[0])  # tiles into rows
 
     GR = packed_rows(side, jnp.zeros((S, D * D + D + 1), dtype), chunk_fn, data.nnz, n_other)
     G = GR[:, : D * D].reshape(S, D, D)

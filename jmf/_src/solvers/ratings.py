@@ -64,7 +64,7 @@ def _packed_grad(f: Factors, lay: RatingsLayout, data: Sparse, l2, bias_l2, coun
             w = jnp.where(valid, w_all[ent].astype(dtype), 0)
             r = w * (data.vals[ent].astype(dtype) - pred)
             per_tile = jnp.concatenate([jnp.einsum("ct,ctk->ck", r, Yg), jnp.sum(r, axis=1, keepdims=True)], axis=1)
-            return per_segment(per_tile, tile_local)
+            return per_segment(per_tile, tile_local, seg.shape[0])
 
         return packed_rows(side, jnp.zeros((S, k + 1), dtype), chunk_fn, data.nnz, max_count)
 
