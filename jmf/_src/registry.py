@@ -279,9 +279,10 @@ _register("sgd", _sgd, (
 _register("als", als, (_L2, _BIASES, _BIAS_L2, _COUNT_SCALED, _SOLVE, _CG_STEPS, _CHUNK),
           "Alternating least squares: exact ridge solves; biases and ALS-WR penalties for ratings.")
 _register("ratings_als", ratings_als, (
-    Param("l2", "float", 0.1, "ridge penalty on W and H (sum units)", lo=0.0, lo_open=True),
-    _BIAS_L2, _COUNT_SCALED, _BIASES._replace(default=True), _SOLVE._replace(default="cg"), _CG_STEPS, _CHUNK,
-), "The als preset for explicit ratings: biases on, matrix-free CG solves.")
+    Param("l2", "float", 0.15, "ridge penalty on W and H (per rating with count_scaled)", lo=0.0, lo_open=True),
+    _BIAS_L2, _COUNT_SCALED._replace(default=True), _BIASES._replace(default=True), _SOLVE._replace(default="cg"),
+    _CG_STEPS, _CHUNK,
+), "The als preset for explicit ratings (ALS-WR): biases on, count-scaled penalty, matrix-free CG solves.")
 _register("hals", hals, (_L1, _L2, _INNER, _INNER_TOL),
           "Nonnegative factorization by HALS coordinate descent (scikit-learn's cd).")
 _register("mu", mu, (
