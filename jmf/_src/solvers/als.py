@@ -102,9 +102,13 @@ def _sparse_side(data, lay: SparseLayout, X0, F, shift, side, pen, extra, count_
 
     max_count = data.shape[1 - side]
     if solve == "cg":
-        return packed_cg(seg_side, X0, contrib, lambda v, seg: diagonal(seg) * v, cg_steps, max_count, data.nnz)
-    return packed_solve(seg_side, X0, contrib, lambda G, R, seg, x0: spd(G, R, diagonal(seg)), max_count,
-                          data.nnz)
+        sol = packed_cg(seg_side, X0, contrib, lambda v, seg: diagonal(seg) * v, cg_steps, max_count, data.nnz)
+    else:
+        sol = packed_solve(seg_side, X0, contrib, lambda G, R, seg, x0: spd(G, R, diagonal(seg)), max_count,
+                           data.nnz)
+    # A row without observed weight (no entries, or only padding) has nothing to fit: zero, whatever the
+    # start (with count-scaled penalties its system is all zeros, which CG would leave at the start).
+    return jnp.where((counts > 0)[:, None], sol, 0)
 
 
 @cached_factory
