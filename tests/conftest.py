@@ -29,20 +29,24 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+# The lowest supported JAX (0.6.1, the CI's lowest-versions stage) has the switch in jax.experimental.
+from jmf._src.sklearn._validation import _enable_x64  # noqa: E402
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     """Fixtures and test of an ``x64``-marked test inside ``jax.enable_x64(True)`` (thread-local, read at trace
     time; jit caches are keyed on it, so float32 and float64 compilations of a function never mix)."""
     if item.get_closest_marker("x64") is None:
         return (yield)
-    with jax.enable_x64(True):
+    with _enable_x64(True):
         return (yield)
 
 
 @pytest.fixture
 def x64():
     """float64 for the rest of one test (``request.getfixturevalue("x64")``, or a test argument)."""
-    with jax.enable_x64(True):
+    with _enable_x64(True):
         yield
 
 # Scripts that tests start as subprocesses run code at import: never collect them (--doctest-modules).

@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 import jmf
+from jmf._src.sklearn._validation import _enable_x64
 
 
 def test_dense_basic_and_pytree():
@@ -246,7 +247,7 @@ def test_factors_predict_dense_and_entries():
         f.predict(rows=rows)
     # NumPy leaves: the same prediction, computed on the host in float64 even without x64 (metrics)
     host = jmf.Factors(W, H, b, c, np.float64(0.5))
-    with jax.enable_x64(False):
+    with _enable_x64(False):
         dense, entries = host.predict(), host.predict(rows, cols)
     assert isinstance(dense, np.ndarray) and dense.dtype == np.float64 and entries.dtype == np.float64
     np.testing.assert_allclose(dense, full, rtol=1e-15)
@@ -314,7 +315,7 @@ def test_float64_input_without_x64(monkeypatch):
 
     monkeypatch.setattr(checks, "_warned_x64", False)
     A = np.random.default_rng(0).standard_normal((4, 3))
-    with jax.enable_x64(False):
+    with _enable_x64(False):
         with pytest.warns(UserWarning, match=r'jax.config.update\("jax_enable_x64", True\)'):
             assert jmf.Dense(A).dtype == np.float32
         with warnings.catch_warnings():
