@@ -28,6 +28,8 @@ import tempfile
 import jax
 import pytest
 
+from jmf._src.sklearn._validation import _enable_x64
+
 SWAPPED = {"NMF", "MiniBatchNMF", "non_negative_factorization", "TruncatedSVD"}
 _TMP = tempfile.mkdtemp(prefix="jmf-sklearn-upstream-")
 atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
@@ -93,10 +95,7 @@ def load(name: str, expected: set, excluded: dict) -> dict:
 @pytest.fixture(autouse=True)
 def users_configuration():
     """JAX's defaults while an upstream test runs (jmf's own suite turns x64 and strict promotion on)."""
-    enable_x64 = getattr(jax, "enable_x64", None)
-    if enable_x64 is None:  # pragma: no cover - older JAX
-        from jax.experimental import enable_x64
-    with enable_x64(False), jax.numpy_dtype_promotion("standard"):
+    with _enable_x64(False), jax.numpy_dtype_promotion("standard"):
         yield
 
 

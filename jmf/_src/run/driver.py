@@ -28,8 +28,8 @@ from ..init import add_biases
 from ..solvers.base import Solver, at_point
 from .loop import Carry, RunConfig, Status, check_loop, initial_history, initial_status
 
-__all__ = ["Job", "Args", "start", "advance", "advance_sequential", "select", "nest_vmap", "nest_map", "start_member",
-           "member_solver", "first_iteration"]
+__all__ = ["Job", "Args", "ARG_AXES", "start", "advance", "advance_sequential", "select", "nest_vmap", "nest_map",
+           "start_member", "member_solver", "first_iteration"]
 
 
 class Job(NamedTuple):
@@ -59,8 +59,12 @@ class Args(NamedTuple):
     hparams: Any = None
 
 
+# The member axes each Args field varies along (the one table the layouts and the device split read).
+ARG_AXES = {"key": frozenset({"restart"}), "rank": frozenset({"rank"}), "factors0": frozenset(),
+            "data": frozenset({"matrix"}), "mask": frozenset({"rank"}), "tol": frozenset(),
+            "hparams": frozenset({"param"})}
 # start_member(key, rank, factors0, data, hparams)
-_START_AXES = (frozenset({"restart"}), frozenset({"rank"}), frozenset(), frozenset({"matrix"}), frozenset({"param"}))
+_START_AXES = tuple(ARG_AXES[name] for name in ("key", "rank", "factors0", "data", "hparams"))
 
 
 def nest_vmap(fn, axes: Sequence[str], arg_axes: Sequence[frozenset]):
@@ -210,12 +214,6 @@ def advance(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
                       lambda f: loss_fn(f, args.data, args.hparams), select, stop_at, args.tol, progress_fn)
 
 
-# Args fields in order, and the member axes each varies along.
-_ARG_AXES = {"key": frozenset({"restart"}), "rank": frozenset({"rank"}), "factors0": frozenset(),
-             "data": frozenset({"matrix"}), "mask": frozenset({"rank"}), "tol": frozenset(),
-             "hparams": frozenset({"param"})}
-
-
 def advance_sequential(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
     """:func:`advance` with each member's own loop, one member after another (the "map" layout).
 
@@ -235,7 +233,7 @@ def advance_sequential(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
     def member(carry_m, *fields):
         return advance(single, Args(*fields), carry_m, stop_at)
 
-    arg_axes = (frozenset(job.axes),) + tuple(_ARG_AXES[name] for name in Args._fields)
+    arg_axes = (frozenset(job.axes),) + tuple(ARG_AXES[name] for name in Args._fields)
     out = nest_map(member, job.axes, arg_axes)(carry, *args)
     return out._replace(it=jnp.max(out.it), check=jnp.max(out.check))
 

@@ -324,9 +324,7 @@ def _layout_fns(plan: Plan):
 def _arg_specs(job: Job, name: str) -> Args:
     """PartitionSpecs splitting the outermost member axis of every argument that varies along it."""
     outer = job.axes[0]
-    varies = {"key": outer == "restart", "rank": outer == "rank", "mask": outer == "rank", "data": outer == "matrix",
-              "hparams": outer == "param"}
-    return Args(*(P(name) if varies.get(field, False) else P() for field in Args._fields))
+    return Args(*(P(name) if outer in driver.ARG_AXES[field] else P() for field in Args._fields))
 
 
 def _sharded(fn, plan: Plan, job: Job, *, carry_in: bool, scalar_counters_in: bool, scalar_counters_out: bool,
