@@ -206,6 +206,37 @@ def test_sparse_layout_groups_entries_and_empty_rows():
     np.testing.assert_array_equal(np.asarray(lay.col_weight), [1, 2, 1, 1, 0, 1, 1])
 
 
+@pytest.mark.parametrize("n", [7, 2 ** 28])  # 2**28: n * nnz exceeds int32, the key-value argsort
+def test_column_order_is_the_stable_argsort(n):
+    cols = np.random.default_rng(0).integers(0, min(n, 7), 40).astype(np.int32)
+    got = jax.jit(_blocked._column_order, static_argnums=1)(jnp.asarray(cols), n)
+    np.testing.assert_array_equal(np.asarray(got), np.argsort(cols, kind="stable"))
+    assert got.dtype == jnp.int32
+
+
+def test_gram_tiles_give_the_same_solutions_and_a_mismatched_layout_is_refused():
+    A, M = _masked(13)
+    data = _sparse(A, M)
+    # Cholesky ALS builds its layout with gram_tile(width) >= 8 (here 8 slots per tile against 16).
+    assert _blocked.gram_tile(4) == 8 and _blocked.gram_tile(65) == 16 and _blocked.gram_tile(1000) == 32
+    assert _blocked.tile_width(data.nnz, M_, 4) != _blocked.tile_width(data.nnz, M_, 16)
+    lay4 = _blocked.sparse_layout(data, 4)
+    F = jnp.asarray(np.random.default_rng(0).standard_normal((N_ + 1, 3))).at[N_].set(0)
+
+    def contrib(ent, valid):
+        return F[jnp.where(valid, data.cols[ent], N_)], None, jnp.where(valid, data.vals[ent], 0)
+
+    def system(G, R, seg, x0):
+        return _normal.solve_spd(G, R, jnp.ones_like(R))
+
+    x4 = _blocked.packed_solve(lay4.rows, jnp.zeros((M_, 3)), contrib, system, N_, data.nnz, 4)
+    lay16 = _blocked.sparse_layout(data, 16)
+    x16 = _blocked.packed_solve(lay16.rows, jnp.zeros((M_, 3)), contrib, system, N_, data.nnz, 16)
+    np.testing.assert_allclose(np.asarray(x16), np.asarray(x4), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="min_tile=16"):
+        _blocked.packed_solve(lay4.rows, jnp.zeros((M_, 3)), contrib, system, N_, data.nnz, 16)
+
+
 def test_stacked_sparse_batch_equals_each_matrix_alone():
     """Stacking pads the shorter matrix; the padding must not disturb any row's entries."""
     A, M = _masked(11)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -204,3 +205,15 @@ def test_progress_and_callbacks_follow_the_silent_plan(rng):
                            chunk_size=50, **kw)
     _assert_same(silent.result, watched.result, rtol=0)
     assert seen[:2] == [50, 100]
+
+
+def test_lapack_primitives_found_in_nested_jaxprs_without_lowering():
+    from jmf._src.run.executor import _LAPACK_PRIMITIVES, _primitives
+
+    def body(i, x):
+        return jax.lax.cond(i > 0, lambda y: jnp.linalg.cholesky(y @ y.T + jnp.eye(3)), lambda y: y, x)
+
+    traced = jax.jit(lambda a: jax.lax.fori_loop(0, 3, body, a)).trace(jnp.eye(3))
+    assert "cholesky" in _primitives(traced.jaxpr) & _LAPACK_PRIMITIVES
+    plain = jax.jit(lambda a: jax.lax.fori_loop(0, 3, lambda i, x: x @ x, a)).trace(jnp.eye(3))
+    assert not _primitives(plain.jaxpr) & _LAPACK_PRIMITIVES

@@ -121,7 +121,10 @@ def predict_entries(f: Factors, rows, cols, known_rows=None, known_cols=None) ->
     e.g. 0): an unknown user is predicted as ``offset + col_bias``.
     """
     xp = _namespace(f)
-    out = xp.einsum("pk,kp->p", f.W[rows], f.H[:, cols])
+    if xp is np:
+        out = _host_dots(f.W, f.H, rows, cols)
+    else:
+        out = jnp.einsum("pk,kp->p", f.W[rows], f.H[:, cols])
     dtype = out.dtype
     if known_rows is not None or known_cols is not None:
         kr = xp.ones(out.shape, bool) if known_rows is None else known_rows
@@ -133,6 +136,25 @@ def predict_entries(f: Factors, rows, cols, known_rows=None, known_cols=None) ->
         out = out + (f.col_bias[cols] if known_cols is None else f.col_bias[cols] * known_cols.astype(dtype))
     if f.offset is not None:
         out = out + f.offset
+    return out
+
+
+def _host_dots(W, H, rows, cols, block_bytes: int = 1 << 20):
+    """``sum_k W[rows, k] H[k, cols]`` in NumPy, in blocks of entries whose gathered rows fit in cache.
+
+    NumPy's einsum runs ``"pk,kp->p"`` as a strided, unvectorized loop, and
+    gathering all ``(p, k)`` rows at once writes (and page-faults) two
+    arrays of the size of the data times the width of posterior-mean
+    factors; blocks of contiguous ``H^T`` rows avoid both.
+    """
+    Ht = np.ascontiguousarray(H.T)
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    p = rows.shape[0]
+    out = np.empty((p,), np.result_type(W.dtype, H.dtype))
+    step = max(1, block_bytes // max(1, W.shape[1] * W.itemsize))
+    for start in range(0, p, step):
+        r, c = rows[start:start + step], cols[start:start + step]
+        np.einsum("pk,pk->p", W[r], Ht[c], out=out[start:start + step])
     return out
 
 

@@ -201,9 +201,36 @@ def blocking_custom_calls(job: Job, args: Args) -> frozenset:
             f, s = driver.first_iteration(job, key, f, s, data, mask, hparams)
             return driver.member_solver(job, hparams).loss.value(f, data), s
 
-        text = jax.jit(program).lower(*structs).as_text()
-        _blocking_cache[cache_key] = frozenset(set(_CUSTOM_CALL.findall(text)) - _PLACEMENT_CALLS)
+        traced = jax.jit(program).trace(*structs)
+        lapack = _primitives(traced.jaxpr) & _LAPACK_PRIMITIVES
+        if lapack:  # conclusive without lowering, which takes longer than tracing
+            calls = frozenset(f"LAPACK ({name})" for name in lapack)
+        else:
+            calls = frozenset(set(_CUSTOM_CALL.findall(traced.lower().as_text())) - _PLACEMENT_CALLS)
+        _blocking_cache[cache_key] = calls
     return _blocking_cache[cache_key]
+
+
+# Primitives that XLA:CPU runs as jaxlib's LAPACK custom calls.  A program with one of them is known to
+# block without lowering it; one without them is lowered and its custom calls listed.
+_LAPACK_PRIMITIVES = frozenset({"cholesky", "triangular_solve", "lu", "qr", "householder_product", "geqrf", "geqp3",
+                                "eigh", "eig", "svd", "schur", "hessenberg", "tridiagonal", "tridiagonal_solve"})
+
+
+def _primitives(jaxpr) -> set:
+    """Names of the primitives in a (closed) jaxpr and every jaxpr nested in its equations' parameters."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        stack = list(eqn.params.values())
+        while stack:
+            v = stack.pop()
+            if isinstance(v, (tuple, list)):
+                stack.extend(v)
+            elif hasattr(v, "eqns") or hasattr(getattr(v, "jaxpr", None), "eqns"):
+                names |= _primitives(v)
+    return names
 
 
 # -- the plan ------------------------------------------------------------------------------

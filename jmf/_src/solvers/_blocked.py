@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["Side", "SparseLayout", "side_layout", "sparse_layout", "packed_rows", "packed_solve", "packed_cg",
-           "per_segment", "packing", "tile_width", "segment_counts"]
+           "per_segment", "packing", "tile_width", "segment_counts", "gram_tile", "MIN_TILE"]
 
 
 def _cg_iteration(matvec: Callable, state):
@@ -92,13 +92,29 @@ class Side(NamedTuple):
 _SHORT_TILE = 8
 
 
-def tile_width(nnz: int, n_segments: int) -> int:
-    """Slots per tile: about half a segment's average length, a power of two in [4, 64] (static)."""
+# Narrowest tile of matrix-free passes (CG, gradients, Khatri-Rao sums), which want the tiles that waste
+# the fewest slots.
+MIN_TILE = 4
+
+
+def gram_tile(width: int) -> int:
+    """Narrowest tile for engines that form ``width x width`` Gram blocks with GEMMs (:func:`packed_solve`).
+
+    Every tile writes a Gram block before the blocks are summed into
+    segments, so short tiles multiply that traffic by the tiles per segment;
+    wider tiles pad more zero rows into the GEMMs instead.  About ``width / 4``
+    balances the two (measured at widths 11 to 65, BENCHMARKS.md).
+    """
+    return int(min(32, max(8, 2 ** round(math.log2(max(width / 4, 1.0))))))
+
+
+def tile_width(nnz: int, n_segments: int, min_tile: int = MIN_TILE) -> int:
+    """Slots per tile: about half a segment's average length, a power of two in [min_tile, 64] (static)."""
     average = max(nnz / max(n_segments, 1), 1.0)
-    return int(min(64, max(4, 2 ** round(math.log2(max(average / 2, 1.0))))))
+    return int(min(max(64, min_tile), max(min_tile, 2 ** round(math.log2(max(average / 2, 1.0))))))
 
 
-def packing(nnz: int, n_segments: int, max_count: int) -> tuple[int, int, int, int]:
+def packing(nnz: int, n_segments: int, max_count: int, min_tile: int = MIN_TILE) -> tuple[int, int, int, int]:
     """Static ``(T, C, L, n_chunks_max)``: tile width, tiles and segments per chunk, a bound on the chunks.
 
     ``C`` holds two of the longest possible segments (``max_count`` entries)
@@ -110,7 +126,7 @@ def packing(nnz: int, n_segments: int, max_count: int) -> tuple[int, int, int, i
     one closed for tiles is more than half full (``2 tiles / C`` of those at
     most), one closed for segments holds ``L`` (``S / L`` of those at most).
     """
-    T = tile_width(nnz, n_segments)
+    T = tile_width(nnz, n_segments, min_tile)
     longest = -(-max(max_count, 1) // T)
     n_tiles = nnz // T + n_segments  # each segment adds at most one partial tile
     C = max(2 * longest, min(-(-(1 << 14) // T), n_tiles))
@@ -119,11 +135,14 @@ def packing(nnz: int, n_segments: int, max_count: int) -> tuple[int, int, int, i
     return T, C, L, 2 * n_tiles // C + max(n_segments, 1) // L + 2
 
 
-def side_layout(seg, n_segments: int, order, max_count: int) -> Side:
-    """Packing of the segments with sorted ids ``seg`` (processing order); see the module docstring."""
+def side_layout(seg, n_segments: int, order, max_count: int, min_tile: int = MIN_TILE) -> Side:
+    """Packing of the segments with sorted ids ``seg`` (processing order); see the module docstring.
+
+    The engine that reads it must be given the same ``min_tile``.
+    """
     S = n_segments
     nnz = seg.shape[0]
-    T, C, L, NC = packing(nnz, S, max_count)
+    T, C, L, NC = packing(nnz, S, max_count, min_tile)
     counts, indptr = segment_counts(seg, S)
     n_tiles = (counts + T - 1) // T
 
@@ -149,7 +168,7 @@ def side_layout(seg, n_segments: int, order, max_count: int) -> Side:
                 tile_local.astype(jnp.int32), local_segment, last + 1)
 
 
-def packed_rows(side: Side, X0, chunk_fn: Callable, nnz: int, max_count: int):
+def packed_rows(side: Side, X0, chunk_fn: Callable, nnz: int, max_count: int, min_tile: int = MIN_TILE):
     """New rows of ``X0`` (S, K') computed chunk by chunk from each segment's entries.
 
     ``chunk_fn(ent, valid, tile_local, seg, x0)`` gets the entry positions
@@ -161,7 +180,9 @@ def packed_rows(side: Side, X0, chunk_fn: Callable, nnz: int, max_count: int):
     (L, K').  Segments without entries get rows of zeros.
     """
     S = X0.shape[0]
-    T, C, L, _ = packing(nnz, S, max_count)
+    T, C, L, NC = packing(nnz, S, max_count, min_tile)
+    if side.tile_start.shape[0] != NC * C or side.local_segment.shape[0] != NC * L:
+        raise ValueError(f"packed_rows: the layout was not built for min_tile={min_tile} (or for other data)")
     lane = jnp.arange(T, dtype=jnp.int32)
     order = side.order
 
@@ -186,7 +207,8 @@ def per_segment(x, tile_local, n_local: int):
     return jax.ops.segment_sum(x, tile_local, num_segments=n_local, indices_are_sorted=True)
 
 
-def packed_solve(side: Side, X0, contrib: Callable, system: Callable, max_count: int, nnz: int):
+def packed_solve(side: Side, X0, contrib: Callable, system: Callable, max_count: int, nnz: int,
+                 min_tile: int = MIN_TILE):
     """Solve every segment's normal equations, chunk by chunk.
 
     Parameters
@@ -206,6 +228,8 @@ def packed_solve(side: Side, X0, contrib: Callable, system: Callable, max_count:
         Static upper bound on a segment's number of entries (the size of the other side).
     nnz : int
         Number of entries (static).
+    min_tile : int
+        As given to :func:`sparse_layout` (:func:`gram_tile` of the width is the faster one here).
 
     Returns
     -------
@@ -224,10 +248,11 @@ def packed_solve(side: Side, X0, contrib: Callable, system: Callable, max_count:
         R = per_segment(jnp.einsum("ctk,ct->ck", Y, h, preferred_element_type=dtype), tile_local, seg.shape[0])
         return system(G, R, seg, x0)
 
-    return packed_rows(side, X0, chunk_fn, nnz, max_count)
+    return packed_rows(side, X0, chunk_fn, nnz, max_count, min_tile)
 
 
-def packed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: int, max_count: int, nnz: int):
+def packed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: int, max_count: int, nnz: int,
+              min_tile: int = MIN_TILE):
     """Matrix-free variant of :func:`packed_solve` with conjugate gradients.
 
     Each segment's matrix ``A_s = B_s + sum_l g_l y_l y_l^T`` is applied as
@@ -242,24 +267,28 @@ def packed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: in
 
     def chunk_fn(ent, valid, tile_local, seg, x0):
         Y, g, h = contrib(ent, valid)
-        R = per_segment(jnp.einsum("ctk,ct->ck", Y, h, preferred_element_type=dtype), tile_local, seg.shape[0])
         pad = jnp.zeros((1,) + x0.shape[1:], dtype)
 
-        def matvec(p):
-            pt = jnp.concatenate([p, pad], axis=0)[tile_local]  # unused tiles read a zero row
-            s = jnp.einsum("ctk,ck->ct", Y, pt, preferred_element_type=dtype)
-            if g is not None:
-                s = s * g
-            return base_apply(p, seg) + per_segment(jnp.einsum("ctk,ct->ck", Y, s, preferred_element_type=dtype),
-                                                    tile_local, seg.shape[0])
+        def back(s):  # Y^T s, summed into the segments
+            return per_segment(jnp.einsum("ctk,ct->ck", Y, s, preferred_element_type=dtype), tile_local, seg.shape[0])
 
-        r = R - matvec(x0)
+        def forward(p):  # g * (Y p) per entry; unused tiles read a zero row
+            s = jnp.einsum("ctk,ck->ct", Y, jnp.concatenate([p, pad], axis=0)[tile_local],
+                           preferred_element_type=dtype)
+            return s if g is None else s * g
+
+        def matvec(p):
+            return base_apply(p, seg) + back(forward(p))
+
+        # (b - A x0 as ONE product Y^T (h - g Y x0) saves a pass, but XLA:CPU's LLVM backend fails to compile
+        # that fusion in float64 on the development machine (AVX-512): "Cannot select X86ISD::SUBV_BROADCAST_LOAD".)
+        r = back(h) - matvec(x0)
         state = (x0, r, r, jnp.sum(r * r, axis=1))
         for _ in range(steps):  # unrolled: a few steps on the slab while it is in cache
             state = _cg_iteration(matvec, state)
         return state[0]
 
-    return packed_rows(side, X0, chunk_fn, nnz, max_count)
+    return packed_rows(side, X0, chunk_fn, nnz, max_count, min_tile)
 
 
 def segment_counts(seg, n_segments: int):
@@ -286,19 +315,36 @@ class SparseLayout(NamedTuple):
     col_weight: jax.Array
 
 
-def sparse_layout(data) -> SparseLayout:
+def sparse_layout(data, min_tile: int = MIN_TILE) -> SparseLayout:
     """The :class:`SparseLayout` of ``data`` (jit-able).
 
     The row side uses the entries in data order: :class:`jmf.Sparse` keeps
     them sorted by row (the constructor sorts; :func:`jmf.stack` and the
     mixed-shape buckets pad in the last row), so grouping by row needs no
     sort and no indirection.  The column side is sorted once here.
+    ``min_tile`` is the narrowest tile (:func:`gram_tile` for engines
+    that form Gram blocks); the engine must be given the same.
     """
     m, n = data.shape
     w = data.effective_weights()
-    rows = side_layout(data.rows, m, None, n)
+    rows = side_layout(data.rows, m, None, n, min_tile)
     row_weight = jax.ops.segment_sum(w, data.rows, num_segments=m, indices_are_sorted=True)
-    order = jnp.argsort(data.cols, stable=True).astype(jnp.int32)
-    cols = side_layout(data.cols[order], n, order, m)
+    order = _column_order(data.cols, n)
+    cols = side_layout(data.cols[order], n, order, m, min_tile)
     col_weight = jax.ops.segment_sum(w[order], data.cols[order], num_segments=n, indices_are_sorted=True)
     return SparseLayout(rows, cols, row_weight, col_weight)
+
+
+def _column_order(cols, n: int):
+    """Stable ``argsort(cols)`` (int32) of column ids in ``[0, n)``.
+
+    When ``n * nnz`` fits in int32, the entry index is folded into the key
+    and ONE array is sorted, which XLA:CPU does several times faster than
+    the key-value sort of a stable ``argsort`` (BENCHMARKS.md); the order is
+    the same, ties broken by entry index.
+    """
+    nnz = cols.shape[0]
+    if nnz == 0 or n * nnz >= 2 ** 31:
+        return jnp.argsort(cols, stable=True).astype(jnp.int32)
+    idx = jnp.arange(nnz, dtype=jnp.int32)
+    return jnp.sort(cols.astype(jnp.int32) * nnz + idx) % nnz
