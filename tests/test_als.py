@@ -214,13 +214,14 @@ def test_column_order_is_the_stable_argsort(n):
     assert got.dtype == jnp.int32
 
 
-def test_gram_tiles_give_the_same_solutions_and_a_mismatched_layout_is_refused():
+def test_tilings_give_the_same_solutions_and_a_mismatched_layout_is_refused():
     A, M = _masked(13)
     data = _sparse(A, M)
-    # Cholesky ALS builds its layout with gram_tile(width) >= 8 (here 8 slots per tile against 16).
-    assert _blocked.gram_tile(4) == 8 and _blocked.gram_tile(65) == 16 and _blocked.gram_tile(1000) == 32
+    # Cholesky ALS builds its layout with gram_tiling(width) >= 8 (here 8 slots per tile against 16).
+    assert [_blocked.gram_tiling(w).min_tile for w in (4, 65, 1000)] == [8, 16, 32]
     assert _blocked.tile_width(data.nnz, M_, 4) != _blocked.tile_width(data.nnz, M_, 16)
-    lay4 = _blocked.sparse_layout(data, 4)
+    t4, t16 = _blocked.Tiling(4), _blocked.Tiling(16, 1 << 10)
+    lay4 = _blocked.sparse_layout(data, t4)
     F = jnp.asarray(np.random.default_rng(0).standard_normal((N_ + 1, 3))).at[N_].set(0)
 
     def contrib(ent, valid):
@@ -229,12 +230,12 @@ def test_gram_tiles_give_the_same_solutions_and_a_mismatched_layout_is_refused()
     def system(G, R, seg, x0):
         return _normal.solve_spd(G, R, jnp.ones_like(R))
 
-    x4 = _blocked.packed_solve(lay4.rows, jnp.zeros((M_, 3)), contrib, system, N_, data.nnz, 4)
-    lay16 = _blocked.sparse_layout(data, 16)
-    x16 = _blocked.packed_solve(lay16.rows, jnp.zeros((M_, 3)), contrib, system, N_, data.nnz, 16)
+    x4 = _blocked.packed_solve(lay4.rows, jnp.zeros((M_, 3)), contrib, system, N_, data.nnz, t4)
+    lay16 = _blocked.sparse_layout(data, t16)
+    x16 = _blocked.packed_solve(lay16.rows, jnp.zeros((M_, 3)), contrib, system, N_, data.nnz, t16)
     np.testing.assert_allclose(np.asarray(x16), np.asarray(x4), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="min_tile=16"):
-        _blocked.packed_solve(lay4.rows, jnp.zeros((M_, 3)), contrib, system, N_, data.nnz, 16)
+        _blocked.packed_solve(lay4.rows, jnp.zeros((M_, 3)), contrib, system, N_, data.nnz, t16)
 
 
 def test_stacked_sparse_batch_equals_each_matrix_alone():

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["Side", "SparseLayout", "side_layout", "sparse_layout", "packed_rows", "packed_solve", "packed_cg",
-           "per_segment", "packing", "tile_width", "segment_counts", "gram_tile", "MIN_TILE"]
+           "per_segment", "packing", "tile_width", "segment_counts", "Tiling", "gram_tiling", "cg_tiling"]
 
 
 def _cg_iteration(matvec: Callable, state):
@@ -92,29 +92,51 @@ class Side(NamedTuple):
 _SHORT_TILE = 8
 
 
-# Narrowest tile of matrix-free passes (CG, gradients, Khatri-Rao sums), which want the tiles that waste
-# the fewest slots.
-MIN_TILE = 4
+class Tiling(NamedTuple):
+    """Static shape rules of a layout: the narrowest tile and the slots of a chunk.
+
+    The engine that reads a layout must be given the tiling it was built
+    with (:func:`packed_rows` checks the shapes).  The defaults suit
+    matrix-free passes (gradients, Khatri-Rao sums): the narrowest tiles
+    waste the fewest slots; see :func:`gram_tiling` and :func:`cg_tiling`.
+    """
+
+    min_tile: int = 4
+    slots: int = 1 << 14
 
 
-def gram_tile(width: int) -> int:
-    """Narrowest tile for engines that form ``width x width`` Gram blocks with GEMMs (:func:`packed_solve`).
+def gram_tiling(width: int) -> Tiling:
+    """Tiling of engines that form ``width x width`` Gram blocks with GEMMs (:func:`packed_solve`).
 
     Every tile writes a Gram block before the blocks are summed into
     segments, so short tiles multiply that traffic by the tiles per segment;
-    wider tiles pad more zero rows into the GEMMs instead.  About ``width / 4``
-    balances the two (measured at widths 11 to 65, BENCHMARKS.md).
+    wider tiles pad more zero rows into the GEMMs instead.  A narrowest tile
+    of about ``width / 4`` balances the two (measured at widths 11 to 65,
+    BENCHMARKS.md).
     """
-    return int(min(32, max(8, 2 ** round(math.log2(max(width / 4, 1.0))))))
+    return Tiling(int(min(32, max(8, 2 ** round(math.log2(max(width / 4, 1.0)))))))
 
 
-def tile_width(nnz: int, n_segments: int, min_tile: int = MIN_TILE) -> int:
+def cg_tiling(width: int, itemsize: int) -> Tiling:
+    """Tiling of conjugate gradients (:func:`packed_cg`) on ``width`` features of ``itemsize`` bytes.
+
+    Each CG step multiplies by the chunk's ``(slots, width)`` slab twice:
+    slabs of about half a megabyte stay in the core's cache across the steps
+    (much bigger ones are read from memory every time), and 8-slot tiles
+    run those batched products faster than 4-slot ones despite more padding
+    (BENCHMARKS.md).
+    """
+    slots = 2 ** round(math.log2(max((1 << 19) / max(width * itemsize, 1), 1.0)))
+    return Tiling(8, int(min(1 << 14, max(1 << 10, slots))))
+
+
+def tile_width(nnz: int, n_segments: int, min_tile: int = 4) -> int:
     """Slots per tile: about half a segment's average length, a power of two in [min_tile, 64] (static)."""
     average = max(nnz / max(n_segments, 1), 1.0)
     return int(min(max(64, min_tile), max(min_tile, 2 ** round(math.log2(max(average / 2, 1.0))))))
 
 
-def packing(nnz: int, n_segments: int, max_count: int, min_tile: int = MIN_TILE) -> tuple[int, int, int, int]:
+def packing(nnz: int, n_segments: int, max_count: int, tiling: Tiling = Tiling()) -> tuple[int, int, int, int]:
     """Static ``(T, C, L, n_chunks_max)``: tile width, tiles and segments per chunk, a bound on the chunks.
 
     ``C`` holds two of the longest possible segments (``max_count`` entries)
@@ -126,23 +148,23 @@ def packing(nnz: int, n_segments: int, max_count: int, min_tile: int = MIN_TILE)
     one closed for tiles is more than half full (``2 tiles / C`` of those at
     most), one closed for segments holds ``L`` (``S / L`` of those at most).
     """
-    T = tile_width(nnz, n_segments, min_tile)
+    T = tile_width(nnz, n_segments, tiling.min_tile)
     longest = -(-max(max_count, 1) // T)
     n_tiles = nnz // T + n_segments  # each segment adds at most one partial tile
-    C = max(2 * longest, min(-(-(1 << 14) // T), n_tiles))
+    C = max(2 * longest, min(-(-tiling.slots // T), n_tiles))
     typical = max(nnz / T + n_segments / 2, 1.0)  # tiles of an average packing (half a partial tile each)
     L = int(min(C, max(8, -(-int(1.25 * C * n_segments / typical) // 8) * 8)))
     return T, C, L, 2 * n_tiles // C + max(n_segments, 1) // L + 2
 
 
-def side_layout(seg, n_segments: int, order, max_count: int, min_tile: int = MIN_TILE) -> Side:
+def side_layout(seg, n_segments: int, order, max_count: int, tiling: Tiling = Tiling()) -> Side:
     """Packing of the segments with sorted ids ``seg`` (processing order); see the module docstring.
 
-    The engine that reads it must be given the same ``min_tile``.
+    The engine that reads it must be given the same ``tiling``.
     """
     S = n_segments
     nnz = seg.shape[0]
-    T, C, L, NC = packing(nnz, S, max_count, min_tile)
+    T, C, L, NC = packing(nnz, S, max_count, tiling)
     counts, indptr = segment_counts(seg, S)
     n_tiles = (counts + T - 1) // T
 
@@ -168,7 +190,7 @@ def side_layout(seg, n_segments: int, order, max_count: int, min_tile: int = MIN
                 tile_local.astype(jnp.int32), local_segment, last + 1)
 
 
-def packed_rows(side: Side, X0, chunk_fn: Callable, nnz: int, max_count: int, min_tile: int = MIN_TILE):
+def packed_rows(side: Side, X0, chunk_fn: Callable, nnz: int, max_count: int, tiling: Tiling = Tiling()):
     """New rows of ``X0`` (S, K') computed chunk by chunk from each segment's entries.
 
     ``chunk_fn(ent, valid, tile_local, seg, x0)`` gets the entry positions
@@ -180,9 +202,9 @@ def packed_rows(side: Side, X0, chunk_fn: Callable, nnz: int, max_count: int, mi
     (L, K').  Segments without entries get rows of zeros.
     """
     S = X0.shape[0]
-    T, C, L, NC = packing(nnz, S, max_count, min_tile)
+    T, C, L, NC = packing(nnz, S, max_count, tiling)
     if side.tile_start.shape[0] != NC * C or side.local_segment.shape[0] != NC * L:
-        raise ValueError(f"packed_rows: the layout was not built for min_tile={min_tile} (or for other data)")
+        raise ValueError(f"packed_rows: the layout was not built for {tiling} (or for other data)")
     lane = jnp.arange(T, dtype=jnp.int32)
     order = side.order
 
@@ -208,7 +230,7 @@ def per_segment(x, tile_local, n_local: int):
 
 
 def packed_solve(side: Side, X0, contrib: Callable, system: Callable, max_count: int, nnz: int,
-                 min_tile: int = MIN_TILE):
+                 tiling: Tiling = Tiling()):
     """Solve every segment's normal equations, chunk by chunk.
 
     Parameters
@@ -228,8 +250,8 @@ def packed_solve(side: Side, X0, contrib: Callable, system: Callable, max_count:
         Static upper bound on a segment's number of entries (the size of the other side).
     nnz : int
         Number of entries (static).
-    min_tile : int
-        As given to :func:`sparse_layout` (:func:`gram_tile` of the width is the faster one here).
+    tiling : Tiling
+        As given to :func:`sparse_layout` (:func:`gram_tiling` of the width is the faster one here).
 
     Returns
     -------
@@ -248,11 +270,11 @@ def packed_solve(side: Side, X0, contrib: Callable, system: Callable, max_count:
         R = per_segment(jnp.einsum("ctk,ct->ck", Y, h, preferred_element_type=dtype), tile_local, seg.shape[0])
         return system(G, R, seg, x0)
 
-    return packed_rows(side, X0, chunk_fn, nnz, max_count, min_tile)
+    return packed_rows(side, X0, chunk_fn, nnz, max_count, tiling)
 
 
 def packed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: int, max_count: int, nnz: int,
-              min_tile: int = MIN_TILE):
+              tiling: Tiling = Tiling()):
     """Matrix-free variant of :func:`packed_solve` with conjugate gradients.
 
     Each segment's matrix ``A_s = B_s + sum_l g_l y_l y_l^T`` is applied as
@@ -288,7 +310,7 @@ def packed_cg(side: Side, X0, contrib: Callable, base_apply: Callable, steps: in
             state = _cg_iteration(matvec, state)
         return state[0]
 
-    return packed_rows(side, X0, chunk_fn, nnz, max_count, min_tile)
+    return packed_rows(side, X0, chunk_fn, nnz, max_count, tiling)
 
 
 def segment_counts(seg, n_segments: int):
@@ -315,22 +337,21 @@ class SparseLayout(NamedTuple):
     col_weight: jax.Array
 
 
-def sparse_layout(data, min_tile: int = MIN_TILE) -> SparseLayout:
+def sparse_layout(data, tiling: Tiling = Tiling()) -> SparseLayout:
     """The :class:`SparseLayout` of ``data`` (jit-able).
 
     The row side uses the entries in data order: :class:`jmf.Sparse` keeps
     them sorted by row (the constructor sorts; :func:`jmf.stack` and the
     mixed-shape buckets pad in the last row), so grouping by row needs no
     sort and no indirection.  The column side is sorted once here.
-    ``min_tile`` is the narrowest tile (:func:`gram_tile` for engines
-    that form Gram blocks); the engine must be given the same.
+    The engine must be given the same ``tiling``.
     """
     m, n = data.shape
     w = data.effective_weights()
-    rows = side_layout(data.rows, m, None, n, min_tile)
+    rows = side_layout(data.rows, m, None, n, tiling)
     row_weight = jax.ops.segment_sum(w, data.rows, num_segments=m, indices_are_sorted=True)
     order = _column_order(data.cols, n)
-    cols = side_layout(data.cols[order], n, order, m, min_tile)
+    cols = side_layout(data.cols[order], n, order, m, tiling)
     col_weight = jax.ops.segment_sum(w[order], data.cols[order], num_segments=n, indices_are_sorted=True)
     return SparseLayout(rows, cols, row_weight, col_weight)
 

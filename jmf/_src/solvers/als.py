@@ -40,7 +40,7 @@ from ..data import Dense
 from ..factors import Factors
 from ..losses.base import ALL_KINDS, DATA_KINDS, _pair, zero_filled
 from ..losses.ratings import ratings_loss, weight_sums
-from ._blocked import MIN_TILE, SparseLayout, gram_tile, packed_cg, packed_solve, sparse_layout
+from ._blocked import SparseLayout, Tiling, cg_tiling, gram_tiling, packed_cg, packed_solve, sparse_layout
 from ._normal import dense_normal_equations, solve_spd
 from .base import EmptyState, Solver, _grid_axis, cached_factory
 
@@ -52,9 +52,9 @@ ALSState = SparseLayout
 _SOLVES = ("cholesky", "cg")
 
 
-def _tile(solve: str, width: int) -> int:
-    """Narrowest tile of the sparse layout: Cholesky solves form Gram blocks (see ``_blocked.gram_tile``)."""
-    return gram_tile(width) if solve == "cholesky" else MIN_TILE
+def _tiling(solve: str, width: int, dtype) -> Tiling:
+    """Tiling of the sparse layout for this solve (see ``_blocked.gram_tiling`` and ``_blocked.cg_tiling``)."""
+    return gram_tiling(width) if solve == "cholesky" else cg_tiling(width, jnp.dtype(dtype).itemsize)
 
 
 def _augment(F, biases: bool):
@@ -76,12 +76,12 @@ def _dense_side(data: Dense, F, shift, side, pen, extra, counts, count_scaled):
 
 
 def _sparse_side(data, lay: SparseLayout, X0, F, shift, side, pen, extra, count_scaled, solve, cg_steps,
-                 spd=solve_spd, min_tile=MIN_TILE):
+                 spd=solve_spd, tiling=Tiling()):
     """Solutions ``(g, q)`` of every row (side 0) or column (side 1) of a :class:`Sparse`, bucket by bucket.
 
     ``X0`` (g, q) is the warm start of conjugate gradients; ``F`` (p, q) the
     fixed features of the other side (inactive columns already zero).  ``spd``
-    solves the exact systems (the sharded fits pass a LAPACK-free one); ``min_tile`` is the one ``lay``
+    solves the exact systems (the sharded fits pass a LAPACK-free one); ``tiling`` is the one ``lay``
     was built with.
     """
     seg_side, other_idx, counts = (lay.rows, data.cols, lay.row_weight) if side == 0 else \
@@ -108,10 +108,11 @@ def _sparse_side(data, lay: SparseLayout, X0, F, shift, side, pen, extra, count_
 
     max_count = data.shape[1 - side]
     if solve == "cg":
-        sol = packed_cg(seg_side, X0, contrib, lambda v, seg: diagonal(seg) * v, cg_steps, max_count, data.nnz)
+        sol = packed_cg(seg_side, X0, contrib, lambda v, seg: diagonal(seg) * v, cg_steps, max_count, data.nnz,
+                        tiling)
     else:
         sol = packed_solve(seg_side, X0, contrib, lambda G, R, seg, x0: spd(G, R, diagonal(seg)), max_count,
-                           data.nnz, min_tile)
+                           data.nnz, tiling)
     # A row without observed weight (no entries, or only padding) has nothing to fit: zero, whatever the
     # start (with count-scaled penalties its system is all zeros, which CG would leave at the start).
     return jnp.where((counts > 0)[:, None], sol, 0)
@@ -124,7 +125,7 @@ def _als(l2W, l2H, biases: bool, bias_l2, count_scaled: bool, solve: str, cg_ste
     def init(f: Factors, data, key=None):
         if isinstance(data, Dense) or zero_filled(data):
             return EmptyState()
-        return sparse_layout(data, _tile(solve, f.W.shape[1] + biases))
+        return sparse_layout(data, _tiling(solve, f.W.shape[1] + biases, f.W.dtype))
 
     def half(f: Factors, state, data, mask, side) -> Factors:
         """``f`` with the rows of ``W`` (side 0) or the columns of ``H`` (side 1) solved, the other side fixed."""
@@ -150,7 +151,7 @@ def _als(l2W, l2H, biases: bool, bias_l2, count_scaled: bool, solve: str, cg_ste
             sol = _dense_side(data, F, shift, side, pen, extra, counts, count_scaled)
         else:
             sol = _sparse_side(data, state, X, F, shift, side, pen, extra, count_scaled, solve, cg_steps,
-                               min_tile=_tile(solve, k + biases))
+                               tiling=_tiling(solve, k + biases, dtype))
         new = sol[:, :k] * mask[None, :]
         if side == 0:
             f = f._replace(W=new)

@@ -32,7 +32,7 @@ from ..data import Dense
 from ..factors import Factors
 from ..losses import frobenius
 from ..losses.base import ALL_KINDS, _pair, zero_filled
-from ._blocked import MIN_TILE, gram_tile, packed_solve, sparse_layout
+from ._blocked import Tiling, gram_tiling, packed_solve, sparse_layout
 from ._normal import dense_normal_equations
 from .base import EmptyState, Solver, cached_factory
 from .nmf import _check_inner, _gram_kind, _inner_sweeps, _mask, _nz, _repeated, products
@@ -71,10 +71,10 @@ def violation_progress(f: Factors, state: HALSState, data):
     return jnp.where(v0 > 0, state.violation / jnp.where(v0 > 0, v0, 1), 0).astype(v0.dtype)
 
 
-def _sparse_sweep(data, lay, X, F, side, sweep, min_tile=MIN_TILE):
+def _sparse_sweep(data, lay, X, F, side, sweep, tiling=Tiling()):
     """``sweep(G_i, b_i, x_i)`` on every row's normal equations, formed chunk by chunk by the sparse engine.
 
-    ``min_tile`` is the one ``lay`` was built with.
+    ``tiling`` is the one ``lay`` was built with.
     """
     seg_side, other_idx = (lay.rows, data.cols) if side == 0 else (lay.cols, data.rows)
     p = F.shape[0]
@@ -92,7 +92,7 @@ def _sparse_sweep(data, lay, X, F, side, sweep, min_tile=MIN_TILE):
 
     # Rows without entries get 0: see packed_solve.
     return packed_solve(seg_side, X, contrib, lambda G, R, seg, x0: sweep(G, R, x0), data.shape[1 - side], data.nnz,
-                        min_tile)
+                        tiling)
 
 
 def _coordinate(order, i):
@@ -215,7 +215,7 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1, stop: str = "loss", sh
 
     def init(f: Factors, data, key=None):
         dense = isinstance(data, Dense) or zero_filled(data)
-        layout = EmptyState() if dense else sparse_layout(data, gram_tile(f.W.shape[1]))
+        layout = EmptyState() if dense else sparse_layout(data, gram_tiling(f.W.shape[1]))
         nan = jnp.full((), jnp.nan, f.W.dtype)
         if shuffle and key is None:
             key = jax.random.key(0)
@@ -265,7 +265,7 @@ def hals(l1=0.0, l2=0.0, inner=1, inner_tol: float = 0.1, stop: str = "loss", sh
             X, v = _cd_blocks(X, *normal(*dense_normal_equations(data, F, None, side)), order)
         else:  # the sparse engine solves chunk by chunk: the violation is not tracked there
             X = _sparse_sweep(data, state.layout, X, F, side, lambda G, B, X: _cd_blocks(X, *normal(G, B), order)[0],
-                              gram_tile(F.shape[1]))
+                              gram_tiling(F.shape[1]))
             v = jnp.full((), jnp.nan, X.dtype)
         X = X * mask[None, :]
         return (f._replace(W=X) if side == 0 else f._replace(H=X.T)), v
