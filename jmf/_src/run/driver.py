@@ -18,6 +18,7 @@ Rank masks are applied by the solvers themselves (see
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -29,7 +30,7 @@ from ..solvers.base import Solver, at_point
 from .loop import Carry, RunConfig, Status, check_loop, initial_history, initial_status
 
 __all__ = ["Job", "Args", "ARG_AXES", "start", "advance", "advance_sequential", "select", "nest_vmap", "nest_map",
-           "start_member", "member_solver", "first_iteration"]
+           "start_member", "member_solver", "member_step", "member_loss", "first_iteration"]
 
 
 class Job(NamedTuple):
@@ -126,8 +127,46 @@ def member_solver(job: Job, hparams) -> Solver:
     return job.solver if hparams is None else at_point(job.solver, hparams)
 
 
+@functools.lru_cache(maxsize=256)
+def _traced_once(solver: Solver, method: str):
+    """``solver``'s ``step`` or ``loss`` as one jitted function ``(*args, hparams)``, shared by every program.
+
+    A job traces its solver's step in several programs (the pool-safety
+    check, the start, the loop); through one ``jax.jit`` with a stable
+    identity, JAX traces it once per argument shapes and reuses the jaxpr
+    (also under ``vmap``).  XLA inlines the call, so the compiled programs
+    are the same.
+    """
+
+    def call(*args):
+        *args, hparams = args
+        s = solver if hparams is None else at_point(solver, hparams)
+        return s.step(*args) if method == "step" else s.loss.value(*args)
+
+    return jax.jit(call)
+
+
+def member_step(job: Job, f, s, data, mask, hparams=None):
+    """One member's ``step`` (traced once per job and shapes, see :func:`_traced_once`)."""
+    return _traced_once(job.solver, "step")(f, s, data, mask, hparams)
+
+
+def member_loss(job: Job, f, data, hparams=None):
+    """One member's loss value (traced once per job and shapes)."""
+    return _traced_once(job.solver, "loss")(f, data, hparams)
+
+
 def start_member(job: Job, key, rank, factors0, data, hparams=None):
-    """One member's starting factors, solver state and loss."""
+    """One member's starting factors, solver state and loss (traced once per job and shapes)."""
+    return _start_once(job)(key, rank, factors0, data, hparams)
+
+
+@functools.lru_cache(maxsize=256)
+def _start_once(job: Job):
+    return jax.jit(functools.partial(_start_member, job))
+
+
+def _start_member(job: Job, key, rank, factors0, data, hparams):
     solver, cfg = member_solver(job, hparams), job.cfg
     if factors0 is None:
         factors0 = job.init_fn(key, data, cfg.width, rank)
@@ -141,7 +180,7 @@ def start_member(job: Job, key, rank, factors0, data, hparams=None):
     if cfg.biases and factors0.row_bias is None:
         factors0 = add_biases(factors0, data)
     state = solver.init(factors0, data, jax.random.fold_in(key, 1))
-    loss0 = solver.loss.value(factors0, data)
+    loss0 = member_loss(job, factors0, data, hparams)
     return factors0, state, loss0
 
 
@@ -150,7 +189,7 @@ def first_iteration(job: Job, key, factors, state, data, mask, hparams=None):
     solver = member_solver(job, hparams)
     if solver.direct is not None:
         return solver.direct(jax.random.fold_in(key, 1), data, job.cfg.width, mask), state
-    return solver.step(factors, state, data, mask)
+    return member_step(job, factors, state, data, mask, hparams)
 
 
 def start(job: Job, args: Args) -> Carry:
@@ -172,7 +211,7 @@ def _direct(job: Job, args: Args, carry: Carry) -> Carry:
 
     def member(key, f, s, d, mk):
         f, _ = first_iteration(job, key, f, s, d, mk)
-        return f, job.solver.loss.value(f, d)
+        return f, member_loss(job, f, d)
 
     every = frozenset(job.axes)
     axes = (frozenset({"restart"}), every, every, frozenset({"matrix"}), frozenset({"rank"}))
@@ -193,18 +232,18 @@ def advance(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
     if job.solver.direct is not None:
         return carry  # finished by start
 
-    def member_step(f, s, d, mk, hp):
-        return member_solver(job, hp).step(f, s, d, mk)
+    def one_step(f, s, d, mk, hp):
+        return member_step(job, f, s, d, mk, hp)
 
-    def member_loss(f, d, hp):
-        return member_solver(job, hp).loss.value(f, d)
+    def one_loss(f, d, hp):
+        return member_loss(job, f, d, hp)
 
     def member_progress(f, s, d, hp):
         return member_solver(job, hp).progress(f, s, d)
 
     every, matrix, rank, param = frozenset(job.axes), frozenset({"matrix"}), frozenset({"rank"}), frozenset({"param"})
-    step = nest_vmap(member_step, job.axes, (every, every, matrix, rank, param))
-    loss_fn = nest_vmap(member_loss, job.axes, (every, matrix, param))
+    step = nest_vmap(one_step, job.axes, (every, every, matrix, rank, param))
+    loss_fn = nest_vmap(one_loss, job.axes, (every, matrix, param))
     progress_fn = None
     one_point = args.hparams if "param" not in job.axes else _first_point(args.hparams)
     if member_solver(job, one_point).progress is not None:
