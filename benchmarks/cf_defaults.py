@@ -131,8 +131,9 @@ def part_cli(args, path, tmp):
     warm = [_run(cmd, {"JMF_CACHE_DIR": cache}) for _ in range(args.repeats)]
     warm_wall = statistics.median(w for _, w in warm)
     rows.append(dict(what="jmf fit ratings.csv --holdout 0.2", rmse=cold["test_rmse"], cold=cold_wall,
-                     warm=warm_wall, note=f"rank {cold['rank']} chosen; {cold['compiled_programs']} programs "
-                                          f"compiled cold in {cold['compile_seconds']:.1f} s"))
+                     warm=warm_wall, note=f"{cold['choice']} chosen (width {cold['rank']}); "
+                                          f"{cold['compiled_programs']} programs compiled cold in "
+                                          f"{cold['compile_seconds']:.1f} s"))
     script = os.path.join(tmp, "surprise_job.py")
     with open(script, "w") as fh:
         fh.write(SURPRISE_SCRIPT)
