@@ -12,12 +12,14 @@ traffic at elementwise speed, and XLA's CPU scatter of wide windows is slow,
 so instead:
 
 * each segment's entries (contiguous in a processing order) are cut into
-  *tiles* of ``T`` slots, one width for all (:func:`tile_width`: about half
-  the average segment length, a power of two in [4, 64]);
-* whole segments are *packed* into chunks of ``C`` tiles and at most ``L``
-  segments, in processing order, a segment never straddling two chunks
-  (``C`` holds at least two of the longest possible segment; ``L`` is
-  about 1.25x an average chunk's segments, see :func:`packing`);
+  *tiles* of ``T`` slots, one width per side (:func:`tile_width`: about
+  half the average segment length, a power of two from the :class:`Tiling`'s
+  narrowest tile to 64);
+* whole segments are *packed* into chunks of ``C`` tiles (about the
+  tiling's ``slots``) and at most ``L`` segments, in processing order, a
+  segment never straddling two chunks (``C`` holds at least two of the
+  longest possible segment; ``L`` is about 1.25x an average chunk's
+  segments, see :func:`packing`);
 * a chunk is processed in one step: its entries are gathered into a
   zero-padded ``(C, T, K)`` slab, per-tile Grams / right-hand sides are
   summed into the chunk's segments with a sorted ``segment_sum``, the
@@ -36,6 +38,8 @@ the packed engine compiles in a few seconds (BENCHMARKS.md, compilation).
 No ``(S, K, K)`` array is ever formed.  Everything runs inside ``jit``: the
 packing comes from a ``lax.scan`` over the segments' tile counts, and the
 number of chunks is a traced trip count; only ``T``, ``C`` and ``L`` are static.
+Each engine picks the tiling that suits its inner loop (:func:`gram_tiling`,
+:func:`cg_tiling`); the layout must be built with the same one.
 """
 
 
