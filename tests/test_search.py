@@ -54,6 +54,7 @@ def test_every_member_equals_its_own_fit_and_evaluation(ratings):
     assert set(t.columns) >= {"rank", "l2", "rmse", "rmse_std", "mae", "split0_rmse", "split2_rmse", "rank_test"}
     b = int(np.argmin(t["rmse"]))
     assert out.best == {"rank": int(t["rank"][b]), "l2": t["l2"][b]} and t["rank_test"][b] == 1
+    assert type(out.best["rank"]) is int and type(out.best["l2"]) is float  # prints as given, not np.float64(...)
     np.testing.assert_allclose(t["rmse"], out.rmse.mean(axis=0).ravel())
     # the refit is the best setting fitted on all the data
     ref = jmf.fit(ratings, jmf.solvers.ratings_als(l2=out.best["l2"], solve="cholesky"), rank=out.best["rank"],
