@@ -445,9 +445,8 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
     score = np.where(np.isfinite(score), score, np.inf)
     table["rank_test"] = pd.Series(score).rank(method="min").astype(int).to_numpy()
     b = int(np.argmin(score))
-    # Plain Python numbers (as given in a grid), not NumPy scalars from the table.
-    best = {k: table.loc[b, k].item() if hasattr(table.loc[b, k], "item") else table.loc[b, k]
-            for k in ("rank",) + names}
+    best = {k: table.loc[b, k] for k in ("rank",) + names}
+    best = {k: v.item() if isinstance(v, np.generic) else v for k, v in best.items()}  # plain Python numbers
     best["rank"] = int(best["rank"])
     best_score = float(table.loc[b, "rmse"])
 

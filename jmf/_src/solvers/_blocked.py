@@ -52,7 +52,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["Side", "SparseLayout", "side_layout", "sparse_layout", "packed_rows", "packed_solve", "packed_cg",
-           "per_segment", "packing", "tile_width", "segment_counts", "Tiling", "gram_tiling", "cg_tiling"]
+           "per_segment", "packing", "tile_width", "segment_counts", "Tiling", "gram_tiling", "cg_tiling",
+           "solve_tiling"]
 
 
 def _cg_iteration(matvec: Callable, state):
@@ -132,6 +133,11 @@ def cg_tiling(width: int, itemsize: int) -> Tiling:
     """
     slots = 2 ** round(math.log2(max((1 << 19) / max(width * itemsize, 1), 1.0)))
     return Tiling(8, int(min(1 << 14, max(1 << 10, slots))))
+
+
+def solve_tiling(solve: str, width: int, dtype) -> Tiling:
+    """Tiling for row solves by ``solve`` ("cholesky": :func:`gram_tiling`, "cg": :func:`cg_tiling`)."""
+    return gram_tiling(width) if solve == "cholesky" else cg_tiling(width, jnp.dtype(dtype).itemsize)
 
 
 def tile_width(nnz: int, n_segments: int, min_tile: int = 4) -> int:

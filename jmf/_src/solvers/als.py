@@ -40,7 +40,7 @@ from ..data import Dense
 from ..factors import Factors
 from ..losses.base import ALL_KINDS, DATA_KINDS, _pair, zero_filled
 from ..losses.ratings import ratings_loss, weight_sums
-from ._blocked import SparseLayout, Tiling, cg_tiling, gram_tiling, packed_cg, packed_solve, sparse_layout
+from ._blocked import SparseLayout, Tiling, packed_cg, packed_solve, solve_tiling, sparse_layout
 from ._normal import dense_normal_equations, solve_spd
 from .base import EmptyState, Solver, _grid_axis, cached_factory
 
@@ -50,11 +50,6 @@ __all__ = ["als", "ratings_als", "ALSState"]
 ALSState = SparseLayout
 
 _SOLVES = ("cholesky", "cg")
-
-
-def _tiling(solve: str, width: int, dtype) -> Tiling:
-    """Tiling of the sparse layout for this solve (see ``_blocked.gram_tiling`` and ``_blocked.cg_tiling``)."""
-    return gram_tiling(width) if solve == "cholesky" else cg_tiling(width, jnp.dtype(dtype).itemsize)
 
 
 def _augment(F, biases: bool):
@@ -125,7 +120,7 @@ def _als(l2W, l2H, biases: bool, bias_l2, count_scaled: bool, solve: str, cg_ste
     def init(f: Factors, data, key=None):
         if isinstance(data, Dense) or zero_filled(data):
             return EmptyState()
-        return sparse_layout(data, _tiling(solve, f.W.shape[1] + biases, f.W.dtype))
+        return sparse_layout(data, solve_tiling(solve, f.W.shape[1] + biases, f.W.dtype))
 
     def half(f: Factors, state, data, mask, side) -> Factors:
         """``f`` with the rows of ``W`` (side 0) or the columns of ``H`` (side 1) solved, the other side fixed."""
@@ -151,7 +146,7 @@ def _als(l2W, l2H, biases: bool, bias_l2, count_scaled: bool, solve: str, cg_ste
             sol = _dense_side(data, F, shift, side, pen, extra, counts, count_scaled)
         else:
             sol = _sparse_side(data, state, X, F, shift, side, pen, extra, count_scaled, solve, cg_steps,
-                               tiling=_tiling(solve, k + biases, dtype))
+                               tiling=solve_tiling(solve, k + biases, dtype))
         new = sol[:, :k] * mask[None, :]
         if side == 0:
             f = f._replace(W=new)

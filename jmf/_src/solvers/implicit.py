@@ -40,7 +40,7 @@ from .._validation import _is_tracer, check_choice, check_int, check_nonneg_floa
 from ..data import Sparse
 from ..factors import Factors
 from ..losses.implicit import implicit_loss
-from ._blocked import Side, SparseLayout, cg_tiling, gram_tiling, packed_cg, packed_solve, sparse_layout
+from ._blocked import Side, SparseLayout, packed_cg, packed_solve, solve_tiling, sparse_layout
 from ._normal import solve_spd
 from .base import Solver, cached_factory
 
@@ -72,10 +72,10 @@ def _half_step(X, Y, data: Sparse, side: Side, other_idx, alpha, l2, w0, scale, 
     # keeps the systems nonsingular and their solution zero.
     if solve == "cg":
         Xn = packed_cg(side, X, contrib, lambda p, seg: p @ base + diagonal(seg) * p, cg_steps, max_count, data.nnz,
-                       cg_tiling(X.shape[1], X.dtype.itemsize))
+                       solve_tiling(solve, X.shape[1], X.dtype))
     else:
         Xn = packed_solve(side, X, contrib, lambda G, R, seg, x0: solve_spd(G + base[None], R, diagonal(seg)),
-                          max_count, data.nnz, gram_tiling(X.shape[1]))
+                          max_count, data.nnz, solve_tiling(solve, X.shape[1], X.dtype))
     return Xn * mask[None, :]
 
 
@@ -139,8 +139,7 @@ def implicit_als(l2: float = 1.0, alpha: float = 2.0, solve: str = "cg", cg_step
     loss = implicit_loss(alpha, l2, chunk_size, unobserved_weight=w0, nu=nu)
 
     def init(f: Factors, data, key=None):
-        k = f.W.shape[1]
-        return sparse_layout(data, gram_tiling(k) if solve == "cholesky" else cg_tiling(k, f.W.dtype.itemsize))
+        return sparse_layout(data, solve_tiling(solve, f.W.shape[1], f.W.dtype))
 
     def update_w(f: Factors, lay: SparseLayout, data: Sparse, mask=None):
         d, _ = _scales(lay, data.shape, w0, nu, f.W.dtype)
