@@ -103,3 +103,24 @@ def test_bad_arguments():
         jmf.solvers.bpmf(beta0=0.0)
     with pytest.raises(TypeError, match="bpmf"):
         jmf.solvers.posterior_mean(jmf.fit(np.ones((4, 3)), jmf.solvers.als(), rank=1, key=0, max_iter=1))
+
+
+@pytest.mark.parametrize("q", [1, 4, 11, 16, 17])
+def test_lapack_free_kernels_match_numpy(rng, q):
+    """spd_draw (straight-line code up to width 16, loops above) = P^-1 b + L^-T z with L = cholesky(P)."""
+    from jmf._src.solvers._normal import cholesky_loop, spd_draw, triangular_solve_loop
+
+    S = 6
+    X = rng.standard_normal((S, q, q + 3))
+    P = X @ X.transpose(0, 2, 1) + 0.1 * np.eye(q)
+    b, z = rng.standard_normal((2, S, q))
+    L = np.linalg.cholesky(P)
+    want = np.linalg.solve(P, b[..., None])[..., 0] + np.linalg.solve(L.transpose(0, 2, 1), z[..., None])[..., 0]
+    np.testing.assert_allclose(np.asarray(spd_draw(jnp.asarray(P), jnp.asarray(b), jnp.asarray(z))), want,
+                               rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(np.asarray(spd_draw(jnp.asarray(P), jnp.asarray(b))),
+                               np.linalg.solve(P, b[..., None])[..., 0], rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(np.asarray(cholesky_loop(jnp.asarray(P))), L, rtol=1e-10, atol=1e-12)
+    B = rng.standard_normal((S, q, 2))
+    np.testing.assert_allclose(np.asarray(triangular_solve_loop(jnp.asarray(L), jnp.asarray(B), transpose=True)),
+                               np.linalg.solve(L.transpose(0, 2, 1), B), rtol=1e-9, atol=1e-11)

@@ -217,3 +217,41 @@ def test_lapack_primitives_found_in_nested_jaxprs_without_lowering():
     assert "cholesky" in _primitives(traced.jaxpr) & _LAPACK_PRIMITIVES
     plain = jax.jit(lambda a: jax.lax.fori_loop(0, 3, lambda i, x: x @ x, a)).trace(jnp.eye(3))
     assert not _primitives(plain.jaxpr) & _LAPACK_PRIMITIVES
+
+
+def test_custom_calls_settled_from_primitives_or_else_from_the_lowering(monkeypatch):
+    """XLA-only programs and LAPACK ones are settled without lowering; a callback is found in the lowering."""
+    from jmf._src.run.executor import _custom_calls
+
+    xla_only = jax.jit(lambda a: jax.lax.fori_loop(0, 3, lambda i, x: jnp.sort(x @ x) + i, a)).trace(jnp.eye(3))
+    lapack = jax.jit(lambda a: jnp.linalg.cholesky(a)).trace(jnp.eye(3))
+    callback = jax.jit(lambda a: jax.pure_callback(np.sin, jax.ShapeDtypeStruct((3, 3), a.dtype), a)).trace(
+        jnp.eye(3))
+    assert _custom_calls(callback), "a host callback is a custom call"
+    with monkeypatch.context() as patch:
+        patch.setattr(jax.stages.Traced, "lower", lambda self, *a, **k: pytest.fail("lowered"))
+        assert _custom_calls(xla_only) == frozenset()
+        assert _custom_calls(lapack) == frozenset({"LAPACK (cholesky)"})
+
+
+def test_sampler_members_run_on_several_devices():
+    """Bayesian PMF at rank <= 15 factors with plain XLA code, so its chains may split over CPU devices."""
+    data = jmf.datasets.synthetic_ratings(0, n_users=40, n_items=30, n_ratings=500).data
+    seen = {}
+    import jmf._src.fit as fit_module
+
+    real = fit_module.make_plan
+
+    def spy(job, args, **kw):
+        seen[job.cfg.width] = plan = real(job, args, **kw)
+        return plan
+
+    kw = dict(n_restarts=2, key=0, max_iter=4, tol=None, progress=False, plan={"devices": 2})
+    fit_module.make_plan = spy
+    try:
+        jmf.fit_many(data, jmf.solvers.bpmf(burn_in=1, n_keep=2), rank=15, **kw)
+        jmf.fit_many(data, jmf.solvers.bpmf(burn_in=1, n_keep=2), rank=16, **kw)
+    finally:
+        fit_module.make_plan = real
+    assert seen[15].n_devices == 2
+    assert seen[16].n_devices == 1 and "custom calls" in seen[16].reason

@@ -201,20 +201,43 @@ def blocking_custom_calls(job: Job, args: Args) -> frozenset:
             f, s = driver.first_iteration(job, key, f, s, data, mask, hparams)
             return driver.member_loss(job, f, data, hparams), s
 
-        traced = jax.jit(program).trace(*structs)
-        lapack = _primitives(traced.jaxpr) & _LAPACK_PRIMITIVES
-        if lapack:  # conclusive without lowering, which takes longer than tracing
-            calls = frozenset(f"LAPACK ({name})" for name in lapack)
-        else:
-            calls = frozenset(set(_CUSTOM_CALL.findall(traced.lower().as_text())) - _PLACEMENT_CALLS)
-        _blocking_cache[cache_key] = calls
+        _blocking_cache[cache_key] = _custom_calls(jax.jit(program).trace(*structs))
     return _blocking_cache[cache_key]
 
 
-# Primitives that XLA:CPU runs as jaxlib's LAPACK custom calls.  A program with one of them is known to
-# block without lowering it; one without them is lowered and its custom calls listed.
+def _custom_calls(traced) -> frozenset:
+    """Custom-call targets of a traced program, from its primitives when they settle it, else lowered.
+
+    Lowering a sampler's program took 1.6 s, several times its tracing; the
+    primitives settle it when one of them is a LAPACK routine (blocks) or
+    when all of them are XLA's own operations (cannot block).
+    """
+    prims = _primitives(traced.jaxpr)
+    lapack = prims & _LAPACK_PRIMITIVES
+    if lapack:
+        return frozenset(f"LAPACK ({name})" for name in lapack)
+    if prims <= _XLA_PRIMITIVES:
+        return frozenset()
+    return frozenset(set(_CUSTOM_CALL.findall(traced.lower().as_text())) - _PLACEMENT_CALLS)
+
+
+# Primitives that XLA:CPU runs as jaxlib's LAPACK custom calls.
 _LAPACK_PRIMITIVES = frozenset({"cholesky", "triangular_solve", "lu", "qr", "householder_product", "geqrf", "geqp3",
                                 "eigh", "eig", "svd", "schur", "hessenberg", "tridiagonal", "tridiagonal_solve"})
+# Primitives that lower to XLA's own operations (or only hold nested jaxprs, whose primitives are checked
+# too).  Anything else (callbacks, FFI calls, primitives of other libraries) is looked up in the lowering.
+_XLA_PRIMITIVES = frozenset("""
+    abs acos acosh add add_any and argmax argmin asin asinh atan atan2 atanh bitcast_convert_type broadcast_in_dim
+    cbrt ceil clamp closed_call concatenate cond conj convert_element_type copy copy_p cos cosh cummax cummin
+    cumlogsumexp cumprod cumsum custom_jvp_call custom_vjp_call custom_vjp_call_jaxpr digamma div dot_general
+    dynamic_slice dynamic_update_slice eq erf erf_inv erfc exp exp2 expm1 floor gather ge gt igamma imag integer_pow
+    iota is_finite jit le lgamma log log1p logistic lt lt_to max min mul ne neg nextafter not or pad pjit pow
+    random_bits random_fold_in random_seed random_split random_unwrap random_wrap real reduce_and reduce_max
+    reduce_min reduce_or reduce_prod reduce_precision reduce_sum reduce_xor rem remat reshape rev round rsqrt scan
+    scatter scatter-add scatter_mul scatter_min scatter_max select_n shift_left shift_right_arithmetic
+    shift_right_logical sign sin sinh slice sort sqrt square squeeze stack sub tan tanh threefry2x32 transpose while
+    xor optimization_barrier split
+""".split())
 
 
 def _primitives(jaxpr) -> set:

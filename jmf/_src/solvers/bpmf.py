@@ -44,6 +44,7 @@ from ..factors import Factors
 from ..init import _grid, _seed_words
 from ..losses.ratings import ratings_loss
 from ._blocked import SparseLayout, packed_rows, per_segment, sparse_layout
+from ._normal import UNROLLED_MAX, cholesky_loop, spd_draw, triangular_solve_loop
 from .base import Solver, cached_factory
 
 __all__ = ["bpmf", "BPMFState", "posterior_mean", "member_means"]
@@ -80,11 +81,6 @@ class BPMFState(NamedTuple):
     kept: jax.Array
     W_buf: jax.Array
     H_buf: jax.Array
-
-
-def _chol_lower(P):
-    """Lower Cholesky factors of symmetric positive definite ``P`` (..., D, D)."""
-    return lax.linalg.cholesky(P, symmetrize_input=True)
 
 
 # Proposals per Gamma draw: Marsaglia-Tsang accepts each with probability >= 0.95 for shape >= 1, so all
@@ -125,18 +121,18 @@ def _gamma(key, a, dtype):
 def _sample_wishart(key, V_inv, nu, dtype):
     """A draw of ``Wishart(V, nu)`` (scale ``V``, given by its inverse) by the Bartlett decomposition.
 
-    ``Lambda = L A A^T L^T`` with ``V = L L^T``, ``A`` lower triangular,
-    ``A_ii = sqrt(chi2(nu - i))``, ``A_ij ~ N(0, 1)`` below the diagonal.
+    ``A A^T ~ Wishart(I, nu)`` with ``A`` lower triangular,
+    ``A_ii = sqrt(chi2(nu - i))``, ``A_ij ~ N(0, 1)`` below the diagonal, and
+    ``M A A^T M^T ~ Wishart(M M^T, nu)`` for any ``M``: here ``M = C^-T``
+    with ``V^-1 = C C^T``, so ``V`` is never formed (no inverse, no custom call).
     """
     D = V_inv.shape[-1]
-    V = jnp.linalg.inv(V_inv)
-    V = (V + V.T) / 2
-    L = _chol_lower(V)
+    C = cholesky_loop(V_inv)
     kg, kn = jax.random.split(key)
     chi2 = 2 * _gamma(kg, (nu - jnp.arange(D, dtype=dtype)) / 2, dtype)
     A = jnp.tril(jax.random.normal(kn, (D, D), dtype), -1) + jnp.diag(jnp.sqrt(chi2))
-    LA = L @ A
-    return LA @ LA.T
+    MA = triangular_solve_loop(C, A, transpose=True)
+    return MA @ MA.T
 
 
 def _sample_hyper(key, X, live, mask, beta0, dtype):
@@ -158,9 +154,9 @@ def _sample_hyper(key, X, live, mask, beta0, dtype):
     mm = jnp.outer(mask, mask)
     lam = lam * mm + jnp.diag(1 - mask)
     mu0 = N * xbar / bn
-    Lc = _chol_lower(bn * lam)
+    Lc = cholesky_loop(bn * lam)
     z = jax.random.normal(k2, (D,), dtype) * mask
-    mu = mu0 + lax.linalg.triangular_solve(Lc, z[:, None], left_side=True, lower=True, transpose_a=True)[:, 0]
+    mu = mu0 + triangular_solve_loop(Lc, z[:, None], transpose=True)[:, 0]
     return mu * mask, lam
 
 
@@ -171,10 +167,13 @@ _KR_MAX = 32
 def _sample(P, b, z):
     """``P^-1 b + L^-T z`` with ``P = L L^T`` (S, D, D), ``b``, ``z`` (S, D); ``z = None``: the mean ``P^-1 b``.
 
-    ``L^-T z`` with ``z ~ N(0, I)`` has covariance ``P^-1``.  (Unrolled batch-last code was 3x faster at
-    D = 11 but took seconds to compile; batched LAPACK compiles in a fraction of a second.)
+    ``L^-T z`` with ``z ~ N(0, I)`` has covariance ``P^-1``.  Up to ``D = UNROLLED_MAX`` (rank 15) by
+    :func:`._normal.spd_draw`: faster than LAPACK there, and with no custom call the sampler's members can
+    run on several CPU devices at once; wider systems by LAPACK, which is faster there.
     """
-    L = _chol_lower(P)
+    if P.shape[-1] <= UNROLLED_MAX:
+        return spd_draw(P, b, z)
+    L = lax.linalg.cholesky(P, symmetrize_input=True)
     y = lax.linalg.triangular_solve(L, b[..., :, None], left_side=True, lower=True)
     if z is not None:
         y = y + z[..., :, None]
