@@ -104,7 +104,7 @@ def test_frozen_implicit_factors_reproduce_ratings_gradient():
 
 def test_predictions_are_the_svdpp_formula_from_the_state(synth):
     data = synth.data
-    res = jmf.fit(data, jmf.solvers.svdpp(optax.adam(0.05), l2=0.3), rank=4, key=0, max_iter=30, **KW)
+    res = jmf.fit(data, jmf.solvers.svdpp(optax.adam(0.05), l2=0.3, implicit_l2=0.3), rank=4, key=0, max_iter=30, **KW)
     st = res.state
     r, c, v, w, Nmat = _numpy_terms(data)
     P, Y, H = (np.asarray(x, np.float64) for x in (st.P, st.Y, res.factors.H))
@@ -202,3 +202,19 @@ def test_registry_builds_the_solver():
     s = make_solver("svdpp", l2=0.2, implicit_l2=0.5, learning_rate=0.02)
     assert s.name == "svdpp" and s.biases and s.objective is not None
     assert make_solver("svdpp", l2=0.2, implicit_l2=0.5, learning_rate=0.02) is s  # one object: one compilation
+
+
+def test_wrappers_of_the_half_step_keep_the_objective(synth):
+    from jmf._src.sklearn._run import stop_each_step, w_change
+
+    data = synth.data
+    solver = jmf.solvers.svdpp(optax.adam(0.05), l2=0.3)
+    f = jmf.Factors(jnp.ones((50, 2)) * 0.1, jnp.ones((2, 30)) * 0.1, jnp.zeros(50), jnp.zeros(30),
+                    jnp.asarray(3.0, jnp.float32))
+    state = solver.init(f, data)
+    f, state = solver.step(f, state, data)
+    want = float(solver.objective(f, state, data))
+    wrapped = w_change(solver)
+    assert float(wrapped.objective(f, wrapped.init(f, data)._replace(inner=state), data)) == want
+    stopping = stop_each_step(solver._replace(progress=lambda f, s, d: jnp.zeros(())), 0.1)
+    assert float(stopping.objective(f, stopping.init(f, data)._replace(inner=state), data)) == want

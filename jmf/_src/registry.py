@@ -253,7 +253,7 @@ def _ratings_gradient(optimizer="adam", learning_rate=0.01, l2=0.1, bias_l2=None
                          biases=biases, chunk_size=chunk_size)
 
 
-def _svdpp(optimizer="adam", learning_rate=0.01, l2=0.1, bias_l2=None, implicit_l2=None, biases=True,
+def _svdpp(optimizer="adam", learning_rate=0.01, l2=10.0, bias_l2=None, implicit_l2=40.0, biases=True,
            chunk_size=1 << 16):
     check_choice(optimizer, "optimizer", ("adam", "sgd"), "svdpp")
     lr = _check_lr(learning_rate, "svdpp")
@@ -324,12 +324,13 @@ _register("ratings_gradient", _ratings_gradient, (
 _register("svdpp", _svdpp, (
     Param("optimizer", "str", "adam", "the Optax optimizer", choices=("adam", "sgd")),
     _LR,
-    Param("l2", "float", 0.1, "ridge penalty on the explicit user factors P and on H (sum units)", lo=0.0),
+    Param("l2", "float", 10.0, "ridge penalty on the explicit user factors P and on H (sum units)", lo=0.0),
     _BIAS_L2,
-    Param("implicit_l2", "float", None, "ridge penalty on the implicit item factors Y (default: l2)", lo=0.0,
+    Param("implicit_l2", "float", 40.0, "ridge penalty on the implicit item factors Y (none: l2)", lo=0.0,
           none_ok=True),
     _BIASES._replace(default=True), _CHUNK,
-), "SVD++ (Koren 2008): ratings_gradient's model plus implicit feedback from the items each user rated.")
+), "SVD++ (Koren 2008): ratings_gradient's model plus implicit feedback from the items each user rated "
+   "(defaults validated on MovieLens latest-small with --rank 40, 300 steps, tol none).")
 _register("bpmf", bpmf, (
     Param("burn_in", "int", 20, "Gibbs sweeps discarded before samples are kept", lo=0),
     Param("thin", "int", 1, "keep every thin-th sweep after the burn-in", lo=1),
