@@ -31,6 +31,7 @@ from .solvers.implicit import implicit_als
 from .solvers.mu import mu
 from .solvers.ratings import ratings_gradient
 from .solvers.svd import svd
+from .solvers.svdpp import svdpp
 
 __all__ = ["Param", "SolverEntry", "SOLVERS", "solver_names", "solver_entry", "make_solver", "parse_param",
            "describe_solvers", "DATASETS", "register_dataset"]
@@ -252,6 +253,14 @@ def _ratings_gradient(optimizer="adam", learning_rate=0.01, l2=0.1, bias_l2=None
                          biases=biases, chunk_size=chunk_size)
 
 
+def _svdpp(optimizer="adam", learning_rate=0.01, l2=10.0, bias_l2=None, implicit_l2=40.0, biases=True,
+           chunk_size=1 << 16):
+    check_choice(optimizer, "optimizer", ("adam", "sgd"), "svdpp")
+    lr = _check_lr(learning_rate, "svdpp")
+    return _optax_cached(svdpp, optimizer, lr, l2=l2, bias_l2=bias_l2, implicit_l2=implicit_l2, biases=biases,
+                         chunk_size=chunk_size)
+
+
 @functools.lru_cache(maxsize=64)
 def _optax_cached(factory, optimizer: str, lr: float, **kwargs):
     """One solver object per setting (an Optax transformation is a new object at every call)."""
@@ -312,6 +321,16 @@ _register("ratings_gradient", _ratings_gradient, (
     Param("l2", "float", 0.1, "ridge penalty on W and H (sum units)", lo=0.0),
     _BIAS_L2, _COUNT_SCALED, _BIASES._replace(default=True), _CHUNK,
 ), "Full-batch gradient steps for explicit ratings (biases, packed gradient passes).")
+_register("svdpp", _svdpp, (
+    Param("optimizer", "str", "adam", "the Optax optimizer", choices=("adam", "sgd")),
+    _LR,
+    Param("l2", "float", 10.0, "ridge penalty on the explicit user factors P and on H (sum units)", lo=0.0),
+    _BIAS_L2,
+    Param("implicit_l2", "float", 40.0, "ridge penalty on the implicit item factors Y (none: l2)", lo=0.0,
+          none_ok=True),
+    _BIASES._replace(default=True), _CHUNK,
+), "SVD++ (Koren 2008): ratings_gradient's model plus implicit feedback from the items each user rated "
+   "(defaults validated on MovieLens latest-small with --rank 40, 300 steps, tol none).")
 _register("bpmf", bpmf, (
     Param("burn_in", "int", 20, "Gibbs sweeps discarded before samples are kept", lo=0),
     Param("thin", "int", 1, "keep every thin-th sweep after the burn-in", lo=1),

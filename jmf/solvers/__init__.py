@@ -11,8 +11,10 @@ from jmf._src.solvers.implicit import ImplicitLayout, implicit_als
 from jmf._src.solvers.mu import mu
 from jmf._src.solvers.ratings import RatingsGradientState, RatingsLayout, ratings_gradient
 from jmf._src.solvers.svd import SVDState, svd
+from jmf._src.solvers.svdpp import SVDppParams, SVDppState, implicit_factors, svdpp
 
 __all__ = ["Solver", "EmptyState", "GradientState", "gradient", "sgd", "adam", "nonnegative", "als", "ALSState",
            "row_scaled_frobenius", "mu", "hals", "HALSState", "svd", "SVDState",
            "ratings_als", "RatingsLayout", "ratings_gradient", "RatingsGradientState", "implicit_als", "ImplicitLayout",
-           "bpmf", "BPMFState", "posterior_mean", "bpr", "BPRState"]
+           "bpmf", "BPMFState", "posterior_mean", "bpr", "BPRState", "svdpp", "SVDppState", "SVDppParams",
+           "implicit_factors"]

@@ -131,6 +131,10 @@ def member_solver(job: Job, hparams) -> Solver:
 def _traced_once(solver: Solver, method: str):
     """``solver``'s ``step`` or ``loss`` as one jitted function ``(*args, hparams)``, shared by every program.
 
+    The loss is ``solver.objective(f, state, data)`` when the solver declares
+    one (its objective involves parameters the factors do not hold), else
+    ``solver.loss.value(f, data)``.
+
     A job traces its solver's step in several programs (the pool-safety
     check, the start, the loop); through one ``jax.jit`` with a stable
     identity, JAX traces it once per argument shapes and reuses the jaxpr
@@ -141,7 +145,10 @@ def _traced_once(solver: Solver, method: str):
     def call(*args):
         *args, hparams = args
         s = solver if hparams is None else at_point(solver, hparams)
-        return s.step(*args) if method == "step" else s.loss.value(*args)
+        if method == "step":
+            return s.step(*args)
+        f, state, data = args
+        return s.loss.value(f, data) if s.objective is None else s.objective(f, state, data)
 
     return jax.jit(call)
 
@@ -151,9 +158,9 @@ def member_step(job: Job, f, s, data, mask, hparams=None):
     return _traced_once(job.solver, "step")(f, s, data, mask, hparams)
 
 
-def member_loss(job: Job, f, data, hparams=None):
-    """One member's loss value (traced once per job and shapes)."""
-    return _traced_once(job.solver, "loss")(f, data, hparams)
+def member_loss(job: Job, f, s, data, hparams=None):
+    """One member's loss value at factors ``f`` and solver state ``s`` (traced once per job and shapes)."""
+    return _traced_once(job.solver, "loss")(f, s, data, hparams)
 
 
 def start_member(job: Job, key, rank, factors0, data, hparams=None):
@@ -180,7 +187,7 @@ def _start_member(job: Job, key, rank, factors0, data, hparams):
     if cfg.biases and factors0.row_bias is None:
         factors0 = add_biases(factors0, data)
     state = solver.init(factors0, data, jax.random.fold_in(key, 1))
-    loss0 = member_loss(job, factors0, data, hparams)
+    loss0 = member_loss(job, factors0, state, data, hparams)
     return factors0, state, loss0
 
 
@@ -210,8 +217,8 @@ def _direct(job: Job, args: Args, carry: Carry) -> Carry:
     The status is ``CONVERGED``, or ``DIVERGED`` if the solution is not finite."""
 
     def member(key, f, s, d, mk):
-        f, _ = first_iteration(job, key, f, s, d, mk)
-        return f, member_loss(job, f, d)
+        f, s = first_iteration(job, key, f, s, d, mk)
+        return f, member_loss(job, f, s, d)
 
     every = frozenset(job.axes)
     axes = (frozenset({"restart"}), every, every, frozenset({"matrix"}), frozenset({"rank"}))
@@ -235,22 +242,22 @@ def advance(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
     def one_step(f, s, d, mk, hp):
         return member_step(job, f, s, d, mk, hp)
 
-    def one_loss(f, d, hp):
-        return member_loss(job, f, d, hp)
+    def one_loss(f, s, d, hp):
+        return member_loss(job, f, s, d, hp)
 
     def member_progress(f, s, d, hp):
         return member_solver(job, hp).progress(f, s, d)
 
     every, matrix, rank, param = frozenset(job.axes), frozenset({"matrix"}), frozenset({"rank"}), frozenset({"param"})
     step = nest_vmap(one_step, job.axes, (every, every, matrix, rank, param))
-    loss_fn = nest_vmap(one_loss, job.axes, (every, matrix, param))
+    loss_fn = nest_vmap(one_loss, job.axes, (every, every, matrix, param))
     progress_fn = None
     one_point = args.hparams if "param" not in job.axes else _first_point(args.hparams)
     if member_solver(job, one_point).progress is not None:
         progress = nest_vmap(member_progress, job.axes, (every, every, matrix, param))
         progress_fn = lambda f, s: progress(f, s, args.data, args.hparams)  # noqa: E731
     return check_loop(job.cfg, carry, lambda f, s: step(f, s, args.data, args.mask, args.hparams),
-                      lambda f: loss_fn(f, args.data, args.hparams), select, stop_at, args.tol, progress_fn)
+                      lambda f, s: loss_fn(f, s, args.data, args.hparams), select, stop_at, args.tol, progress_fn)
 
 
 def advance_sequential(job: Job, args: Args, carry: Carry, stop_at) -> Carry:

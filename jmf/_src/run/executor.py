@@ -199,7 +199,7 @@ def blocking_custom_calls(job: Job, args: Args) -> frozenset:
         def program(key, rank, factors0, data, mask, hparams):
             f, s, _ = driver.start_member(job, key, rank, factors0, data, hparams)
             f, s = driver.first_iteration(job, key, f, s, data, mask, hparams)
-            return driver.member_loss(job, f, data, hparams), s
+            return driver.member_loss(job, f, s, data, hparams), s
 
         _blocking_cache[cache_key] = _custom_calls(jax.jit(program).trace(*structs))
     return _blocking_cache[cache_key]

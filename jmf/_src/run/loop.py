@@ -85,7 +85,8 @@ def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol
     relative tolerance; a negative value (``tol=None``) never converges.
 
     ``step(factors, state)`` advances every member by one iteration,
-    ``loss_fn(factors)`` returns the member-shaped losses, and
+    ``loss_fn(factors, state)`` returns the member-shaped losses (the state
+    matters to solvers with an ``objective``, e.g. SVD++), and
     ``select(pred, new, old)`` keeps the ``old`` leaves of members where
     ``pred`` (member-shaped) is false.  ``progress_fn(factors, state)``
     (optional, member-shaped) replaces the loss-change test: a member
@@ -99,7 +100,7 @@ def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol
         f, s = jax.lax.fori_loop(0, n, lambda _, fs: step(*fs), (c.factors, c.state))
         it = c.it + n
         check = c.check + 1
-        loss = loss_fn(f)
+        loss = loss_fn(f, s)
         if loss.ndim == 0:
             # A single member only reaches the body while running; a constant
             # lets XLA drop the freezing selects (fewer kernels to compile).

@@ -72,7 +72,8 @@ def w_change(solver: Solver) -> Solver:
         return g, WChangeState(inner, jnp.where(jnp.isnan(change), jnp.inf, change).astype(f.W.dtype))
 
     return solver._replace(init=init, step=step, update_w=None, name=f"{solver.name}[W, change]", direct=None,
-                           factory=None, grid=None, progress=lambda f, state, data: state.change)
+                           factory=None, grid=None, progress=lambda f, state, data: state.change,
+                           objective=_inner_objective(solver))
 
 
 class StopState(NamedTuple):
@@ -115,7 +116,14 @@ def stop_each_step(solver: Solver, tol: float) -> Solver:
         return jnp.where(state.done, jnp.zeros_like(p), p)
 
     return solver._replace(init=init, step=step, update_w=None, name=f"{solver.name}[stop each step]", direct=None,
-                           factory=None, grid=None, progress=stopped_progress)
+                           factory=None, grid=None, progress=stopped_progress, objective=_inner_objective(solver))
+
+
+def _inner_objective(solver: Solver):
+    """The wrapped solver's state-reading objective on a wrapper state (``state.inner``), or None."""
+    if solver.objective is None:
+        return None
+    return lambda f, state, data: solver.objective(f, state.inner, data)
 
 
 def iterations(result) -> int:

@@ -38,6 +38,11 @@ Optional parts:
   check where ``progress <= tol``, instead of applying its relative
   loss-change rule; the loss is still evaluated at every check (history,
   divergence, result).
+* ``objective(factors, state, data) -> scalar``: the objective when it
+  involves parameters the factors do not hold (SVD++ keeps its explicit user
+  factors and implicit item factors in the state; the factors carry their
+  effective sum).  When given, the driver records it instead of
+  ``loss.value(factors, data)``, which stays for callers without a state.
 """
 
 from __future__ import annotations
@@ -102,6 +107,10 @@ class Solver(NamedTuple):
     progress : (Factors, state, data) -> scalar, optional
         A convergence measure replacing the loss-change rule: a member
         converges at a check where ``progress <= tol`` (see the module docstring).
+    objective : (Factors, state, data) -> scalar, optional
+        The objective :func:`jmf.fit` records (history, ``tol``, result) in
+        place of ``loss.value`` when it depends on the solver state (see the
+        module docstring).
     """
 
     init: Callable[..., Any]
@@ -117,6 +126,7 @@ class Solver(NamedTuple):
     factory: Any = None
     grid: Any = None
     progress: Optional[Callable[..., Any]] = None
+    objective: Optional[Callable[..., Any]] = None
 
 
 def data_kind(data) -> str:
