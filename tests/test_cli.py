@@ -88,6 +88,14 @@ def test_fit_csv_mtx_and_ratings(capsys, tmp_path, matrix_file):
     assert "ratings 12 x 9" in out and "held-out RMSE" in out
     f, meta = jmf.io.load_factors(model, with_metadata=True)
     assert f.row_bias is not None and list(meta["arrays"]["user_ids"][:3]) == ["u0", "u1", "u10"]
+    # The loss label counts a solver's default penalties (svdpp: l2 and implicit_l2), not only -p ones.
+    code, out, err = _run(capsys, "fit", tmp_path / "r.csv", "--rank", 2, "--solver", "svdpp", "--max-iter", 5)
+    assert code == 0, err
+    assert "svdpp, rank 2" in out and "plus penalty" in out
+    code, out, err = _run(capsys, "fit", tmp_path / "r.csv", "--rank", 2, "--solver", "svdpp", "-p", "l2=0",
+                          "-p", "implicit_l2=0", "-p", "bias_l2=0", "--max-iter", 5)
+    assert code == 0, err
+    assert "plus penalty" not in out
 
 
 def test_plain_als_on_sparse_ratings_warns_and_does_not_diverge(capsys, tmp_path):

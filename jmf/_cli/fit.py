@@ -230,7 +230,11 @@ def _fit_solver(args, name: str, solver, params: dict, info: dict, prepared, tes
     if args.json:
         print(json.dumps(summary, indent=1, default=float))
     else:
-        penalized = any(k.startswith(("l1", "l2")) and v for k, v in params.items())
+        from jmf._src.registry import solver_entry
+
+        # The solver's defaults count too (ratings_gradient's l2 = 0.1, svdpp's l2 and implicit_l2).
+        settings = {**solver_entry(name).defaults(), **params}
+        penalized = any(("l1" in k or "l2" in k) and v for k, v in settings.items())
         print(f"result  {res.status_name} after {int(res.n_iter)} iterations; final loss {float(res.loss):.6g} "
               f"(mean squared error over observed entries{' plus penalty' if penalized else ''})")
         line = f"        relative error {metrics['rel_error']:.4g}, training RMSE {metrics['train_rmse']:.4g}"
