@@ -32,7 +32,7 @@ __all__ = ["dense_normal_equations", "khatri_rao_square", "solve_spd", "ridge_fl
 # Systems solved per batch by the Cholesky solver (bounds the factor's temporary memory).
 SOLVE_BATCH = 2048
 # Widths up to this are factored by straight-line code vectorized over the batch (:func:`spd_draw`);
-# wider ones compile too slowly that way (5 s at 33, BENCHMARKS.md).
+# wider ones take seconds to compile that way and run no faster than LAPACK (BENCHMARKS.md).
 UNROLLED_MAX = 16
 
 
@@ -188,9 +188,8 @@ def spd_draw(P, b, z=None):
     ``L^-T z`` has covariance ``P^-1`` (a Gaussian draw).  For ``q <=``
     :data:`UNROLLED_MAX`: straight-line code over the ``q`` columns, every
     operation a vector over the batch (batch-last), which XLA fuses into a
-    few passes -- 2.4x faster than LAPACK's per-matrix calls for 10^4
-    systems of width 11 in float32, 1.2-1.4x in float64, for about 0.7 s of
-    compilation; wider systems go through the loops of
+    few passes -- faster than LAPACK's per-matrix calls at these widths, for
+    about a second more compilation (BENCHMARKS.md); wider systems go through the loops of
     :func:`cholesky_loop` and :func:`triangular_solve_loop`.  Only the lower
     triangle of ``P`` is read.
     """
@@ -233,8 +232,8 @@ def spd_draw(P, b, z=None):
 def cholesky_loop(A):
     """Lower Cholesky factors of ``A`` (..., q, q), right-looking, one column per loop step (no custom call).
 
-    Small programs for any ``q``, but slow on big batches (3x LAPACK at q = 9, 15x at q = 33 for 2,048
-    systems): for single matrices and wide systems.
+    Small programs for any ``q``, but an order of magnitude slower than LAPACK on big batches
+    (BENCHMARKS.md): for single matrices, and wide systems where LAPACK must be avoided.
     """
     q = A.shape[-1]
     idx = jnp.arange(q)
