@@ -57,6 +57,7 @@ SOLVERS = {
     "ratings_gradient": jmf.solvers.ratings_gradient(optax.adam(1e-2)),
     "bpmf": jmf.solvers.bpmf(burn_in=3, n_keep=4),
     "bpr": jmf.solvers.bpr(),
+    "svdpp": jmf.solvers.svdpp(optax.adam(1e-2)),
 }
 KW = dict(ranks=[1, 2], n_restarts=2, key=0, max_iter=20, tol=1e-6, progress=False)
 

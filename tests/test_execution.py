@@ -49,7 +49,8 @@ def _run_worker(n_devices, *flags, timeout=900):
 def test_every_solver_and_data_kind_on_two_cpu_devices():
     cases = _run_worker(2)
     solvers = {c["solver"] for c in cases}
-    assert {"adam", "als", "hals", "mu", "svd", "ratings_als-cholesky", "implicit_als"} <= solvers
+    assert {"adam", "als", "hals", "mu", "svd", "ratings_als-cholesky", "implicit_als", "bpmf", "bpr",
+            "svdpp"} <= solvers
     assert {(c["solver"], c["kind"]) for c in cases} >= {("als", "weighted"), ("als", "sparse"), ("adam", "dense")}
 
 
