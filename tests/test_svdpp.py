@@ -218,3 +218,19 @@ def test_wrappers_of_the_half_step_keep_the_objective(synth):
     assert float(wrapped.objective(f, wrapped.init(f, data)._replace(inner=state), data)) == want
     stopping = stop_each_step(solver._replace(progress=lambda f, s, d: jnp.zeros(())), 0.1)
     assert float(stopping.objective(f, stopping.init(f, data)._replace(inner=state), data)) == want
+
+
+def test_penalty_grid_equals_single_fits_and_the_factory_is_memoized(synth):
+    data = synth.data
+    opt = optax.adam(0.05)
+    assert jmf.solvers.svdpp(opt, l2=2.0) is jmf.solvers.svdpp(opt, l2=2.0)  # compiled once, not per call
+    kw = dict(rank=3, key=0, max_iter=15, tol=None, check_every=15, progress=False)
+    grid = jmf.solvers.svdpp(opt, l2=np.array([0.5, 4.0]), implicit_l2=np.array([1.0, 8.0]))
+    res = jmf.fit_many(data, grid, **kw)
+    for p, (l2, il2) in enumerate([(0.5, 1.0), (0.5, 8.0), (4.0, 1.0), (4.0, 8.0)]):
+        one = jmf.fit(data, jmf.solvers.svdpp(opt, l2=l2, implicit_l2=il2), **kw)
+        np.testing.assert_allclose(np.asarray(res.member(p).factors.W), np.asarray(one.factors.W), rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(float(res.member(p).loss), float(one.loss), rtol=1e-5)
+    with pytest.raises(ValueError, match="implicit_l2"):
+        jmf.solvers.svdpp(opt, implicit_l2=np.array([1.0, -1.0]))

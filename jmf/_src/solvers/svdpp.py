@@ -44,7 +44,7 @@ from ..factors import Factors
 from ..losses.base import Loss
 from ..losses.ratings import ratings_loss
 from ._blocked import Side, SparseLayout, packed_rows, per_segment, sparse_layout
-from .base import Solver
+from .base import Solver, cached_factory
 from .gradient import _reject_value_transforms, optax_update
 from .ratings import _packed_grad
 
@@ -124,6 +124,7 @@ def implicit_factors(state: SVDppState, data: Sparse):
     return state.norm[:, None].astype(s.dtype) * s
 
 
+@cached_factory(searchable=("l2", "bias_l2", "implicit_l2"))
 def svdpp(optimizer, l2: float = 10.0, bias_l2: Optional[float] = None, implicit_l2: Optional[float] = 40.0,
           biases: bool = True, chunk_size: int = 1 << 16, name: str = "svdpp") -> Solver:
     """Full-batch SVD++ (Koren 2008) on sparse ratings with any Optax transformation.
@@ -144,7 +145,9 @@ def svdpp(optimizer, l2: float = 10.0, bias_l2: Optional[float] = None, implicit
     bias_l2 : float, optional
         Ridge penalty on the biases (default ``l2``); the offset is free.
     implicit_l2 : float or None, default 40
-        Ridge penalty on ``Y`` (``None``: ``l2``).
+        Ridge penalty on ``Y`` (``None``: ``l2``).  ``l2``, ``bias_l2`` and
+        ``implicit_l2`` accept 1-D arrays: a grid that :func:`jmf.fit_many`
+        (and :func:`jmf.model_selection.grid_search`) fits in one compiled call.
     biases : bool, default True
         Fit row/column biases and the offset.
     chunk_size : int, default 65536
