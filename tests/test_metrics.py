@@ -191,3 +191,25 @@ def test_kfold_partitions(rng):
     np.testing.assert_array_equal(seen, 1)
     with pytest.raises(ValueError, match="n_splits"):
         list(kfold(data, 1))
+
+
+def test_auc_counts_ties_as_one_half_like_scikit_learn(rng):
+    """Scores on three levels tie a lot: each user's AUC is scikit-learn's roc_auc_score over its candidates."""
+    from sklearn.metrics import roc_auc_score
+
+    data = _random_sparse(rng, m=25, n=40)
+    train, test = train_test_split(data, 0.4, key=2)
+    m, n = data.shape
+    f = jmf.Factors(np.round(rng.standard_normal((m, 1))), np.ones((1, n)), None,
+                    np.round(rng.standard_normal(n)).clip(-1, 1), np.float64(0.0))
+    got = ranking_metrics(f, test, k=3, train=train, batch_size=4, per_user=True)
+    S = np.asarray(f.W @ f.H + f.col_bias[None, :])
+    seen = np.zeros((m, n), bool)
+    seen[np.asarray(train.rows), np.asarray(train.cols)] = True
+    rel = np.zeros((m, n), bool)
+    rel[np.asarray(test.rows), np.asarray(test.cols)] = True
+    want = [roc_auc_score(rel[u, ~seen[u]], S[u, ~seen[u]]) for u in got["users"]]
+    assert len(set(np.round(S[0], 6))) <= 3  # ties by construction
+    np.testing.assert_allclose(got["auc_per_user"], want, rtol=1e-6)
+    flat = ranking_metrics(jmf.Factors(np.zeros((m, 2)), np.zeros((2, n))), test, k=3, train=train)
+    assert flat["auc"] == pytest.approx(0.5)  # every score equal

@@ -15,7 +15,8 @@ them, or those rated ``>= threshold``)::
 
 averaged over users.  AUC is not cut off at ``k``: the candidates are all
 items the user does not have in the training data, the relevant ones
-against the others (ties are broken by item order, as ``argsort`` does).
+against the others (a tie counts one half, as in the Mann-Whitney statistic
+and scikit-learn's ``roc_auc_score``).
 Users are processed in batches of ``batch_size``
 (memory ``batch_size x n_items``), one compiled ``lax.map``.
 """
@@ -94,6 +95,10 @@ def rating_metrics(factors: Factors, test, clip: Optional[tuple] = None) -> dict
     return {"rmse": rmse(vals, pred, w), "mae": mae(vals, pred, w), "n": int(np.asarray(vals).size)}
 
 
+# Relevant entries whose score rows are compared at once for the AUC (memory: this many rows of scores).
+_AUC_ENTRIES = 128
+
+
 @partial(jax.jit, static_argnames=("k", "batch_size"))
 def _rank_eval(f: Factors, users_pad, seen_loc, seen_cols, rel_loc, rel_cols, k, batch_size):
     """Per user: hits@k, DCG@k, sum of precision at the hits (AP numerator), reciprocal rank, AUC numerator
@@ -115,14 +120,21 @@ def _rank_eval(f: Factors, users_pad, seen_loc, seen_cols, rel_loc, rel_cols, k,
         hit = jnp.take_along_axis(rel, top, axis=1).astype(dtype)
         ap = jnp.sum(hit * jnp.cumsum(hit, axis=1) * inv_rank[None, :], axis=1)
         rr = jnp.max(hit * inv_rank[None, :], axis=1)
-        # AUC: for every relevant item, the non-relevant candidates (unseen) scored below it
-        neg = (~seen & ~rel).astype(dtype)
-        order = jnp.argsort(s, axis=1)
-        neg_sorted = jnp.take_along_axis(neg, order, axis=1)
-        below = jnp.cumsum(neg_sorted, axis=1) - neg_sorted
-        rel_sorted = jnp.take_along_axis(rel, order, axis=1).astype(dtype)
-        auc_num = jnp.sum(rel_sorted * below, axis=1)
-        return jnp.sum(hit, axis=1), hit @ discount, ap, rr, auc_num, jnp.sum(neg, axis=1)
+        # AUC: for every relevant item, the non-relevant candidates (unseen) scored below it, ties counting
+        # one half.  Counted entry by entry against its user's row, not by sorting the rows: XLA:CPU's sort
+        # took 1.25 s for 512 users x 9,724 items, these comparisons (relevant entries x items) ~0.1 s.
+        neg = ~seen & ~rel
+        loc = jnp.minimum(rl, batch_size - 1)
+        s_rel = s[loc, rc]
+
+        def below(entry):
+            u, score = entry
+            row, cand = s[u], neg[u]
+            return jnp.sum(cand & (row < score), dtype=dtype) + 0.5 * jnp.sum(cand & (row == score), dtype=dtype)
+
+        per_entry = jax.lax.map(below, (loc, s_rel), batch_size=_AUC_ENTRIES)
+        auc_num = jax.ops.segment_sum(jnp.where(rl < batch_size, per_entry, 0), loc, num_segments=batch_size)
+        return jnp.sum(hit, axis=1), hit @ discount, ap, rr, auc_num, jnp.sum(neg, axis=1, dtype=dtype)
 
     out = jax.lax.map(one, (users_pad.reshape(nb, batch_size), seen_loc, seen_cols, rel_loc, rel_cols))
     return tuple(x.reshape(-1) for x in out)
