@@ -163,7 +163,7 @@ def five_fold(df, args, scale):
         mask[f] = True
         tr, te = df[~mask], df[mask]
         R = jmf.datasets.index_ratings(tr)
-        factors, _, _ = cf.fit_model("als-wr", cf.DEFAULTS["als-wr"], R.data, timed=False)
+        factors, _, _ = cf.fit_model("als-wr", cf.DEFAULTS["als-wr"], R.data)
         out["jmf als-wr"].append(jmf.metrics.rating_metrics(factors, R.encode(te), clip=scale)["rmse"])
         if surprise is not None:
             reader = surprise.Reader(rating_scale=scale)

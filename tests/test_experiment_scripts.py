@@ -77,3 +77,19 @@ def test_batch_fit_quick(tmp_path):
     for f in ("batch_fit.csv", "batch_fit.json", "figures/batch_fit_throughput.png",
               "figures/batch_fit_throughput.svg"):
         _nonempty(out / f)
+
+
+def test_collaborative_filtering_quick(tmp_path, capsys):
+    """The CF script fits each model once, splits its time into compiling and fitting, and writes its table."""
+    out = tmp_path / "cf"
+    rows = _script("collaborative_filtering").main(["--quick", "--models", "als-wr", "implicit-als",
+                                                    "--out", str(out)])
+    assert [r["solver"] for r in rows] == ["als-wr", "implicit-als"]
+    als, ials = rows
+    assert 0.3 < als["rmse"] < 1.5 and np.isnan(ials["rmse"])  # implicit-als ranks, it does not rate
+    assert 0 < ials["ndcg_at_10"] <= 1
+    for r in rows:
+        assert r["fit_seconds"] >= 0 and r["compile_seconds"] >= 0
+    assert "fit s (excl. compile)" in capsys.readouterr().out
+    _nonempty(out / "cf_results.md")
+    assert [r["solver"] for r in json.loads((out / "cf_results.json").read_text())] == ["als-wr", "implicit-als"]
