@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jmf
+from jmf._src.init import _mix32
 from jmf._src.solvers import bpmf as B
 
 # float64: the sampler's conditional moments and posterior means against NumPy linear algebra, to 1e-8..1e-12.
@@ -38,9 +39,22 @@ def test_wishart_draws_have_mean_nu_v(rng):
     D, nu = 3, 7.0
     A = rng.standard_normal((D, D))
     V = A @ A.T + np.eye(D)
-    keys = jax.random.split(jax.random.key(0), 20000)
-    draws = jax.vmap(lambda k: B._sample_wishart(k, jnp.asarray(np.linalg.inv(V)), nu, jnp.float64))(keys)
+    seeds = _mix32(jnp.arange(20000, dtype=jnp.uint32))
+    draws = jax.vmap(lambda s: B._sample_wishart(s, 10, jnp.asarray(np.linalg.inv(V)), nu, jnp.float64))(seeds)
     np.testing.assert_allclose(np.mean(np.asarray(draws), axis=0), nu * V, rtol=0.05, atol=0.05 * np.abs(V).max())
+
+
+def test_gamma_draws_have_the_gamma_mean_and_variance():
+    """Marsaglia-Tsang on hashed streams, boosted below shape 1: mean a and variance a for every shape."""
+    a = jnp.asarray([0.3, 1.0, 4.5, 300.0])
+    seeds = _mix32(jnp.arange(40000, dtype=jnp.uint32) + jnp.uint32(7))
+    g = np.asarray(jax.vmap(lambda s: B._gamma(s, 40, a, jnp.float64))(seeds))
+    assert np.all(g > 0)
+    np.testing.assert_allclose(g.mean(axis=0), a, rtol=0.03)
+    np.testing.assert_allclose(g.var(axis=0), a, rtol=0.06)
+    # The streams differ: the proposals of stream 40 are not those of stream 41.
+    assert not np.allclose(np.asarray(B._gamma(seeds[0], 40, a, jnp.float64)),
+                           np.asarray(B._gamma(seeds[0], 43, a, jnp.float64)))
 
 
 def test_update_w_is_the_conditional_posterior_mean(synth):

@@ -41,7 +41,7 @@ from jax import lax
 from .._validation import check_int, check_positive_float
 from ..data import Sparse
 from ..factors import Factors
-from ..init import _grid, _seed_words
+from ..init import _GOLDEN, _grid, _mix32, _seed_words
 from ..losses.ratings import ratings_loss
 from ._blocked import SparseLayout, packed_rows, per_segment, sparse_layout
 from ._normal import UNROLLED_MAX, cholesky_loop, spd_draw, triangular_solve_loop
@@ -57,7 +57,7 @@ class BPMFState(NamedTuple):
     ----------
     layout : SparseLayout
     key : uint32 array (2,)
-        Key data of the sampler's stream (advanced every sweep).
+        Key data of the chain: sweep ``t`` draws from a hash of ``(key, t)``.
     alpha : ()
         Observation precision of the last sweep.
     mu_u, lam_u, mu_v, lam_v : (D,), (D, D)
@@ -87,8 +87,21 @@ class BPMFState(NamedTuple):
 # of them are rejected with probability < 0.05**8 ~ 4e-11.
 _GAMMA_PROPOSALS = 8
 
+# Every draw of a sweep comes from the counter-based hash of jmf.init (``_grid``) seeded by (chain key, sweep),
+# one stream per draw.  Threefry (``jax.random``) compiled to large code for each of the sweep's ~20 small
+# draws: the hyperparameter draws took 1.8 s of the sampler's 4.9 s compilation (LAPACK solves), 0.6 s now.
+_NOISE = 0  # row noise of side s: stream s
+_HYPER = (10, 20)  # side s: Wishart normals +0, mean normals +1, its Gamma draw +2 ... +4
+_ALPHA = 40  # the noise precision's Gamma draw: +0 ... +2
 
-def _gamma(key, a, dtype):
+
+def _draws(seed, stream: int, shape, kind: str, dtype):
+    """``shape`` i.i.d. standard normals or uniforms in (0, 1) of one stream of the sweep's seed."""
+    size = int(np.prod(shape, dtype=np.int64))
+    return _grid(seed, stream, 1, max(size, 1), kind, dtype)[0, :size].reshape(shape)
+
+
+def _gamma(seed, stream: int, a, dtype):
     """``Gamma(a, 1)`` draws (elementwise in ``a``) by Marsaglia & Tsang (2000), without a loop.
 
     ``jax.random.gamma`` samples with a rejection ``while_loop`` per element,
@@ -97,16 +110,16 @@ def _gamma(key, a, dtype):
     drawn and the first accepted one taken; shapes below 1 are boosted
     (``Gamma(a) = Gamma(a + 1) U^(1/a)``).  In the ~4e-11 event that every
     proposal is rejected, the first proposal's transformed value (the
-    Wilson-Hilferty approximation) is used.
+    Wilson-Hilferty approximation) is used.  Streams ``stream`` to
+    ``stream + 2`` of ``seed`` are used.
     """
     a = jnp.asarray(a, dtype)
     boost = a < 1
     d = jnp.where(boost, a + 1, a) - 1 / 3
     c = 1 / jnp.sqrt(9 * d)
-    kx, ku, kb = jax.random.split(key, 3)
     tiny = jnp.finfo(dtype).tiny
-    x = jax.random.normal(kx, (_GAMMA_PROPOSALS,) + a.shape, dtype)
-    u = jax.random.uniform(ku, (_GAMMA_PROPOSALS,) + a.shape, dtype, minval=tiny)
+    x = _draws(seed, stream, (_GAMMA_PROPOSALS,) + a.shape, "normal", dtype)
+    u = _draws(seed, stream + 1, (_GAMMA_PROPOSALS,) + a.shape, "uniform", dtype)
     c1, d1 = c[None], d[None]  # against the (proposals,) + a.shape draws
     v = (1 + c1 * x) ** 3
     positive = v > 0
@@ -114,32 +127,33 @@ def _gamma(key, a, dtype):
     first = jnp.argmax(ok, axis=0)
     accepted = jnp.take_along_axis(v, first[None], axis=0)[0]
     g = d * jnp.where(jnp.any(ok, axis=0), accepted, jnp.maximum(v[0], tiny))
-    ub = jax.random.uniform(kb, a.shape, dtype, minval=tiny)
+    ub = _draws(seed, stream + 2, a.shape, "uniform", dtype)
     return jnp.where(boost, g * ub ** (1 / jnp.where(boost, a, 1)), g)
 
 
-def _sample_wishart(key, V_inv, nu, dtype):
+def _sample_wishart(seed, stream: int, V_inv, nu, dtype):
     """A draw of ``Wishart(V, nu)`` (scale ``V``, given by its inverse) by the Bartlett decomposition.
 
     ``A A^T ~ Wishart(I, nu)`` with ``A`` lower triangular,
     ``A_ii = sqrt(chi2(nu - i))``, ``A_ij ~ N(0, 1)`` below the diagonal, and
     ``M A A^T M^T ~ Wishart(M M^T, nu)`` for any ``M``: here ``M = C^-T``
     with ``V^-1 = C C^T``, so ``V`` is never formed (no inverse, no custom call).
+    Streams ``stream`` (normals) and ``stream + 2`` to ``stream + 4`` (the chi-square draws).
     """
     D = V_inv.shape[-1]
     C = cholesky_loop(V_inv)
-    kg, kn = jax.random.split(key)
-    chi2 = 2 * _gamma(kg, (nu - jnp.arange(D, dtype=dtype)) / 2, dtype)
-    A = jnp.tril(jax.random.normal(kn, (D, D), dtype), -1) + jnp.diag(jnp.sqrt(chi2))
+    chi2 = 2 * _gamma(seed, stream + 2, (nu - jnp.arange(D, dtype=dtype)) / 2, dtype)
+    A = jnp.tril(_draws(seed, stream, (D, D), "normal", dtype), -1) + jnp.diag(jnp.sqrt(chi2))
     MA = triangular_solve_loop(C, A, transpose=True)
     return MA @ MA.T
 
 
-def _sample_hyper(key, X, live, mask, beta0, dtype):
+def _sample_hyper(seed, stream: int, X, live, mask, beta0, dtype):
     """Normal-Wishart posterior draw ``(mu, Lambda)`` given the rows ``X`` (S, D) with ``live`` (S,) 0/1.
 
     Prior ``mu_0 = 0``, ``W_0 = I``, ``nu_0 = D`` (Salakhutdinov & Mnih 2008, eq. 14).  Inactive
     columns (``mask`` 0) come out with unit precision and zero mean, uncoupled from the others.
+    Streams ``stream`` to ``stream + 4`` of ``seed``.
     """
     D = X.shape[1]
     N = jnp.maximum(jnp.sum(live), 1)
@@ -149,13 +163,12 @@ def _sample_hyper(key, X, live, mask, beta0, dtype):
     S = Xc.T @ Xc  # N * S_bar
     bn = beta0 + N
     V_inv = jnp.eye(D, dtype=dtype) + S + (beta0 * N / bn) * jnp.outer(xbar, xbar)
-    k1, k2 = jax.random.split(key)
-    lam = _sample_wishart(k1, V_inv, D + N, dtype)
+    lam = _sample_wishart(seed, stream, V_inv, D + N, dtype)
     mm = jnp.outer(mask, mask)
     lam = lam * mm + jnp.diag(1 - mask)
     mu0 = N * xbar / bn
     Lc = cholesky_loop(bn * lam)
-    z = jax.random.normal(k2, (D,), dtype) * mask
+    z = _draws(seed, stream + 1, (D,), "normal", dtype) * mask
     mu = mu0 + triangular_solve_loop(Lc, z[:, None], transpose=True)[:, 0]
     return mu * mask, lam
 
@@ -304,7 +317,8 @@ def bpmf(burn_in: int = 20, thin: int = 1, n_keep: int = 32, beta0: float = 2.0,
             own, other, shift_b, lay, other_idx, n_other = Y, X, f.row_bias, st.layout.cols, data.rows, m
         F = jnp.concatenate([other[:, :-1], jnp.ones((other.shape[0], 1), other.dtype)], axis=1) * mk[None, :]
         shift = shift_b + f.offset
-        noise = _grid(seed, side, own.shape[1], own.shape[0], "normal", own.dtype) * mk[:, None] if sample else None
+        noise = (_grid(seed, _NOISE + side, own.shape[1], own.shape[0], "normal", own.dtype) * mk[:, None]
+                 if sample else None)
         new, sse = _rows(data, lay, own, F, shift, other_idx, alpha, mu, lam, mk, noise, n_other)
         if side == 0:
             return f._replace(W=new[:, :-1], row_bias=new[:, -1]), sse
@@ -313,27 +327,26 @@ def bpmf(burn_in: int = 20, thin: int = 1, n_keep: int = 32, beta0: float = 2.0,
     def step(f: Factors, st: BPMFState, data, mask=None):
         dtype = f.W.dtype
         mk = _mask(f, mask)
-        key, kh_u, kh_v, k_n, k_a = jax.random.split(jax.random.wrap_key_data(st.key), 5)
-        # The row noise comes from a counter-based hash (jmf.init's generator): 10x cheaper than threefry
-        # for the (m + n) D normals of a sweep, which were a sixth of its time.
-        seed = _seed_words(k_n)
+        # One seed per (chain, sweep) for every draw of the sweep (see _draws): the hash is also 10x cheaper
+        # to run than threefry for the (m + n) D normals of the rows, which were a sixth of a sweep's time.
+        seed = _mix32(_seed_words(st.key) ^ (st.sweeps.astype(jnp.uint32) * jnp.uint32(_GOLDEN)))
         X, Y = _x(f)
         live_u = (st.layout.row_weight > 0).astype(dtype)
         live_v = (st.layout.col_weight > 0).astype(dtype)
-        mu_u, lam_u = _sample_hyper(kh_u, X, live_u, mk, beta0, dtype)
-        mu_v, lam_v = _sample_hyper(kh_v, Y, live_v, mk, beta0, dtype)
+        mu_u, lam_u = _sample_hyper(seed, _HYPER[0], X, live_u, mk, beta0, dtype)
+        mu_v, lam_v = _sample_hyper(seed, _HYPER[1], Y, live_v, mk, beta0, dtype)
         f, _ = _side(f, st, data, mk, 0, seed, st.alpha, mu_u, lam_u, True)
         f, sse = _side(f, st, data, mk, 1, seed, st.alpha, mu_v, lam_v, True)  # residuals of the new sample
         n_obs = data.n_observed().astype(dtype)
         sse = jnp.maximum(sse, 0)
-        alpha = _gamma(k_a, a0 + n_obs / 2, dtype) / (b0 + sse / 2)
+        alpha = _gamma(seed, _ALPHA, a0 + n_obs / 2, dtype) / (b0 + sse / 2)
         sweeps = st.sweeps + 1
         take = (sweeps > burn_in) & ((sweeps - burn_in) % thin == 0)
         slot = st.kept % n_keep
         X, Y = _x(f)
         W_buf = st.W_buf.at[slot].set(jnp.where(take, X, st.W_buf[slot]))
         H_buf = st.H_buf.at[slot].set(jnp.where(take, Y, st.H_buf[slot]))
-        st = st._replace(key=jax.random.key_data(key), alpha=alpha, mu_u=mu_u, lam_u=lam_u, mu_v=mu_v, lam_v=lam_v,
+        st = st._replace(alpha=alpha, mu_u=mu_u, lam_u=lam_u, mu_v=mu_v, lam_v=lam_v,
                          sweeps=sweeps, kept=st.kept + take.astype(jnp.int32), W_buf=W_buf, H_buf=H_buf)
         return f, st
 
