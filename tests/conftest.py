@@ -30,6 +30,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 # The lowest supported JAX (0.6.1, the CI's lowest-versions stage) has the switch in jax.experimental.
+from jmf._src.compilation import release_programs_near_map_limit  # noqa: E402
 from jmf._src.sklearn._validation import _enable_x64  # noqa: E402
 
 
@@ -41,6 +42,16 @@ def pytest_runtest_protocol(item, nextitem):
         return (yield)
     with _enable_x64(True):
         return (yield)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """A worker obtains thousands of programs; free them before the kernel's limit on memory regions.
+
+    Fits check on their own (``jmf.fit_many``), the losses, metrics and solvers a test calls directly do not:
+    past vm.max_map_count the next program XLA:CPU loads segfaults (see
+    :func:`jmf._src.compilation.release_programs_near_map_limit`; looks only every few hundred programs).
+    """
+    release_programs_near_map_limit()
 
 
 @pytest.fixture

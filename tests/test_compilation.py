@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import jmf
-from jmf._src.compilation import compilations
+from jmf._src import compilation
+from jmf._src.compilation import compilations, memory_maps, release_programs_near_map_limit
 
 from .conftest import low_rank
 
@@ -69,3 +70,36 @@ def test_other_tolerances_and_keys_reuse_the_compiled_program(rng):
         b = jmf.fit(np.abs(A), solver, rank=2, key=2, tol=None, max_iter=50, progress=False)
     assert log.programs == 0
     assert int(b.n_iter) == 50 and b.status_name == "MAX_ITER" and int(a.n_iter) < 50
+
+
+@pytest.mark.skipif(memory_maps() is None, reason="needs Linux's /proc (memory regions and vm.max_map_count)")
+def test_compiled_programs_are_freed_before_the_process_runs_out_of_memory_regions(monkeypatch):
+    """Loaded programs hold memory regions; near the kernel's limit jmf frees them before fitting more.
+
+    Past vm.max_map_count XLA:CPU's JIT linker segfaulted while loading a program (a test worker holding
+    ~4,000 programs, ~38,000 regions, crashed once or twice per full run).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda x: jnp.sin(x) * 2 + jnp.cos(x).sum())
+    before = memory_maps()[0]
+    for n in range(1, 60):
+        f(jnp.ones(n)).block_until_ready()
+    grown = memory_maps()[0]
+    assert grown > before + 59  # each program maps regions of its own
+    assert f._cache_size() == 59
+    # Far from the limit: nothing is freed, and the regions are looked at only every so many programs.
+    assert not release_programs_near_map_limit(force_check=True)
+    monkeypatch.setattr(compilation, "_CHECK_EVERY", 10**9)
+    monkeypatch.setattr(compilation, "memory_maps", lambda: (60_000, 65_530))
+    assert not release_programs_near_map_limit()
+    assert f._cache_size() == 59
+    # Near it, fit_many frees every compiled program first, and still fits.
+    monkeypatch.setattr(compilation, "_CHECK_EVERY", 0)
+    A = low_rank(np.random.default_rng(0), 12, 9, 2).astype(np.float32)
+    res = jmf.fit_many(A, jmf.solvers.als(l2=0.1), rank=2, n_restarts=2, key=0, max_iter=5, progress=False)
+    assert np.isfinite(np.asarray(res.loss)).all()
+    assert f._cache_size() == 0
+    monkeypatch.undo()
+    assert memory_maps()[0] < grown  # the freed programs' regions were unmapped

@@ -30,7 +30,8 @@ from typing import Optional
 
 import jax
 
-__all__ = ["CompileLog", "compilations", "totals", "configure_cache", "cache_dir", "CACHE_MAX_BYTES"]
+__all__ = ["CompileLog", "compilations", "totals", "configure_cache", "cache_dir", "CACHE_MAX_BYTES", "memory_maps",
+           "release_programs_near_map_limit", "MAP_HEADROOM"]
 
 # Least-recently-used entries are evicted beyond this size.
 CACHE_MAX_BYTES = 2 << 30
@@ -43,6 +44,7 @@ def configure_cache() -> Optional[str]:
     Returns the folder in use (None when the cache is off or left to the
     user's own JAX configuration).
     """
+    _ensure_listener()  # programs are counted from jmf's import on (see release_programs_near_map_limit)
     raw = os.environ.get("JMF_CACHE_DIR", "").strip()
     if raw.lower() in _OFF:
         return None
@@ -150,3 +152,49 @@ def compilations():
         log.programs = after["programs"] - before["programs"]
         log.cache_hits = after["cache_hits"] - before["cache_hits"]
         log.seconds = after["seconds"] - before["seconds"]
+
+
+# -- the kernel's limit on memory maps --------------------------------------------------------
+
+# XLA:CPU maps every program it compiles or loads into memory regions of its own (about ten for a
+# small program) and keeps them while JAX's caches hold the executable.  Past the kernel's limit on a
+# process's regions (vm.max_map_count, 65,530 by default on Linux) the next program fails inside LLVM's JIT
+# linker: a segfault, or "Failed to materialize symbols".  A process that compiles thousands of programs
+# (a long notebook session of many shapes, a test worker) reaches it; jmf frees the compiled programs first.
+MAP_HEADROOM = 0.5  # free the programs when the regions pass this fraction of the limit
+_CHECK_EVERY = 64  # programs obtained between two looks at the regions (a few thousand regions at most)
+_last_check = [0]
+
+
+def memory_maps() -> Optional[tuple]:
+    """``(regions, limit)``: memory regions this process maps and the kernel's limit, or None (not Linux)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as fh:
+            limit = int(fh.read())
+        with open("/proc/self/maps", "rb") as fh:
+            regions = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except (OSError, ValueError):
+        return None
+    return regions, limit
+
+
+def release_programs_near_map_limit(headroom: float = MAP_HEADROOM, force_check: bool = False) -> bool:
+    """Free every compiled program JAX holds (``jax.clear_caches``) when the process's memory regions pass
+    ``headroom`` of the kernel's limit; returns whether it did.
+
+    Looks at ``/proc/self/maps`` only after every ``_CHECK_EVERY`` programs obtained (or ``force_check``).
+    Programs are compiled again, or loaded from the persistent cache, when next called.
+    """
+    if not force_check:
+        programs = totals()["programs"]
+        if programs - _last_check[0] < _CHECK_EVERY:
+            return False
+        _last_check[0] = programs
+    maps = memory_maps()
+    if maps is None or maps[0] < headroom * maps[1]:
+        return False
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
+    return True

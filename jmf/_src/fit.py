@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._validation import as_key, check_bool, check_int, check_rank, check_tol
+from .compilation import release_programs_near_map_limit
 from .data import as_data
 from .factors import Factors
 from .fit_results import FitManyResult, FitResult, _to_result
@@ -275,6 +276,7 @@ def fit_many(
         ``best()`` picks the lowest final loss over restarts.
     """
     _refuse_tracers("fit_many", data=data, rank=rank, ranks=ranks, key=key, keys=keys, init=init)
+    release_programs_near_map_limit()  # before this call's programs: see jmf._src.compilation
     if isinstance(data, (list, tuple)):
         if isinstance(init, Factors):
             raise ValueError("init=Factors starts a single fit; it cannot be combined with a list of matrices")
