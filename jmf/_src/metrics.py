@@ -122,7 +122,7 @@ def _rank_eval(f: Factors, users_pad, seen_loc, seen_cols, rel_loc, rel_cols, k,
         rr = jnp.max(hit * inv_rank[None, :], axis=1)
         # AUC: for every relevant item, the non-relevant candidates (unseen) scored below it, ties counting
         # one half.  Counted entry by entry against its user's row, not by sorting the rows: XLA:CPU's sort
-        # took 1.25 s for 512 users x 9,724 items, these comparisons (relevant entries x items) ~0.1 s.
+        # is an order of magnitude slower than these comparisons (BENCHMARKS.md, 2026-12-01).
         neg = ~seen & ~rel
         loc = jnp.minimum(rl, batch_size - 1)
         s_rel = s[loc, rc]

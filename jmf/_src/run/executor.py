@@ -187,7 +187,7 @@ def blocking_custom_calls(job: Job, args: Args, mesh: Optional[Mesh] = None) -> 
     ``mesh``: the mesh the members would run on.  The member program is then
     traced inside ``shard_map`` over it, the context of the real programs, so
     that JAX's tracing cache hands them this trace of the start, step and
-    loss (traced outside, a sampler's step was traced twice: 0.5 s).
+    loss (traced outside, the run traced them a second time).
     """
 
     def one(x, axis):

@@ -89,7 +89,7 @@ _GAMMA_PROPOSALS = 8
 
 # Every draw of a sweep comes from the counter-based hash of jmf.init (``_grid``) seeded by (chain key, sweep),
 # one stream per draw.  Threefry (``jax.random``) compiled to large code for each of the sweep's ~20 small
-# draws: the hyperparameter draws took 1.8 s of the sampler's 4.9 s compilation (LAPACK solves), 0.6 s now.
+# draws, a third of the sampler's compile time (BENCHMARKS.md, 2026-12-01).
 _NOISE = 0  # row noise of side s: stream s
 _HYPER = (10, 20)  # side s: Wishart normals +0, mean normals +1, its Gamma draw +2 ... +4
 _ALPHA = 40  # the noise precision's Gamma draw: +0 ... +2
