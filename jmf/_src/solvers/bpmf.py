@@ -209,7 +209,13 @@ def _rows(data: Sparse, side, X, F, shift, other_idx, alpha, mu, lam, mask, nois
     feats = jnp.concatenate([F, jnp.zeros((1, D), dtype)], axis=0)  # row p: padded slots gather zeros
     sh = jnp.concatenate([shift, jnp.zeros((1,), dtype)])
     w_all = data.effective_weights()
-    kr = (feats[:, :, None] * feats[:, None, :]).reshape(p + 1, D * D)
+    # Gram blocks are symmetric: their upper triangles (Q = D (D + 1) / 2 entries) are summed, which halves the
+    # bytes of the gathered Khatri-Rao squares, the item side's largest stream.
+    iu, ju = np.triu_indices(D)
+    Q = iu.size
+    full = np.zeros((D, D), np.int32)
+    full[iu, ju] = full[ju, iu] = np.arange(Q)
+    kr = feats[:, iu] * feats[:, ju]  # (p + 1, Q)
 
     def chunk_fn(ent, valid, tile_local, seg, x0):
         o = jnp.where(valid, other_idx[ent], p)
@@ -222,14 +228,14 @@ def _rows(data: Sparse, side, X, F, shift, other_idx, alpha, mu, lam, mask, nois
         if Y.shape[1] <= _KR_MAX:
             G = jnp.einsum("vl,vlq->vq", w, kr[o])
         else:
-            G = jnp.einsum("vlk,vlj->vkj", Y * w[..., None], Y, preferred_element_type=dtype).reshape(-1, D * D)
+            G = jnp.einsum("vlk,vlj->vkj", Y * w[..., None], Y, preferred_element_type=dtype)[:, iu, ju]
         R = jnp.sum(Y * (w * t)[..., None], axis=1)
         T = jnp.sum(w * t * t, axis=1, keepdims=True)
         return per_segment(jnp.concatenate([G, R, T], axis=1), tile_local, seg.shape[0])  # tiles into rows
 
-    GR = packed_rows(side, jnp.zeros((S, D * D + D + 1), dtype), chunk_fn, data.nnz, n_other)
-    G = GR[:, : D * D].reshape(S, D, D)
-    R = GR[:, D * D: D * D + D]
+    GR = packed_rows(side, jnp.zeros((S, Q + D + 1), dtype), chunk_fn, data.nnz, n_other)
+    G = GR[:, full.reshape(-1)].reshape(S, D, D)
+    R = GR[:, Q: Q + D]
     P = alpha * G + lam[None]
     b = alpha * R + (lam @ mu)[None]
     x = _sample(P, b, None if noise is None else noise.T)
