@@ -49,7 +49,7 @@ def pytest_runtest_teardown(item, nextitem):
 
     Fits check on their own (``jmf.fit_many``), the losses, metrics and solvers a test calls directly do not:
     past vm.max_map_count the next program XLA:CPU loads segfaults (see
-    :func:`jmf._src.compilation.release_programs_near_map_limit`; looks only every few hundred programs).
+    :func:`jmf._src.compilation.release_programs_near_map_limit`; it looks only every 64 programs).
     """
     release_programs_near_map_limit()
 
