@@ -100,6 +100,67 @@ def test_fold_in_reproduces_the_als_half_step(make):
     np.testing.assert_allclose(np.asarray(one.W)[0], np.asarray(ref.W)[u], rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.x64  # the objective's gradient at the fold-in is zero to float64 round-off
+def test_fold_in_of_svdpp_minimizes_its_objective_over_the_users_row():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    data = _ratings()
+    l2, bias_l2, implicit_l2 = 0.7, 0.3, 1.1
+    solver = jmf.solvers.svdpp(optax.adam(0.05), l2=l2, bias_l2=bias_l2, implicit_l2=implicit_l2)
+    res = jmf.fit(data, solver, rank=3, key=0, max_iter=20, tol=None, progress=False)
+    f, st = res.factors, res.state
+    users = np.array([0, 5, 17, 59])
+    new = fold_in(f, solver, _users(data, users), state=st)
+    # The fold-in's explicit part p_u = W_u - |N(u)|^-1/2 sum_{j in N(u)} y_j, put in place of the fitted rows.
+    r, c = np.asarray(data.rows), np.asarray(data.cols)
+    norm = np.asarray(st.norm)
+    s = np.stack([norm[u] * np.asarray(st.Y)[c[r == u]].sum(axis=0) for u in users])
+    P = np.asarray(st.P).copy()
+    b = np.asarray(f.row_bias).copy()
+    P[users] = np.asarray(new.W) - s
+    b[users] = np.asarray(new.row_bias)
+    v, w = jnp.asarray(data.vals), jnp.asarray(data.effective_weights())
+    Nmat = np.zeros(data.shape)
+    Nmat[r, c] = norm[r]
+
+    def objective(P, b):  # the SVD++ objective (module docstring of jmf._src.solvers.svdpp), as a reference
+        W = P + Nmat @ st.Y
+        pred = f.offset + b[r] + f.col_bias[c] + jnp.sum(W[r] * f.H[:, c].T, axis=1)
+        pen = l2 * (jnp.sum(P ** 2) + jnp.sum(f.H ** 2)) + implicit_l2 * jnp.sum(st.Y ** 2)
+        pen = pen + bias_l2 * (jnp.sum(b ** 2) + jnp.sum(f.col_bias ** 2))
+        return (jnp.sum(w * (v - pred) ** 2) + pen) / jnp.sum(w)
+
+    gP, gb = jax.grad(objective, argnums=(0, 1))(jnp.asarray(P), jnp.asarray(b))
+    g_fitted = jax.grad(objective)(st.P, f.row_bias)
+    assert np.abs(np.asarray(g_fitted)[users]).max() > 1e-4  # 20 Adam steps are not at the optimum: a real test
+    np.testing.assert_allclose(np.asarray(gP)[users], 0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(gb)[users], 0, atol=1e-12)
+    # one user as (cols, vals): the same row
+    one = fold_in(f, solver, (c[r == 17][::-1], np.asarray(data.vals)[r == 17][::-1]), state=st)
+    np.testing.assert_allclose(np.asarray(one.W)[0], np.asarray(new.W)[2], rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(jmf.cf.predict(new, np.array([2]), np.array([4]))),
+                               np.asarray(jmf.cf.predict(one, np.array([0]), np.array([4]))), rtol=1e-10)
+
+
+def test_fold_in_of_svdpp_needs_the_fits_state():
+    import optax
+
+    data = _ratings()
+    solver = jmf.solvers.svdpp(optax.adam(0.05), l2=0.5)
+    res = jmf.fit(data, solver, rank=2, key=0, max_iter=2, tol=None, progress=False)
+    entry = (np.array([1]), np.array([3.0]))
+    with pytest.raises(TypeError, match="state=result.state"):
+        fold_in(res.factors, solver, entry)
+    wrong = res.state._replace(Y=np.zeros((data.shape[1] + 1, 2)))
+    with pytest.raises(ValueError, match="state.Y has shape"):
+        fold_in(res.factors, solver, entry, state=wrong)
+    als = jmf.solvers.ratings_als()
+    with pytest.raises(ValueError, match="svdpp models only"):
+        fold_in(res.factors, als, entry, state=res.state)
+
+
 def test_fold_in_new_user_recommendations_and_compile_once():
     data = _ratings()
     solver = jmf.solvers.implicit_als(l2=0.5, alpha=2.0)

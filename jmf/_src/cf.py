@@ -269,10 +269,16 @@ def similar_users(factors: Factors, users, n: int = 10, batch_size: int = 1024):
 
 
 def _exact_solver(solver):
-    """The solver rebuilt with exact (Cholesky) half-steps, or a ValueError when fold-in does not apply."""
+    """The exact (Cholesky) half-step solver of a fold-in, and whether ``solver`` is SVD++.
+
+    SVD++ folds in through the ridge regression of :func:`jmf.solvers.als`
+    with its ``l2`` and ``bias_l2`` (see :func:`fold_in`).  A ValueError when
+    fold-in does not apply.
+    """
     from .solvers.als import als
     from .solvers.base import Solver
     from .solvers.implicit import implicit_als
+    from .solvers.svdpp import svdpp
 
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a jmf solver (e.g. jmf.solvers.als(...)), got {type(solver).__name__}")
@@ -280,11 +286,36 @@ def _exact_solver(solver):
         raise ValueError("solver carries a hyperparameter grid; build it at the chosen point "
                          "(e.g. jmf.solvers.als(l2=0.1)) to fold in")
     factories = {getattr(f, "__wrapped__", f): f for f in (als, implicit_als)}
-    factory = None if solver.factory is None else factories.get(solver.factory[0])
+    made_by = None if solver.factory is None else solver.factory[0]
+    if made_by is getattr(svdpp, "__wrapped__", svdpp):
+        named = dict(solver.factory[1])
+        l2 = named["l2"]
+        bias_l2 = l2 if named["bias_l2"] is None else named["bias_l2"]
+        return als(l2=l2, biases=named["biases"], bias_l2=bias_l2, solve="cholesky"), True
+    factory = factories.get(made_by)
     if factory is None:
-        raise ValueError(f"fold_in solves the exact half-step of als, ratings_als (ALS-WR) or implicit_als; "
+        raise ValueError(f"fold_in solves the exact half-step of als, ratings_als (ALS-WR), implicit_als or svdpp; "
                          f"solver {solver.name!r} has none (fold in with its update_w steps yourself)")
-    return factory(**{**dict(solver.factory[1]), "solve": "cholesky"})
+    return factory(**{**dict(solver.factory[1]), "solve": "cholesky"}), False
+
+
+def _implicit_items(state, is_svdpp: bool, H_shape) -> Optional[np.ndarray]:
+    """SVD++'s implicit item factors ``Y`` (n_items, k) from a fit's state (None for the other solvers)."""
+    from .solvers.svdpp import SVDppState
+
+    if not is_svdpp:
+        if state is not None:
+            raise ValueError("state is used by the fold-in of svdpp models only; leave it out for this solver")
+        return None
+    if not isinstance(state, SVDppState):
+        raise TypeError(f"fold_in of an svdpp model needs state=result.state (an SVDppState holding the implicit "
+                        f"item factors Y), got {type(state).__name__}")
+    Y = np.asarray(state.Y)
+    k, n_items = H_shape
+    if Y.shape != (n_items, k):
+        raise ValueError(f"state.Y has shape {Y.shape}, the model's items need ({n_items}, {k}): "
+                         "pass the state of the fit these factors come from")
+    return Y
 
 
 @partial(jax.jit, static_argnums=0)
@@ -294,7 +325,7 @@ def _fold(solver, f: Factors, data: Sparse):
     return f
 
 
-def fold_in(factors: Factors, solver, entries) -> Factors:
+def fold_in(factors: Factors, solver, entries, *, state=None) -> Factors:
     """Factors of new (or changed) users from their entries, without refitting: one exact ALS half-step.
 
     Each user's row of ``W`` (and row bias) solves the same system as the
@@ -306,17 +337,27 @@ def fold_in(factors: Factors, solver, entries) -> Factors:
     in the training data, the result is that user's row after one more
     (exact) half-step: implicit's ``recalculate_user``.
 
+    SVD++ (:func:`jmf.solvers.svdpp`): a user's effective factors are
+    ``p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j`` with ``N(u)`` the items of
+    the given entries (positive weight); with ``H``, ``Y``, the column
+    biases and the offset fixed, ``p_u`` and ``b_u`` minimize the SVD++
+    objective by the ridge regression of :func:`jmf.solvers.als` with the
+    solver's ``l2`` and ``bias_l2``.  Pass the fit's state (``Y``).
+
     Parameters
     ----------
     factors : Factors
         The fitted model (``H`` of shape (k, n_items)).
     solver : Solver
         The solver it was fitted with (its hyperparameters define the system):
-        :func:`jmf.solvers.als`, :func:`jmf.solvers.ratings_als` or
-        :func:`jmf.solvers.implicit_als`, without a grid.
+        :func:`jmf.solvers.als`, :func:`jmf.solvers.ratings_als`,
+        :func:`jmf.solvers.implicit_als` or :func:`jmf.solvers.svdpp`, without a grid.
     entries : Sparse of shape (U, n_items), or (cols, vals)
         The users' entries (ratings, or interactions for implicit feedback);
         a pair of 1-D arrays is one user.  Weights of a :class:`jmf.Sparse` count.
+    state : SVDppState, optional
+        For :func:`jmf.solvers.svdpp` only, and required there: the fit's
+        ``result.state`` (its implicit item factors ``Y``).
 
     Returns
     -------
@@ -333,7 +374,8 @@ def fold_in(factors: Factors, solver, entries) -> Factors:
     """
     if not isinstance(factors, Factors):
         raise TypeError(f"factors must be a jmf.Factors, got {type(factors).__name__}")
-    exact = _exact_solver(solver)
+    exact, is_svdpp = _exact_solver(solver)
+    Y = _implicit_items(state, is_svdpp, factors.H.shape)
     if exact.biases != factors.has_biases:
         raise ValueError(f"the solver {'fits' if exact.biases else 'has no'} biases but the factors "
                          f"{'have' if factors.has_biases else 'have none'}: pass the solver the model was fitted with")
@@ -364,6 +406,14 @@ def fold_in(factors: Factors, solver, entries) -> Factors:
         order = np.argsort(cols, kind="stable")
         cols, vals = cols[order], vals[order]
         rows, w, U = np.zeros(cols.size, np.int64), np.ones(cols.size), 1
+    implicit = None
+    if is_svdpp:  # the users' implicit term, then the explicit part is a ridge regression on what it leaves
+        keep = w > 0
+        counts = np.bincount(rows[keep], minlength=U)
+        implicit = np.zeros((U, k), np.result_type(Y.dtype, np.float32))
+        np.add.at(implicit, rows[keep], Y[cols[keep]])
+        implicit *= np.where(counts > 0, 1 / np.sqrt(np.maximum(counts, 1)), 0)[:, None]
+        vals = vals - np.einsum("ek,ke->e", implicit[rows], np.asarray(factors.H)[:, cols])
     nnz = rows.size
     U_pad, nnz_pad = _next_pow2(U), _next_pow2(nnz + 1, 8)  # at least one padding entry: weights are always given
     pad = nnz_pad - nnz
@@ -377,5 +427,6 @@ def fold_in(factors: Factors, solver, entries) -> Factors:
         f0 = f0._replace(row_bias=jnp.zeros((U_pad,), dtype), col_bias=jnp.asarray(factors.col_bias),
                          offset=jnp.asarray(factors.offset))
     out = _fold(exact, f0, data)
-    out = out._replace(W=np.asarray(out.W)[:U], H=factors.H)  # host-side slices: no program per U
+    W = np.asarray(out.W)[:U]  # host-side slices: no program per U
+    out = out._replace(W=W if implicit is None else (W + implicit).astype(W.dtype), H=factors.H)
     return out._replace(row_bias=np.asarray(out.row_bias)[:U]) if exact.biases else out
