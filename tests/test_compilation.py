@@ -46,6 +46,9 @@ def test_cache_is_on_by_default_reused_by_the_next_process_and_changes_nothing(t
     second = _run({"JMF_CACHE_DIR": str(cache)})
     off = _run({"JMF_CACHE_DIR": "off"})
     assert first["dir"] == str(cache) and os.listdir(cache)
+    # the running total of the folder's bytes (no scan per write) is the folder's size
+    entries = sum(f.stat().st_size for f in cache.iterdir() if f.name.endswith("-cache"))
+    assert int((cache / ".jmf-bytes").read_text().split()[0]) == entries > 0
     assert first["hits"] == 0 and first["programs"] >= 2
     assert second["hits"] == second["programs"] == first["programs"]  # nothing compiled again
     assert off["dir"] is None and off["hits"] == 0
@@ -105,3 +108,53 @@ def test_compiled_programs_are_freed_before_the_process_runs_out_of_memory_regio
     assert f._cache_size() == 0
     monkeypatch.undo()
     assert memory_maps()[0] < grown  # the freed programs' regions were unmapped
+
+
+# -- the cache folder's running total ---------------------------------------------------------
+
+
+def _tallied_cache(folder, max_size):
+    from jax._src.lru_cache import LRUCache
+
+    return compilation._tallied(LRUCache)(str(folder), max_size=max_size)
+
+
+def _on_disk(folder):
+    return {f.name[:-6]: f.stat().st_size for f in folder.iterdir() if f.name.endswith("-cache")}
+
+
+def test_cache_writes_count_bytes_and_scan_only_near_the_limit(tmp_path, monkeypatch):
+    scans = []
+    real = compilation._scan_and_evict
+    monkeypatch.setattr(compilation, "_scan_and_evict", lambda *a: scans.append(a) or real(*a))
+    cache = _tallied_cache(tmp_path, max_size=1000)
+    for i in range(5):  # entries another process wrote earlier, oldest first
+        cache.put(f"old{i}", b"x" * 100)
+        os.utime(tmp_path / f"old{i}-atime", ns=(i * 10**9, i * 10**9))
+    assert len(scans) == 1  # the first write counts the folder
+    cache.get("old0")  # read now: the most recently used
+    for i in range(5):
+        cache.put(f"new{i}", b"y" * 100)
+    assert len(scans) == 1 and len(_on_disk(tmp_path)) == 10  # 1000 bytes: at the limit, no scan
+    cache.put("last", b"z" * 100)  # would pass the limit: scan, evict the least recently used
+    assert len(scans) == 2
+    left = _on_disk(tmp_path)
+    # down to 0.8 x 1000 with the new entry: the three least recently used go, old0 (just read) stays
+    assert set(left) == {"old0", "old4", "new0", "new1", "new2", "new3", "new4", "last"}
+    assert int((tmp_path / ".jmf-bytes").read_text().split()[0]) == sum(left.values()) == 800
+    assert cache.get("old1") is None and cache.get("old0") == b"x" * 100
+
+
+def test_cache_total_is_counted_again_when_torn_or_stale(tmp_path, monkeypatch):
+    cache = _tallied_cache(tmp_path, max_size=10**6)
+    cache.put("a", b"x" * 300)
+    (tmp_path / ".jmf-bytes").write_text("garbage")
+    (tmp_path / "b-cache").write_bytes(b"y" * 200)  # written by something else
+    (tmp_path / "b-atime").write_bytes(b"")
+    cache.put("c", b"z" * 100)
+    assert (tmp_path / ".jmf-bytes").read_text().split()[0] == "600"
+    (tmp_path / "d-cache").write_bytes(b"w" * 50)
+    (tmp_path / "d-atime").write_bytes(b"")
+    monkeypatch.setattr(compilation, "_RESCAN_SECONDS", -1)  # the last count is too old: count again
+    cache.put("e", b"v" * 10)
+    assert (tmp_path / ".jmf-bytes").read_text().split()[0] == "660"
