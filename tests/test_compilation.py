@@ -158,3 +158,136 @@ def test_cache_total_is_counted_again_when_torn_or_stale(tmp_path, monkeypatch):
     monkeypatch.setattr(compilation, "_RESCAN_SECONDS", -1)  # the last count is too old: count again
     cache.put("e", b"v" * 10)
     assert (tmp_path / ".jmf-bytes").read_text().split()[0] == "660"
+
+
+# -- programs found without tracing -----------------------------------------------------------
+
+_STORE_SCRIPT = r"""
+import json, sys, numpy as np, jax, jmf
+traced = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **kw: traced.append(kw.get("fun_name", "")) if event.endswith("jaxpr_trace_duration")
+    else None)
+from jmf._src.compilation import compilations
+l2 = float(sys.argv[1])
+data = jmf.datasets.synthetic_ratings(0, n_users=40, n_items=30, n_ratings=500).data
+with compilations() as log:
+    # exact solves: LAPACK kernels, which a loaded program needs initialized (it segfaulted without)
+    res = jmf.fit_many(data, jmf.solvers.ratings_als(l2=l2, solve="cholesky"), ranks=[2, 3], n_restarts=2, key=0,
+                       max_iter=8, progress=False)
+    bp = jmf.fit(data, jmf.solvers.adam(1e-2), rank=2, key=0, max_iter=4, tol=None, progress=False)
+print(json.dumps({"programs": log.programs, "hits": log.cache_hits,
+                  "executor_traces": sum(n in ("_start_program", "_advance_program", "_finish_program", "program")
+                                         for n in traced),
+                  "loss": np.asarray(res.loss).tolist(), "W": np.asarray(bp.factors.W).tolist()}))
+"""
+
+
+def _store_run(cache, l2):
+    env = dict(os.environ)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env["JMF_CACHE_DIR"] = str(cache)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", _STORE_SCRIPT, str(l2)], env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.multiprocess
+def test_a_warm_process_finds_the_executors_programs_without_tracing_them(tmp_path):
+    cache = tmp_path / "cache"
+    first = _store_run(cache, 0.1)
+    second = _store_run(cache, 0.1)
+    other = _store_run(cache, 0.2)  # another penalty: another program, traced and compiled
+    assert first["executor_traces"] >= 4 and first["hits"] == 0
+    assert second["executor_traces"] == 0  # neither the programs nor the pool-safety check traced
+    assert second["hits"] == second["programs"] >= 4  # every program counted, all from the cache
+    assert other["executor_traces"] >= 2
+    np.testing.assert_array_equal(second["loss"], first["loss"])
+    np.testing.assert_array_equal(second["W"], first["W"])
+    assert not np.array_equal(other["loss"], first["loss"])
+    stored = [f.name for f in cache.iterdir() if f.name.startswith("jmfprog-") and f.name.endswith("-cache")]
+    assert any("_advance_program" in n for n in stored)
+    entries = sum(f.stat().st_size for f in cache.iterdir() if f.name.endswith("-cache"))
+    assert int((cache / ".jmf-bytes").read_text().split()[0]) == entries  # counted with JAX's entries
+    # Programs that JAX's cache held (traced, lowered and loaded from it) are stored from JAX's bytes: an
+    # executable serialized a second time lost code ("Function ... not found" when called).
+    for name in stored:
+        (cache / name).unlink()
+    third = _store_run(cache, 0.1)
+    fourth = _store_run(cache, 0.1)
+    assert third["executor_traces"] >= 4 and third["hits"] == third["programs"]
+    assert fourth["executor_traces"] == 0
+    np.testing.assert_array_equal(fourth["loss"], first["loss"])
+    np.testing.assert_array_equal(fourth["W"], first["W"])
+
+
+def test_recipes_describe_memoized_solvers_only():
+    import optax
+
+    from jmf._src.solvers.base import recipe_of
+
+    als = jmf.solvers.als(l2=0.1, biases=True)
+    assert recipe_of(als) == recipe_of(jmf.solvers.als(0.1, biases=True)) is not None
+    assert recipe_of(als) != recipe_of(jmf.solvers.als(l2=0.2, biases=True))
+    assert recipe_of(als._replace(name="changed")) is None  # not what the factory made
+    assert recipe_of(jmf.solvers.gradient(optax.adam(1e-2))) is None  # holds an Optax transformation
+    assert recipe_of(jmf.solvers.bpmf()) is not None
+    grid = jmf.solvers.als(l2=np.array([0.1, 1.0]))
+    job_solver = grid._replace(init=None, step=None, loss=None, spec=None, grid=None, update_w=None, direct=None,
+                               name=grid.factory[0].__name__)  # as jmf.fit_many builds it
+    assert recipe_of(job_solver)[0] == "grid"
+
+
+def test_stored_programs_are_freed_with_jaxs_near_the_map_limit(monkeypatch, tmp_path):
+    monkeypatch.setitem(compilation._store, "folder", compilation.cache_dir())
+    compilation._programs["x"] = object()
+    monkeypatch.setattr(compilation, "memory_maps", lambda: (60000, 65530))
+    assert release_programs_near_map_limit(force_check=True)
+    assert "x" not in compilation._programs
+
+
+def test_a_torn_program_entry_is_built_again(tmp_path, monkeypatch):
+    monkeypatch.setitem(compilation._store, "folder", str(tmp_path))
+    monkeypatch.setattr(compilation, "cache_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(compilation, "_programs", {})
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(lambda x: x * 2 + 1)
+    x = jnp.arange(3.0)
+    built = []
+    description = ("test", "torn entry")
+
+    def build():
+        built.append(1)
+        return f.lower(x).compile()
+
+    compilation.stored_program("f", description, build)
+    (entry,) = [p for p in tmp_path.iterdir() if p.name.startswith("jmfprog-f-") and p.name.endswith("-cache")]
+    entry.write_bytes(entry.read_bytes()[:100])  # torn
+    monkeypatch.setattr(compilation, "_programs", {})  # a new process
+    program = compilation.stored_program("f", description, build)
+    assert len(built) == 2
+    np.testing.assert_array_equal(np.asarray(program(x)), [1.0, 3.0, 5.0])
+    monkeypatch.setattr(compilation, "_programs", {})
+    assert compilation.stored_program("f", description, build) is not None and len(built) == 2  # rewritten whole
+
+
+def test_facts_about_programs_are_kept_like_programs(tmp_path, monkeypatch):
+    monkeypatch.setitem(compilation._store, "folder", str(tmp_path))
+    monkeypatch.setattr(compilation, "cache_dir", lambda: str(tmp_path))
+    calls = []
+
+    def check():
+        calls.append(1)
+        return ["lapack_spotrf_ffi"]
+
+    assert compilation.stored_fact("custom_calls", ("job", 1), check) == ["lapack_spotrf_ffi"]
+    assert compilation.stored_fact("custom_calls", ("job", 1), check) == ["lapack_spotrf_ffi"]
+    assert compilation.stored_fact("custom_calls", ("job", 2), check) == ["lapack_spotrf_ffi"]
+    assert len(calls) == 2  # the same description is answered from the folder
+    monkeypatch.setattr(compilation, "STORE_PROGRAMS", False)
+    compilation.stored_fact("custom_calls", ("job", 1), check)
+    assert len(calls) == 3

@@ -71,6 +71,10 @@ def configure_cache() -> Optional[str]:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     _install_tallied_eviction()
+    _store["folder"] = path
+    # The source digest is taken now, at import, when the modules have just been read: taken later, an edit
+    # made while this process runs would label its programs with code it does not run.
+    _store["source"] = _source_digest()
     return path
 
 
@@ -84,6 +88,7 @@ def configure_cache() -> Optional[str]:
 # is over a week old, in case something else wrote there).  Eviction is then least recently used, as in
 # JAX, down to _LOW_WATER of the limit, so that scans stay rare.
 _TALLY = ".jmf-bytes"
+_jax_reads = threading.local()  # entries JAX's cache returned while a program is built (see stored_program)
 _RESCAN_SECONDS = 7 * 24 * 3600
 _LOW_WATER = 0.8
 _CACHE_SUFFIX, _ATIME_SUFFIX = "-cache", "-atime"
@@ -119,6 +124,23 @@ def _scan_and_evict(folder: str, target: int) -> int:
     return total
 
 
+def _account_write(folder: str, additional: int, max_size: int) -> None:
+    """Add ``additional`` bytes about to be written to the folder's running total, evicting first when the
+    total would pass ``max_size`` (the caller holds the folder's lock)."""
+    tally = os.path.join(folder, _TALLY)
+    now = int(time.time())
+    try:
+        with open(tally) as fh:
+            size, scanned = (int(x) for x in fh.read().split())
+    except (OSError, ValueError):  # first write, or a torn tally: count again
+        size, scanned = None, 0
+    if size is None or size + additional > max_size or now - scanned > _RESCAN_SECONDS:
+        size = _scan_and_evict(folder, max(int(_LOW_WATER * max_size) - additional, 0))
+        scanned = now
+    with open(tally, "w") as fh:
+        fh.write(f"{size + additional} {scanned}")
+
+
 def _tallied(base: type) -> type:
     class TalliedLRUCache(base):
         """JAX's LRU cache with the folder's size kept as a running total (see ``_TALLY``)."""
@@ -128,18 +150,14 @@ def _tallied(base: type) -> type:
             folder = str(self.path)
             if not getattr(self, "eviction_enabled", False) or "://" in folder:  # not a local folder: JAX's way
                 return super()._evict_if_needed(additional_size=additional_size)
-            tally = os.path.join(folder, _TALLY)
-            now = int(time.time())
-            try:
-                with open(tally) as fh:
-                    size, scanned = (int(x) for x in fh.read().split())
-            except (OSError, ValueError):  # first write, or a torn tally: count again
-                size, scanned = None, 0
-            if size is None or size + additional_size > self.max_size or now - scanned > _RESCAN_SECONDS:
-                size = _scan_and_evict(folder, max(int(_LOW_WATER * self.max_size) - additional_size, 0))
-                scanned = now
-            with open(tally, "w") as fh:
-                fh.write(f"{size + additional_size} {scanned}")
+            _account_write(folder, additional_size, self.max_size)
+
+        def get(self, key: str):
+            value = super().get(key)
+            reads = getattr(_jax_reads, "log", None)
+            if reads is not None and value is not None:
+                reads.append(value)
+            return value
 
     TalliedLRUCache.__name__ = TalliedLRUCache.__qualname__ = "TalliedLRUCache"
     return TalliedLRUCache
@@ -162,6 +180,243 @@ def _install_tallied_eviction() -> bool:
     if base.__name__ != "TalliedLRUCache":
         cc.LRUCache = _tallied(base)
     return True
+
+
+# -- compiled programs found without tracing them ----------------------------------------------------
+
+# JAX finds a program in its persistent cache by the hash of the lowered program, so a warm process still
+# traces and lowers every program before loading it: 1.5-2 s of a warm `jmf fit` (BENCHMARKS.md).  jmf's
+# executor describes its programs without tracing them (the solver's factory and arguments, the plan, the
+# arguments' types and placement) and keeps the compiled executables under that description, in the same
+# folder (entries named ``jmfprog-...-cache``, counted and evicted with JAX's).  The description also
+# holds everything else a program depends on: a digest of jmf's source files, the versions of jax, jaxlib,
+# numpy and optax, JAX's tracing configuration, XLA_FLAGS and the devices.  A loaded program is the very
+# executable the compiler built, and JAX checks every call's argument types against it.
+STORE_PROGRAMS = True  # tests that count traces turn this off
+_store: dict = {"folder": None, "environment": None}
+_programs: dict = {}  # description digest -> loaded program (freed with JAX's caches near the map limit)
+_PROGRAM_PREFIX = "jmfprog-"
+
+
+def _source_digest() -> str:
+    import hashlib
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the jmf package
+    h = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
+def _environment() -> tuple:
+    if _store["environment"] is None:
+        import importlib.metadata as md
+
+        versions = []
+        for dist in ("jax", "jaxlib", "numpy", "optax"):
+            try:
+                versions.append((dist, md.version(dist)))
+            except md.PackageNotFoundError:
+                versions.append((dist, None))
+        client = getattr(jax.devices()[0], "client", None)
+        _store["environment"] = (_store.get("source") or _source_digest(), tuple(versions), os.environ.get("XLA_FLAGS", ""),
+                                 jax.default_backend(), str(getattr(client, "platform_version", "")),
+                                 tuple((d.id, d.device_kind) for d in jax.devices()), jax.process_count())
+    return _store["environment"]
+
+
+def _tracing_context() -> Optional[tuple]:
+    """JAX's configuration that tracing depends on (x64, promotion rules, ...), as plain values."""
+    try:
+        from jax._src.config import trace_context
+    except ImportError:
+        return None
+    out = []
+    for v in trace_context():
+        if v is None or isinstance(v, (bool, int, float, str)):
+            out.append(v)
+        elif isinstance(v, tuple) and all(x is None or isinstance(x, (bool, int, float, str)) for x in v):
+            out.append(v)
+        elif hasattr(v, "value") and isinstance(getattr(v, "value"), (bool, int, float, str)):  # enums
+            out.append((type(v).__name__, v.value))
+        else:
+            out.append(type(v).__name__)  # e.g. the (empty, at top level) axis environment
+    return tuple(out)
+
+
+def _lapack_ready() -> bool:
+    """Initialize jaxlib's CPU LAPACK kernels, which JAX does only while lowering a program that uses them: a
+    loaded program that was never lowered in this process would call uninitialized kernels."""
+    if "lapack" not in _store:
+        try:
+            from jax._src.lib import lapack
+
+            lapack._lapack.initialize()
+            _store["lapack"] = True
+        except Exception:
+            _store["lapack"] = False
+    return _store["lapack"]
+
+
+def _program_digest(name: str, description) -> Optional[str]:
+    if not STORE_PROGRAMS or _store["folder"] is None or description is None or cache_dir() != _store["folder"]:
+        return None
+    # CPU only: the platform whose kernels jmf makes ready (above) and tests (GPU and TPU programs still
+    # come from JAX's cache, after tracing).
+    if jax.default_backend() != "cpu" or not _lapack_ready():
+        return None
+    context = _tracing_context()
+    if context is None:
+        return None
+    import hashlib
+
+    return hashlib.sha256(repr((_environment(), context, name, description)).encode()).hexdigest()
+
+
+def _record_load() -> None:
+    with _lock:
+        _totals["programs"] += 1
+        _totals["cache_hits"] += 1
+
+
+def stored_program(name: str, description, build):
+    """The compiled program ``build()`` makes, found by ``description`` without tracing; None when not stored.
+
+    ``description``: a plain value (nested tuples of numbers and strings) that determines the program
+    together with the environment (see above), or None.  ``build()`` lowers and compiles the program (as
+    JAX would, through its persistent cache) and returns a ``jax.stages.Compiled``.  Returns None, and
+    builds nothing, when programs are not stored (jmf's cache is off, or no description).
+    """
+    digest = _program_digest(name, description)
+    if digest is None:
+        return None
+    program = _programs.get(digest)
+    if program is not None:
+        return program
+    folder = _store["folder"]
+    base = os.path.join(folder, f"{_PROGRAM_PREFIX}{name}-{digest}")
+    program = _load_program(base)
+    if program is not None:
+        _record_load()
+    else:
+        _jax_reads.log = []
+        try:
+            program = build()
+            reads = _jax_reads.log
+        finally:
+            _jax_reads.log = None
+        _save_program(base, program, folder, reads[-1] if reads else None)
+    _programs[digest] = program
+    return program
+
+
+def stored_fact(name: str, description, build):
+    """A JSON value ``build()`` computes about a program (e.g. which custom calls it makes), kept like a
+    program (see :func:`stored_program`); ``build()`` itself when programs are not stored."""
+    import json
+
+    digest = _program_digest(name, description)
+    if digest is None:
+        return build()
+    base = os.path.join(_store["folder"], f"{_PROGRAM_PREFIX}{name}-{digest}")
+    try:
+        with open(base + _CACHE_SUFFIX) as fh:
+            return json.loads(fh.read())["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = build()
+    _write_entry(base, json.dumps({"value": value}).encode(), _store["folder"])
+    return value
+
+
+def _load_program(base: str):
+    import pickle
+
+    from jax.experimental.serialize_executable import deserialize_and_load
+
+    try:
+        with open(base + _CACHE_SUFFIX, "rb") as fh:
+            payload, in_tree, out_tree, device_ids = pickle.loads(fh.read())
+        by_id = {d.id: d for d in jax.devices()}
+        program = deserialize_and_load(payload, in_tree, out_tree,
+                                       execution_devices=[by_id[i] for i in device_ids])
+    except FileNotFoundError:
+        return None
+    except Exception:  # torn or unreadable entry: build it again (and overwrite it)
+        return None
+    with contextlib.suppress(OSError):
+        with open(base + _ATIME_SUFFIX, "wb") as fh:
+            fh.write(time.time_ns().to_bytes(8, "little"))
+    return program
+
+
+def _save_program(base: str, program, folder: str, jax_entry: Optional[bytes]) -> None:
+    """Store ``program``; ``jax_entry``: the entry of JAX's cache it was loaded from, if it was.
+
+    An executable loaded from a cache does not serialize again whole (XLA:CPU's second serialization
+    lost code: the program failed with "Function ... not found"), so a loaded program is stored with the
+    bytes JAX's cache held, and a compiled one with its own serialization.
+    """
+    import io
+    import pickle
+
+    try:
+        from jax._src import compilation_cache
+        from jax.experimental.serialize_executable import _JaxPjrtPickler
+
+        unloaded = getattr(program._executable, "_unloaded_executable", None)
+        if unloaded is None or getattr(unloaded, "host_callbacks", None) or getattr(unloaded, "ordered_effects",
+                                                                                    None):
+            return  # host callbacks are registered while lowering: such a program must be lowered (JAX's cache
+            # does not keep them either)
+        if getattr(getattr(program, "_params", None), "const_args", None):
+            return
+        exe_bytes = None
+        if jax_entry is not None:
+            exe_bytes, _ = compilation_cache.extract_executable_and_time(
+                compilation_cache.decompress_executable(jax_entry))
+
+        class Pickler(_JaxPjrtPickler):
+            def persistent_id(self, obj):
+                if exe_bytes is not None and isinstance(obj, unloaded.xla_executable.__class__):
+                    return ("exec", exe_bytes)
+                return super().persistent_id(obj)
+
+        args_info_flat, in_tree = jax.tree_util.tree_flatten(program.args_info)
+        with io.BytesIO() as fh:
+            Pickler(fh).dump((unloaded, args_info_flat, program._no_kwargs))
+            payload = fh.getvalue()
+        # the devices it runs on (loaded without them, a one-device program would expect every device)
+        device_ids = [d.id for d in program.runtime_executable().local_devices()]
+        blob = pickle.dumps((payload, in_tree, program.out_tree, device_ids))
+    except Exception:  # an executable that cannot be serialized: not stored
+        return
+    _write_entry(base, blob, folder)
+
+
+def _write_entry(base: str, blob: bytes, folder: str) -> None:
+    """Write an entry atomically, counted in the folder's total under JAX's lock of the folder."""
+    import tempfile
+
+    try:
+        import filelock
+
+        with filelock.FileLock(os.path.join(folder, ".lockfile"), timeout=10):
+            _account_write(folder, len(blob), int(jax.config.jax_compilation_cache_max_size))
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(blob)
+            os.replace(tmp, base + _CACHE_SUFFIX)
+            with open(base + _ATIME_SUFFIX, "wb") as fh:
+                fh.write(time.time_ns().to_bytes(8, "little"))
+    except Exception:  # a full disk, a lock held too long: run without storing
+        return
 
 
 def cache_dir() -> Optional[str]:
@@ -288,6 +543,7 @@ def release_programs_near_map_limit(headroom: float = MAP_HEADROOM, force_check:
         return False
     import gc
 
+    _programs.clear()
     jax.clear_caches()
     gc.collect()
     return True

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import sys
 import threading
 from functools import partial
 from typing import NamedTuple, Optional
@@ -45,10 +46,11 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from ..compilation import compilations
+from ..compilation import compilations, stored_fact, stored_program
 from ..data import Dense, Sparse
 from ..factors import Factors
 from ..sharding import _axis_name, cpu_devices, default_memory_budget, is_global
+from ..solvers.base import recipe_of
 from . import driver, lanes
 from .driver import Args, Job
 from .loop import RUNNING, Carry, Status, n_checks
@@ -200,8 +202,11 @@ def blocking_custom_calls(job: Job, args: Args, mesh: Optional[Mesh] = None) -> 
     cache_key = (job, str(jax.tree_util.tree_structure(structs)),
                  tuple((s.shape, str(s.dtype)) for s in jax.tree_util.tree_leaves(structs)),
                  None if mesh is None else (mesh.axis_names, mesh.devices.shape))
-    if cache_key not in _blocking_cache:
+    if cache_key in _blocking_cache:
+        return _blocking_cache[cache_key]
+    description = _check_description(job, structs, mesh)
 
+    def check():
         def program(key, rank, factors0, data, mask, hparams):
             f, s, _ = driver.start_member(job, key, rank, factors0, data, hparams)
             f, s = driver.first_iteration(job, key, f, s, data, mask, hparams)
@@ -209,8 +214,24 @@ def blocking_custom_calls(job: Job, args: Args, mesh: Optional[Mesh] = None) -> 
 
         if mesh is not None:
             program = jax.shard_map(program, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)
-        _blocking_cache[cache_key] = _custom_calls(jax.jit(program).trace(*structs))
+        return sorted(_custom_calls(jax.jit(program).trace(*structs)))
+
+    _blocking_cache[cache_key] = frozenset(stored_fact("custom_calls", description, check))
     return _blocking_cache[cache_key]
+
+
+def _check_description(job: Job, structs, mesh: Optional[Mesh]):
+    """What determines the pool-safety check's answer (see :func:`_description`), or None."""
+    solver = recipe_of(job.solver)
+    if solver is None:
+        return None
+    try:
+        init = None if job.init_fn is None else _function_name(job.init_fn)
+    except _Undescribed:
+        return None
+    leaves, tree = jax.tree_util.tree_flatten(structs)
+    return (solver, tuple(job.cfg), init, job.axes, str(tree), tuple((s.shape, str(s.dtype)) for s in leaves),
+            None if mesh is None else (mesh.axis_names, mesh.devices.shape))
 
 
 def _custom_calls(traced) -> frozenset:
@@ -432,10 +453,74 @@ def _finish_program(job: Job, plan: Plan, args: Args, carry: Carry) -> Carry:
                     scalar_counters_out=True)(args, carry)
 
 
+# -- programs found without tracing ----------------------------------------------------------
+
+
+class _Undescribed(Exception):
+    pass
+
+
+def _function_name(fn) -> tuple:
+    """``(module, qualname)`` of a module-level function that resolves back to ``fn``, else raise."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    obj = sys.modules.get(module or "")
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if obj is not fn or "<" in qualname:
+        raise _Undescribed
+    return module, qualname
+
+
+def _leaf_description(x) -> tuple:
+    if isinstance(x, jax.Array):
+        if not x.is_fully_addressable:
+            raise _Undescribed
+        committed = getattr(x, "committed", getattr(x, "_committed", True))
+        return ("jax", x.shape, str(x.dtype), bool(x.aval.weak_type), repr(x.sharding) if committed else None)
+    if isinstance(x, (np.ndarray, np.generic)):
+        return ("numpy", x.shape, x.dtype.str)
+    if isinstance(x, (bool, int, float)):
+        return ("python", type(x).__name__)
+    raise _Undescribed
+
+
+def _description(job: Job, plan: Plan, dynamic: tuple):
+    """What determines a program of ``job`` under ``plan`` for arguments like ``dynamic``, as plain values
+    (see :func:`jmf._src.compilation.stored_program`), or None when some part cannot be described."""
+    solver = recipe_of(job.solver)
+    if solver is None:
+        return None
+    try:
+        init = None if job.init_fn is None else _function_name(job.init_fn)
+        leaves, tree = jax.tree_util.tree_flatten(dynamic)
+        arguments = (str(tree), tuple(_leaf_description(x) for x in leaves))
+    except _Undescribed:
+        return None
+    mesh = None if plan.mesh is None else (tuple(d.id for d in plan.mesh.devices.flat), plan.mesh.axis_names,
+                                           plan.mesh.devices.shape)
+    return (solver, tuple(job.cfg), init, job.axes, (plan.layout, mesh, plan.n_outer, plan.chunk, plan.lane_width),
+            arguments, str(jax.config.jax_default_device))
+
+
+def _run_program(fn, job: Job, plan: Plan, *dynamic):
+    """``fn(job, plan, *dynamic)``, with the compiled program found by description when it is stored.
+
+    A warm process then neither traces nor lowers it (``fn``: one of the jitted programs above).
+    """
+    program = stored_program(fn.__name__, _description(job, plan, dynamic),
+                             lambda: fn.lower(job, plan, *dynamic).compile())
+    if program is not None:
+        try:
+            return program(*dynamic)
+        except TypeError:  # JAX refused the arguments (not expected: their types are in the description)
+            pass
+    return fn(job, plan, *dynamic)
+
+
 def _finished(job: Job, plan: Plan, args: Args, carry: Carry) -> Carry:
     """The member-first carry, with the shared counters as host integers."""
     if plan.layout not in _MEMBER_FIRST:
-        carry = _finish_program(job, plan, args, carry)
+        carry = _run_program(_finish_program, job, plan, args, carry)
     return carry._replace(it=_local_max(carry.it), check=_local_max(carry.check))
 
 
@@ -526,7 +611,7 @@ def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, 
     """
     cfg = job.cfg
     with _compiling_note(bar, first):
-        carry = _start_program(job, plan, args)
+        carry = _run_program(_start_program, job, plan, args)
     # Processes of a multi-host run see only their own members: no live view.
     watched = (callback is not None or (bar is not None and not bar.disable)) and not is_global(args)
     stops = _time_stops(cfg, chunk_size) if watched else [cfg.max_iter]
@@ -534,7 +619,7 @@ def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, 
     user_stop = False
     for i, stop_at in enumerate(stops):
         with _compiling_note(bar, first and i == 0):
-            carry = _advance_program(job, plan, args, carry, np.int32(stop_at))
+            carry = _run_program(_advance_program, job, plan, args, carry, np.int32(stop_at))
         if not watched:
             break
         status = _host_view(job, plan, args, carry, "status", n_real)

@@ -167,6 +167,50 @@ def _frozen(kwargs: dict) -> tuple:
     return tuple(sorted(kwargs.items()))
 
 
+# Solvers made by a memoized factory, by id while the factory's cache holds them: (factory, its frozen
+# arguments, the solver).  What rebuilds a solver in another process (see recipe_of).
+_MADE: dict = {}
+
+
+def _plain(x):
+    """``x`` as nested tuples of numbers, strings and solver recipes, or None when it is not that plain."""
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return (type(x).__name__, repr(x))
+    if isinstance(x, np.generic) and x.dtype.kind in "biuf":
+        return (x.dtype.str, repr(x.item()))
+    if isinstance(x, Solver):
+        return recipe_of(x)
+    if isinstance(x, (tuple, list)):
+        parts = tuple(_plain(v) for v in x)
+        return None if any(p is None for p in parts) else ("seq", parts)
+    return None
+
+
+def recipe_of(solver: Solver):
+    """A description of ``solver`` that builds the same solver in any process (same jmf), or None.
+
+    A solver a memoized factory made (and still holds) is described by the
+    factory's name and its arguments, when they are plain (numbers, strings,
+    recipes of solvers); a grid's static job solver (its closures stripped,
+    see :func:`jmf.fit_many`) by its factory, static arguments and metadata.
+    Used to find a job's compiled programs without tracing them (see
+    :mod:`jmf._src.run.executor`); None for anything else (e.g. a solver
+    holding an Optax transformation, or one modified by ``_replace``).
+    """
+    made = _MADE.get(id(solver))
+    if made is not None and made[2] is solver:
+        factory, frozen, _ = made
+        args = _plain(tuple(frozen))
+        return None if args is None else ("made", factory.__module__, factory.__qualname__, args)
+    stripped = (solver.init, solver.step, solver.loss, solver.spec, solver.grid, solver.update_w, solver.direct,
+                solver.progress, solver.objective)
+    if solver.factory is None or any(f is not None for f in stripped):
+        return None
+    factory, frozen = solver.factory
+    parts = _plain((tuple(frozen), solver.name, solver.nonnegative, solver.biases, tuple(solver.data_kinds)))
+    return None if parts is None else ("grid", factory.__module__, factory.__qualname__, parts)
+
+
 def cached_factory(factory=None, *, searchable: tuple = ()):
     """Memoize a solver factory, and let it build hyperparameter grids.
 
@@ -208,8 +252,11 @@ def cached_factory(factory=None, *, searchable: tuple = ()):
             cache.move_to_end(k)
             return cache[k]
         solver = cache[k] = make(named)
+        _MADE[id(solver)] = (factory, k, solver)
         if len(cache) > 256:
-            cache.popitem(last=False)
+            _, dropped = cache.popitem(last=False)
+            if _MADE.get(id(dropped), (None, None, None))[2] is dropped:
+                del _MADE[id(dropped)]
         return solver
 
     @functools.wraps(factory)
