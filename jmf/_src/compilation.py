@@ -225,8 +225,8 @@ def _environment() -> tuple:
             except md.PackageNotFoundError:
                 versions.append((dist, None))
         client = getattr(jax.devices()[0], "client", None)
-        _store["environment"] = (_store.get("source") or _source_digest(), tuple(versions), os.environ.get("XLA_FLAGS", ""),
-                                 jax.default_backend(), str(getattr(client, "platform_version", "")),
+        source = _store.get("source") or _source_digest()
+        _store["environment"] = (source, tuple(versions), os.environ.get("XLA_FLAGS", ""), jax.default_backend(), str(getattr(client, "platform_version", "")),
                                  tuple((d.id, d.device_kind) for d in jax.devices()), jax.process_count())
     return _store["environment"]
 
