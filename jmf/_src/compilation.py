@@ -226,7 +226,8 @@ def _environment() -> tuple:
                 versions.append((dist, None))
         client = getattr(jax.devices()[0], "client", None)
         source = _store.get("source") or _source_digest()
-        _store["environment"] = (source, tuple(versions), os.environ.get("XLA_FLAGS", ""), jax.default_backend(), str(getattr(client, "platform_version", "")),
+        _store["environment"] = (source, tuple(versions), os.environ.get("XLA_FLAGS", ""), jax.default_backend(),
+                                 str(getattr(client, "platform_version", "")),
                                  tuple((d.id, d.device_kind) for d in jax.devices()), jax.process_count())
     return _store["environment"]
 
