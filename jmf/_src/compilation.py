@@ -270,7 +270,7 @@ def _program_digest(name: str, description) -> Optional[str]:
         return None
     # CPU only: the platform whose kernels jmf makes ready (above) and tests (GPU and TPU programs still
     # come from JAX's cache, after tracing).
-    if jax.default_backend() != "cpu" or not _lapack_ready():
+    if jax.default_backend() != "cpu":
         return None
     context = _tracing_context()
     if context is None:
@@ -343,7 +343,9 @@ def _load_program(base: str):
 
     try:
         with open(base + _CACHE_SUFFIX, "rb") as fh:
-            payload, in_tree, out_tree, device_ids = pickle.loads(fh.read())
+            payload, in_tree, out_tree, device_ids, lapack = pickle.loads(fh.read())
+        if lapack and not _lapack_ready():
+            return None
         by_id = {d.id: d for d in jax.devices()}
         program = deserialize_and_load(payload, in_tree, out_tree,
                                        execution_devices=[by_id[i] for i in device_ids])
@@ -395,7 +397,11 @@ def _save_program(base: str, program, folder: str, jax_entry: Optional[bytes]) -
             payload = fh.getvalue()
         # the devices it runs on (loaded without them, a one-device program would expect every device)
         device_ids = [d.id for d in program.runtime_executable().local_devices()]
-        blob = pickle.dumps((payload, in_tree, program.out_tree, device_ids))
+        try:  # whether it calls LAPACK (initialized before loading it; 0.3 s that other programs need not pay)
+            lapack = "lapack" in program.as_text()
+        except Exception:
+            lapack = True
+        blob = pickle.dumps((payload, in_tree, program.out_tree, device_ids, lapack))
     except Exception:  # an executable that cannot be serialized: not stored
         return
     _write_entry(base, blob, folder)

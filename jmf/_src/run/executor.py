@@ -367,7 +367,10 @@ def make_plan(job: Job, args: Args, *, mesh: Optional[Mesh] = None, memory_budge
         return Plan(layout, mesh, n_outer, n_outer, lane_width, reason)
     if not job.axes:
         return Plan(layout, None, 1, 1, lane_width, reason)
-    per_slice = member_bytes(job, args) * (_n_members(job, args) // n_outer)
+    structs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), getattr(x, "dtype", None)
+                                                                    or np.result_type(x)), args)
+    one_member = stored_fact("member_bytes", _check_description(job, structs, None), lambda: member_bytes(job, args))
+    per_slice = one_member * (_n_members(job, args) // n_outer)
     if job.axes[0] == "matrix":
         leaves = jax.tree_util.tree_leaves(args.data)
         per_slice += sum(x.size * x.dtype.itemsize for x in leaves) // n_outer
