@@ -11,6 +11,11 @@ used eviction, whose file lock also makes the folder safe to share between
 processes.  A cached program is the program the compiler would build, so
 the cache never changes a result.
 
+**Without tracing.** JAX finds a cached program by its lowered text, so it
+traces and lowers it first.  The executor's programs are also kept under a
+description that needs no tracing (:func:`stored_program`), which a warm
+process looks up instead.
+
 **Counting.** JAX reports every backend compilation through
 :mod:`jax.monitoring`; one listener, registered on first use, keeps running
 totals, and :func:`compilations` reads the difference over a block::
