@@ -175,11 +175,10 @@ with compilations() as log:
     # exact solves: LAPACK kernels, which a loaded program needs initialized (it segfaulted without)
     res = jmf.fit_many(data, jmf.solvers.ratings_als(l2=l2, solve="cholesky"), ranks=[2, 3], n_restarts=2, key=0,
                        max_iter=8, progress=False)
-    bp = jmf.fit(data, jmf.solvers.adam(1e-2), rank=2, key=0, max_iter=4, tol=None, progress=False)
 print(json.dumps({"programs": log.programs, "hits": log.cache_hits,
                   "executor_traces": sum(n in ("_start_program", "_advance_program", "_finish_program", "program")
                                          for n in traced),
-                  "loss": np.asarray(res.loss).tolist(), "W": np.asarray(bp.factors.W).tolist()}))
+                  "loss": np.asarray(res.loss).tolist(), "W": np.asarray(res.factors.W).tolist()}))
 """
 
 
@@ -199,14 +198,11 @@ def test_a_warm_process_finds_the_executors_programs_without_tracing_them(tmp_pa
     cache = tmp_path / "cache"
     first = _store_run(cache, 0.1)
     second = _store_run(cache, 0.1)
-    other = _store_run(cache, 0.2)  # another penalty: another program, traced and compiled
-    assert first["executor_traces"] >= 4 and first["hits"] == 0
+    assert first["executor_traces"] >= 2 and first["hits"] == 0
     assert second["executor_traces"] == 0  # neither the programs nor the pool-safety check traced
-    assert second["hits"] == second["programs"] >= 4  # every program counted, all from the cache
-    assert other["executor_traces"] >= 2
+    assert second["hits"] == second["programs"] >= 2  # every program counted, all from the cache
     np.testing.assert_array_equal(second["loss"], first["loss"])
     np.testing.assert_array_equal(second["W"], first["W"])
-    assert not np.array_equal(other["loss"], first["loss"])
     stored = [f.name for f in cache.iterdir() if f.name.startswith("jmfprog-") and f.name.endswith("-cache")]
     assert any("_advance_program" in n for n in stored)
     entries = sum(f.stat().st_size for f in cache.iterdir() if f.name.endswith("-cache"))
@@ -217,7 +213,7 @@ def test_a_warm_process_finds_the_executors_programs_without_tracing_them(tmp_pa
         (cache / name).unlink()
     third = _store_run(cache, 0.1)
     fourth = _store_run(cache, 0.1)
-    assert third["executor_traces"] >= 4 and third["hits"] == third["programs"]
+    assert third["executor_traces"] >= 2 and third["hits"] == third["programs"]
     assert fourth["executor_traces"] == 0
     np.testing.assert_array_equal(fourth["loss"], first["loss"])
     np.testing.assert_array_equal(fourth["W"], first["W"])
@@ -291,3 +287,33 @@ def test_facts_about_programs_are_kept_like_programs(tmp_path, monkeypatch):
     monkeypatch.setattr(compilation, "STORE_PROGRAMS", False)
     compilation.stored_fact("custom_calls", ("job", 1), check)
     assert len(calls) == 3
+
+
+def test_program_descriptions_tell_apart_what_changes_the_program():
+    import jax
+
+    from jmf._src.run.driver import Args, Job
+    from jmf._src.run.executor import Plan, _description
+    from jmf._src.run.loop import RunConfig
+
+    cfg = RunConfig(10, 5, 3, True)
+    plan = Plan("vmap", None, 2, 2)
+    args = Args(np.zeros((2, 2), np.uint32), None, None, np.zeros((4, 3), np.float32), None,
+                np.asarray(-1.0, np.float32))
+    job = Job(jmf.solvers.ratings_als(l2=0.1), cfg, None, ("restart",))
+    base = _description(job, plan, (args,))
+    assert base is not None and base == _description(job, plan, (args,))
+    changed = [
+        job._replace(solver=jmf.solvers.ratings_als(l2=0.2)),  # a penalty (a constant of the program)
+        job._replace(cfg=cfg._replace(max_iter=11)),
+    ]
+    for other in changed:
+        assert _description(other, plan, (args,)) != base
+    assert _description(job, plan._replace(chunk=1), (args,)) != base
+    assert _description(job, plan, (args._replace(data=np.zeros((5, 3), np.float32)),)) != base
+    assert _description(job, plan, (args._replace(data=np.zeros((4, 3), np.float64)),)) != base
+    placed = jax.device_put(np.zeros((4, 3), np.float32), jax.devices()[-1])
+    assert _description(job, plan, (args._replace(data=placed),)) != base
+    # a solver that is not what a factory made, or holds a function: no description (traced as before)
+    assert _description(job._replace(solver=job.solver._replace(name="x")), plan, (args,)) is None
+    assert _description(job, plan, (args._replace(tol=lambda: 0),)) is None
