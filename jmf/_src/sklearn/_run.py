@@ -30,14 +30,14 @@ from ..fit import fit, fit_many
 from ..losses.base import Loss
 from ..losses.beta import DEFAULT_EPS, beta_divergence
 from ..run.loop import Status
-from ..solvers.base import Solver
+from ..solvers.base import Solver, derived
 
 __all__ = ["half_step", "w_change", "stop_each_step", "iterations", "error_loss", "run", "warn_max_iter",
            "warn_status_max_iter", "warn_diverged",
            "report", "host_beta_divergence"]
 
 
-@functools.lru_cache(maxsize=256)
+@derived
 def half_step(solver: Solver, progress=None) -> Solver:
     """``solver`` with ``step = update_w``: its update of ``W`` alone, ``H`` (and column biases) fixed.
 
@@ -56,7 +56,7 @@ class WChangeState(NamedTuple):
     change: jax.Array  # |W_new - W| / |W_new| of the last step
 
 
-@functools.lru_cache(maxsize=64)
+@derived
 def w_change(solver: Solver) -> Solver:
     """The half step of ``solver`` monitored by the relative change of ``W``: converged when ``|dW| / |W| <= tol``.
 
@@ -82,7 +82,7 @@ class StopState(NamedTuple):
     done: jax.Array  # the rule fired: further steps are the identity
 
 
-@functools.lru_cache(maxsize=64)
+@derived
 def stop_each_step(solver: Solver, tol: float) -> Solver:
     """``solver`` testing its own ``progress <= tol`` after **every** step, so the driver may check less often.
 

@@ -30,7 +30,7 @@ from ..data import Dense, Sparse, _rebuild
 from ..factors import Factors
 from ..losses.base import ALL_KINDS, zero_filled
 from ..losses.beta import DEFAULT_EPS, beta_divergence, elementwise_beta_divergence
-from ..solvers.base import EmptyState, Solver
+from ..solvers.base import EmptyState, Solver, derived
 from ..solvers.mu import mu, mu_terms
 from ._base import BaseNMF, jmf_penalties
 from ._run import error_loss, report, run, w_change, warn_max_iter
@@ -200,7 +200,7 @@ def _partial_step(cfg: _Config, Xb, H, A, B):
     return H, A, B
 
 
-@functools.lru_cache(maxsize=64)
+@derived
 def epoch_solver(cfg: _Config) -> Solver:
     """The driver's solver for ``fit``: one step is a pass over the ``n_batches`` minibatches."""
 

@@ -6,6 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.validation import check_array, check_is_fitted
 
+from ..solvers.base import derived
 from ..solvers.hals import hals
 from ..solvers.mu import mu
 from ._base import BaseNMF, jmf_penalties, start_w_for
@@ -13,6 +14,12 @@ from ._run import error_loss, half_step, iterations, report, run, stop_each_step
 from ._validation import as_data, bool_param, choice_param, int_param, key_from_random_state, precision
 
 __all__ = ["NMF", "non_negative_factorization"]
+
+
+@derived
+def mu_with_error_loss(beta: float, l1: float, l2: float):
+    """:func:`jmf.solvers.mu` monitored by scikit-learn's error of the multiplicative updates."""
+    return mu(beta=beta, l1=l1, l2=l2)._replace(loss=error_loss(beta))
 
 
 class NMF(BaseNMF):
@@ -187,7 +194,7 @@ class NMF(BaseNMF):
             if sparse_missing:
                 return solver, 1, p["tol"]
             return stop_each_step(solver, p["tol"]), 10, p["tol"]
-        solver = mu(beta=p["beta"], l1=l1, l2=l2)._replace(loss=error_loss(p["beta"]))
+        solver = mu_with_error_loss(p["beta"], l1, l2)
         solver = solver if update_H else half_step(solver)
         return solver, 10, (p["tol"] or None)  # scikit-learn's mu checks only when tol > 0
 

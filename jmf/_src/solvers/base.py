@@ -186,6 +186,36 @@ def _plain(x):
     return None
 
 
+_DERIVED_KEPT = 1024  # solvers of derived() builders remembered (the oldest lose their recipe: traced again)
+_derived_order: collections.OrderedDict = collections.OrderedDict()
+
+
+def derived(builder: Callable) -> Callable:
+    """Memoize a function that builds a solver from plain arguments and other solvers, recording how.
+
+    For wrappers of solvers (e.g. the scikit-learn layer's half step of a
+    solver, or its stopping rule inside the step): the solver they return
+    has a recipe (:func:`recipe_of`) when their arguments do, so its
+    compiled programs are found without tracing, as a factory's are.
+    """
+    cached = functools.lru_cache(maxsize=256)(builder)
+
+    @functools.wraps(builder)
+    def wrapper(*args, **kwargs):
+        solver = cached(*args, **kwargs)
+        key = id(solver)
+        _MADE[key] = (builder, (args, tuple(sorted(kwargs.items()))), solver)
+        _derived_order[key] = None
+        _derived_order.move_to_end(key)
+        while len(_derived_order) > _DERIVED_KEPT:
+            old, _ = _derived_order.popitem(last=False)
+            _MADE.pop(old, None)
+        return solver
+
+    wrapper.cache_clear = cached.cache_clear
+    return wrapper
+
+
 def recipe_of(solver: Solver):
     """A description of ``solver`` that builds the same solver in any process (same jmf), or None.
 
@@ -200,7 +230,7 @@ def recipe_of(solver: Solver):
     made = _MADE.get(id(solver))
     if made is not None and made[2] is solver:
         factory, frozen, _ = made
-        args = _plain(tuple(frozen))
+        args = _plain(tuple(frozen) if isinstance(frozen, tuple) else frozen)
         return None if args is None else ("made", factory.__module__, factory.__qualname__, args)
     stripped = (solver.init, solver.step, solver.loss, solver.spec, solver.grid, solver.update_w, solver.direct,
                 solver.progress, solver.objective)
