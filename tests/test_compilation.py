@@ -170,11 +170,10 @@ jax.monitoring.register_event_duration_secs_listener(
     else None)
 from jmf._src.compilation import compilations
 l2 = float(sys.argv[1])
-data = jmf.datasets.synthetic_ratings(0, n_users=40, n_items=30, n_ratings=500).data
+A = np.random.default_rng(0).standard_normal((30, 20)).astype(np.float32)
 with compilations() as log:
     # exact solves: LAPACK kernels, which a loaded program needs initialized (it segfaulted without)
-    res = jmf.fit_many(data, jmf.solvers.ratings_als(l2=l2, solve="cholesky"), ranks=[2, 3], n_restarts=2, key=0,
-                       max_iter=8, progress=False)
+    res = jmf.fit_many(A, jmf.solvers.als(l2=l2), ranks=[2, 3], n_restarts=2, key=0, max_iter=8, progress=False)
 print(json.dumps({"programs": log.programs, "hits": log.cache_hits,
                   "executor_traces": sum(n in ("_start_program", "_advance_program", "_finish_program", "program")
                                          for n in traced),
