@@ -344,11 +344,13 @@ def stored_fact(name: str, description, build):
 def _load_program(base: str):
     import pickle
 
+    from jax._src import compilation_cache
     from jax.experimental.serialize_executable import deserialize_and_load
 
     try:
         with open(base + _CACHE_SUFFIX, "rb") as fh:
-            payload, in_tree, out_tree, device_ids, lapack = pickle.loads(fh.read())
+            blob = compilation_cache.decompress_executable(fh.read())
+        payload, in_tree, out_tree, device_ids, lapack = pickle.loads(blob)
         if lapack and not _lapack_ready():
             return None
         by_id = {d.id: d for d in jax.devices()}
@@ -402,11 +404,11 @@ def _save_program(base: str, program, folder: str, jax_entry: Optional[bytes]) -
             payload = fh.getvalue()
         # the devices it runs on (loaded without them, a one-device program would expect every device)
         device_ids = [d.id for d in program.runtime_executable().local_devices()]
-        try:  # whether it calls LAPACK (initialized before loading it; 0.3 s that other programs need not pay)
-            lapack = "lapack" in program.as_text()
-        except Exception:
-            lapack = True
-        blob = pickle.dumps((payload, in_tree, program.out_tree, device_ids, lapack))
+        # whether it calls LAPACK (its kernels are named in the object code): initialized before loading it,
+        # 0.3 s that other programs need not pay
+        lapack = b"lapack" in payload
+        blob = compilation_cache.compress_executable(
+            pickle.dumps((payload, in_tree, program.out_tree, device_ids, lapack)))
     except Exception:  # an executable that cannot be serialized: not stored
         return
     _write_entry(base, blob, folder)
