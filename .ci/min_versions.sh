@@ -45,6 +45,7 @@ SMOKE=(
   "tests/test_sklearn.py::test_nmf_n_init_is_one_batched_fit_keeping_the_best"   # scikit-learn validate_data
   "tests/test_sklearn.py::test_truncated_svd_matches_sklearn"
   "tests/test_sklearn.py::test_ratings_regressor_equals_jmf_and_falls_back_to_biases"
+  "tests/test_compilation.py::test_a_warm_process_finds_the_executors_programs_without_tracing_them"  # JAX internals
 )
 "$PY" -m pytest -q -p no:cacheprovider --rootdir "$WORK/run" -o addopts="-ra" -o timeout=300 --disable-warnings \
     -n 2 --dist loadfile "${SMOKE[@]}"
