@@ -235,12 +235,17 @@ def test_recipes_describe_memoized_solvers_only():
     assert recipe_of(job_solver)[0] == "grid"
 
 
-def test_stored_programs_are_freed_with_jaxs_near_the_map_limit(monkeypatch, tmp_path):
+def test_stored_programs_are_freed_with_jaxs_near_the_map_limit_and_by_clear_caches(monkeypatch, tmp_path):
+    import jax
+
     monkeypatch.setitem(compilation._store, "folder", compilation.cache_dir())
     compilation._programs["x"] = object()
     monkeypatch.setattr(compilation, "memory_maps", lambda: (60000, 65530))
     assert release_programs_near_map_limit(force_check=True)
     assert "x" not in compilation._programs
+    compilation._programs["y"] = object()
+    jax.clear_caches()  # what a user calls to free compiled programs
+    assert "y" not in compilation._programs
 
 
 def test_a_torn_program_entry_is_built_again(tmp_path, monkeypatch):

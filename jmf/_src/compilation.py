@@ -199,7 +199,31 @@ def _install_tallied_eviction() -> bool:
 # executable the compiler built, and JAX checks every call's argument types against it.
 STORE_PROGRAMS = True  # tests that count traces turn this off
 _store: dict = {"folder": None, "environment": None}
-_programs: dict = {}  # description digest -> loaded program (freed with JAX's caches near the map limit)
+
+
+class _Programs(dict):
+    """Loaded programs by description digest; emptied by ``jax.clear_caches()`` like JAX's own caches."""
+
+    __hash__ = object.__hash__  # JAX registers caches in a weak-key dictionary: by identity
+    __eq__ = object.__eq__
+
+    def cache_clear(self) -> None:
+        self.clear()
+
+    def cache_info(self) -> str:
+        return f"{len(self)} stored programs loaded"
+
+    def cache_keys(self) -> list:
+        return list(self)
+
+
+_programs = _Programs()
+try:
+    from jax._src import util as _jax_util
+
+    _jax_util.register_cache(_programs, "jmf stored programs")
+except (ImportError, AttributeError):  # an older JAX: emptied near the map limit only
+    pass
 _PROGRAM_PREFIX = "jmfprog-"
 
 
