@@ -257,8 +257,23 @@ def _environment() -> tuple:
         source = _store.get("source") or _source_digest()
         _store["environment"] = (source, tuple(versions), os.environ.get("XLA_FLAGS", ""), jax.default_backend(),
                                  str(getattr(client, "platform_version", "")),
-                                 tuple((d.id, d.device_kind) for d in jax.devices()), jax.process_count())
+                                 tuple((d.id, d.device_kind) for d in jax.devices()), jax.process_count(),
+                                 _host_cpu())
     return _store["environment"]
+
+
+def _host_cpu() -> str:
+    """The host CPU's model and instruction-set flags: XLA:CPU compiles for the features of the machine, and
+    a cache folder may be shared by machines of another kind (a network home)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = [line for line in fh if line.startswith(("model name", "flags", "Features"))]
+        info = "".join(sorted(set(lines)))
+    except OSError:
+        info = ""
+    return f"{platform.machine()} {platform.processor()} {info}"
 
 
 def _tracing_context() -> Optional[tuple]:
