@@ -86,8 +86,8 @@ def configure_cache() -> Optional[str]:
 # -- eviction without a scan per write -----------------------------------------------------------
 
 # JAX's size-bounded cache decides on every write whether to evict by scanning the whole folder (a stat
-# and a read per entry), holding the folder's lock, so other processes' reads wait as well: 0.45-0.5 s
-# per new program at 22,000 entries, and a full 2 GiB folder holds about three times as many.  jmf's
+# and a read per entry), holding the folder's lock, so other processes' reads wait as well: the cost of
+# a new program grows with everything cached before it (BENCHMARKS.md, cache writes).  jmf's
 # folder keeps its size as a running total instead (``.jmf-bytes``, updated under the same lock): a write
 # adds its bytes, and the folder is scanned only when the total would pass the limit (or the last scan
 # is over a week old, in case something else wrote there).  Eviction is then least recently used, as in
@@ -190,7 +190,7 @@ def _install_tallied_eviction() -> bool:
 # -- compiled programs found without tracing them ----------------------------------------------------
 
 # JAX finds a program in its persistent cache by the hash of the lowered program, so a warm process still
-# traces and lowers every program before loading it: 1.5-2 s of a warm `jmf fit` (BENCHMARKS.md).  jmf's
+# traces and lowers every program before loading it (most of a warm `jmf fit`'s overhead, BENCHMARKS.md).  jmf's
 # executor describes its programs without tracing them (the solver's factory and arguments, the plan, the
 # arguments' types and placement) and keeps the compiled executables under that description, in the same
 # folder (entries named ``jmfprog-...-cache``, counted and evicted with JAX's).  The description also
@@ -444,7 +444,7 @@ def _save_program(base: str, program, folder: str, jax_entry: Optional[bytes]) -
         # the devices it runs on (loaded without them, a one-device program would expect every device)
         device_ids = [d.id for d in program.runtime_executable().local_devices()]
         # whether it calls LAPACK (its kernels are named in the object code): initialized before loading it,
-        # 0.3 s that other programs need not pay
+        # a cost (it loads scipy's LAPACK) that other programs need not pay
         lapack = b"lapack" in payload
         blob = compilation_cache.compress_executable(
             pickle.dumps((payload, in_tree, program.out_tree, device_ids, lapack)))

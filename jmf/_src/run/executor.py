@@ -221,17 +221,13 @@ def blocking_custom_calls(job: Job, args: Args, mesh: Optional[Mesh] = None) -> 
 
 
 def _check_description(job: Job, structs, mesh: Optional[Mesh]):
-    """What determines the pool-safety check's answer (see :func:`_description`), or None."""
-    solver = recipe_of(job.solver)
-    if solver is None:
-        return None
-    try:
-        init = None if job.init_fn is None else _function_name(job.init_fn)
-    except _Undescribed:
+    """What determines the pool-safety check's answer or a member's bytes (see :func:`_description`), or None."""
+    described = _job_description(job)
+    if described is None:
         return None
     leaves, tree = jax.tree_util.tree_flatten(structs)
-    return (solver, tuple(job.cfg), init, job.axes, str(tree), tuple((s.shape, str(s.dtype)) for s in leaves),
-            None if mesh is None else (mesh.axis_names, mesh.devices.shape))
+    return described + (str(tree), tuple((s.shape, str(s.dtype)) for s in leaves),
+                        None if mesh is None else (mesh.axis_names, mesh.devices.shape))
 
 
 def _custom_calls(traced) -> frozenset:
@@ -487,22 +483,33 @@ def _leaf_description(x) -> tuple:
     raise _Undescribed
 
 
-def _description(job: Job, plan: Plan, dynamic: tuple):
-    """What determines a program of ``job`` under ``plan`` for arguments like ``dynamic``, as plain values
-    (see :func:`jmf._src.compilation.stored_program`), or None when some part cannot be described."""
+def _job_description(job: Job) -> Optional[tuple]:
+    """The job as plain values: the solver's recipe, the run configuration, the initializer and the axes."""
     solver = recipe_of(job.solver)
     if solver is None:
         return None
     try:
         init = None if job.init_fn is None else _function_name(job.init_fn)
+    except _Undescribed:
+        return None
+    return (solver, tuple(job.cfg), init, job.axes)
+
+
+def _description(job: Job, plan: Plan, dynamic: tuple):
+    """What determines a program of ``job`` under ``plan`` for arguments like ``dynamic``, as plain values
+    (see :func:`jmf._src.compilation.stored_program`), or None when some part cannot be described."""
+    described = _job_description(job)
+    if described is None:
+        return None
+    try:
         leaves, tree = jax.tree_util.tree_flatten(dynamic)
         arguments = (str(tree), tuple(_leaf_description(x) for x in leaves))
     except _Undescribed:
         return None
     mesh = None if plan.mesh is None else (tuple(d.id for d in plan.mesh.devices.flat), plan.mesh.axis_names,
                                            plan.mesh.devices.shape)
-    return (solver, tuple(job.cfg), init, job.axes, (plan.layout, mesh, plan.n_outer, plan.chunk, plan.lane_width),
-            arguments, str(jax.config.jax_default_device))
+    return described + ((plan.layout, mesh, plan.n_outer, plan.chunk, plan.lane_width), arguments,
+                        str(jax.config.jax_default_device))
 
 
 def _run_program(fn, job: Job, plan: Plan, *dynamic):
