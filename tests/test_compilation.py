@@ -321,3 +321,15 @@ def test_program_descriptions_tell_apart_what_changes_the_program():
     # a solver that is not what a factory made, or holds a function: no description (traced as before)
     assert _description(job._replace(solver=job.solver._replace(name="x")), plan, (args,)) is None
     assert _description(job, plan, (args._replace(tol=lambda: 0),)) is None
+
+
+def test_the_tracing_context_is_part_of_a_programs_description():
+    import jax
+
+    base = compilation._tracing_context()
+    assert base is not None and base == compilation._tracing_context()
+    with jax.set_mesh(jax.make_mesh((1,), ("x",))):
+        in_mesh = compilation._tracing_context()
+    with jax.numpy_dtype_promotion("standard"):
+        standard = compilation._tracing_context()
+    assert len({base, in_mesh, standard}) == 3

@@ -290,8 +290,15 @@ def _tracing_context() -> Optional[tuple]:
             out.append(v)
         elif hasattr(v, "value") and isinstance(getattr(v, "value"), (bool, int, float, str)):  # enums
             out.append((type(v).__name__, v.value))
-        else:
-            out.append(type(v).__name__)  # e.g. the (empty, at top level) axis environment
+        elif type(v).__name__ == "AxisEnv":  # empty at top level, where jmf's programs are built
+            if getattr(v, "axis_sizes", None) or getattr(v, "spmd_axis_names", None) or getattr(
+                    v, "explicit_mesh_axis_names", None):
+                return None
+            out.append("AxisEnv()")
+        elif " at 0x" not in repr(v):  # e.g. the abstract mesh of a `with jax.set_mesh(...)` block
+            out.append((type(v).__name__, repr(v)))
+        else:  # no stable description: nothing is stored or looked up
+            return None
     return tuple(out)
 
 
