@@ -340,7 +340,10 @@ def test_rank_above_the_data_rank_does_not_diverge(dtype, noise):
         rel = np.linalg.norm(A - W @ H) / np.linalg.norm(A)
         noise_level = np.linalg.norm(A - clean) / np.linalg.norm(A)  # includes the cast to dtype
         assert res.status_name != "DIVERGED", seed
-        assert rel < 1.5 * noise_level + 100 * np.finfo(dtype).eps, (seed, rel)
+        # A breakdown leaves the initial factors (rel ~1.1).  The floor itself moves the solution by about
+        # eps * q * cond, and how much depends on the host CPU's code: on exactly low-rank float64 data rel
+        # stayed under 100 eps until a machine of 2026-12-01 gave 124 eps (seed 3).  Hence 1000 eps.
+        assert rel < 1.5 * noise_level + 1000 * np.finfo(dtype).eps, (seed, rel)
 
 
 def test_cholesky_solve_survives_a_singular_system():

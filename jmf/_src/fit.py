@@ -26,10 +26,11 @@ from .init import get_initializer
 from .mixed_shapes import _bucket_shapes, _stack_bucket
 from .run.driver import Args, Job
 from .run.executor import ProgressInfo, execute, make_plan
+from .run.lanes import eligible as lanes_eligible
 from .run.loop import RunConfig, Status
 from .sharded import run_sharded
 from .sharding import is_global
-from .solvers.base import Solver, data_kind
+from .solvers.base import Solver, data_kind, traced_point
 
 __all__ = ["Status", "FitResult", "FitManyResult", "ProgressInfo", "fit", "fit_many"]
 
@@ -360,13 +361,13 @@ def fit_many(
     mask = None if ranks_np is None else (np.arange(width)[None, :] < ranks_np[:, None]).astype(data.dtype)
     # A grid's values are traced data (args.hparams); the static job keeps only what every point shares
     # (the factory and the metadata), so another grid of the same size reuses the compiled programs.
-    job_solver = solver if grid is None else solver._replace(init=None, step=None, loss=None, spec=None, grid=None,
-                                                             update_w=None, direct=None,
-                                                             name=solver.factory[0].__name__)
+    job_solver = solver if grid is None else solver._replace(**_STRIPPED, name=solver.factory[0].__name__)
     job = Job(job_solver, cfg, init_fn, tuple(axes))
     # tol is traced (a negative value never converges), so other tolerances reuse the compiled program.
     args = Args(key_arg, rank_arr, factors0, data, mask, np.asarray(-1.0 if tol is None else tol, data.dtype),
                 hparams)
+    if grid is None:
+        job, args = _traced_hyperparameters(job, args, solver)
     if memory_budget is not None:
         memory_budget = check_int(memory_budget, "memory_budget")
     run_plan = make_plan(job, args, mesh=mesh, memory_budget=memory_budget, **_check_plan(plan))
@@ -374,6 +375,30 @@ def fit_many(
                     desc=solver.name)
     params = None if grid is None else {n: np.asarray(v) for n, v in grid.values.items()}
     return FitManyResult(_to_result(cfg, carry), tuple(axes), ranks_np, params)
+
+
+# What a job's solver drops when its hyperparameters are traced: every member rebuilds it at its point
+# (jmf._src.run.driver.member_solver), so the compiled programs depend on the factory and metadata alone.
+_STRIPPED = dict(init=None, step=None, loss=None, spec=None, grid=None, update_w=None, direct=None)
+
+
+def _traced_hyperparameters(job: Job, args: Args, solver: Solver):
+    """The job with ``solver``'s nonzero searchable hyperparameters as traced values (a one-point grid without its axis).
+
+    ``als(l2=0.1)`` and ``als(l2=0.3)`` then run the same compiled programs,
+    as points of a grid do: a script that loops over penalties or learning
+    rates compiles once.  Kept as constants: zeros (a factory may skip the
+    term), solvers that are not a factory's own product (see
+    :func:`jmf._src.solvers.base.traced_point`), and the lanes layout's
+    kernels for batches of tiny dense matrices, which take no traced values.
+    """
+    split = traced_point(solver)
+    if split is None or solver.direct is not None or lanes_eligible(job, args):
+        return job, args
+    static, point = split
+    job_solver = solver._replace(**_STRIPPED, factory=static)
+    hparams = {n: np.asarray(v, args.data.dtype) for n, v in point.items()}
+    return job._replace(solver=job_solver), args._replace(hparams=hparams)
 
 
 # -- mixed shapes (jmf._src.mixed_shapes) ---------------------------------------------------

@@ -148,7 +148,9 @@ def member_bytes(job: Job, args: Args) -> int:
         f_struct = f_struct._replace(row_bias=jax.ShapeDtypeStruct((m,), data.dtype),
                                      col_bias=jax.ShapeDtypeStruct((n,), data.dtype),
                                      offset=jax.ShapeDtypeStruct((), data.dtype))
-    first = None if args.hparams is None else {k: np.asarray(v)[0] for k, v in args.hparams.items()}
+    first = args.hparams
+    if first is not None and "param" in job.axes:
+        first = {k: np.asarray(v)[0] for k, v in first.items()}
     solver = driver.member_solver(job, first)
     state = jax.eval_shape(lambda f, d: solver.init(f, d, jax.random.key(0)), f_struct, _one_matrix(job, data))
     state_bytes = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(state))

@@ -260,6 +260,8 @@ def cached_factory(factory=None, *, searchable: tuple = ()):
     """
     if factory is None:
         return functools.partial(cached_factory, searchable=tuple(searchable))
+    if searchable:
+        _SEARCHABLE[factory] = tuple(searchable)
     signature = inspect.signature(factory)
     var_keyword = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
     cache: collections.OrderedDict = collections.OrderedDict()
@@ -323,6 +325,40 @@ def cached_factory(factory=None, *, searchable: tuple = ()):
 
     wrapper.searchable = tuple(searchable)
     return wrapper
+
+
+# The searchable hyperparameters of each memoized factory (the undecorated function), by factory.
+_SEARCHABLE: dict = {}
+
+
+def _traceable(value) -> bool:
+    """A number a job may take as traced data: nonzero (a zero may let the factory skip a term), finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return value != 0 and bool(np.isfinite(value))
+
+
+def traced_point(solver: Solver):
+    """``solver`` split into what a compiled program keeps and the hyperparameters it may take as data.
+
+    For a solver a searchable factory made (and still holds), the nonzero
+    numbers among its searchable hyperparameters (``als(l2=0.1)``'s ``l2``,
+    ``adam(1e-2)``'s learning rate) become traced values, as a grid's are,
+    so that fits at other values of them reuse the same compiled programs.
+    Returns ``(static, point)``: the factory with its other arguments, the
+    way a grid's solver carries them (see :func:`at_point`), and
+    ``{name: value}``; or None (solvers from ``_replace``, wrappers, grids,
+    nothing to trace).
+    """
+    made = _MADE.get(id(solver))
+    if made is None or made[2] is not solver or solver.factory is None or solver.grid is not None:
+        return None
+    factory, frozen = solver.factory
+    named = dict(frozen)
+    point = {n: float(named[n]) for n in _SEARCHABLE.get(factory, ()) if _traceable(named.get(n))}
+    if not point:
+        return None
+    return (factory, _frozen({k: v for k, v in named.items() if k not in point})), point
 
 
 def at_point(solver: Solver, point: dict) -> Solver:
