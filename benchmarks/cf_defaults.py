@@ -2,7 +2,7 @@
 
     python benchmarks/cf_defaults.py            # everything (about 10 minutes on 2 cores)
     python benchmarks/cf_defaults.py --quick    # a quarter of the ratings, fewer repeats
-    python benchmarks/cf_defaults.py --part cli|api|folds|search|compile|synthetic
+    python benchmarks/cf_defaults.py --part cli|api|folds|search|loop|compile|synthetic
 
 Parts
 -----
@@ -24,6 +24,11 @@ search
     (120 fits of ``ratings_als``) in one call, against one warm fit of the
     same solver and against Surprise's ``GridSearchCV`` over the same grid
     (``SVD``: n_factors x reg_all, 5 folds).
+loop
+    A researcher's loop in a fresh process with an empty cache: ``ratings_als``
+    (rank 32, 10 sweeps) at 6 penalties, one ``jmf.fit`` after another,
+    held-out RMSE of each: programs compiled, compile seconds, whole
+    process.  Run it with ``PYTHONPATH`` set to another tree to compare.
 compile
     Cold compile time and number of programs per CF model, each in a fresh
     process with an empty cache: the default model, ratings_als, implicit_als,
@@ -291,6 +296,44 @@ print(json.dumps({"programs": log.programs, "cache_hits": log.cache_hits, "compi
 """
 
 
+LOOP_CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import jax, numpy as np, jmf
+from jmf._src.compilation import compilations
+data, _ = jmf.io.load_matrix(sys.argv[1])
+train, test = jmf.model_selection.train_test_split(data, 0.2, key=0)
+r, c, v = (np.asarray(x) for x in (test.rows, test.cols, test.vals))
+rmse = {}
+with compilations() as log:
+    for l2 in (0.05, 0.08, 0.12, 0.15, 0.2, 0.3):
+        res = jmf.fit(train, jmf.solvers.ratings_als(l2=l2), rank=32, key=0, max_iter=10, tol=None, progress=False)
+        p = np.clip(np.asarray(res.factors.predict(r, c)), 0.5, 5.0)
+        rmse[l2] = float(np.sqrt(np.mean((p - v) ** 2)))
+print(json.dumps({"programs": log.programs, "compile_seconds": log.seconds, "rmse": rmse,
+                  "process_seconds": time.perf_counter() - t0}))
+"""
+
+
+def part_loop(args, path, tmp):
+    script = os.path.join(tmp, "loop_child.py")
+    with open(script, "w") as fh:
+        fh.write(LOOP_CHILD)
+    import jmf
+
+    rows = []
+    cache = tempfile.mkdtemp(prefix="jmf-loop-cache-")
+    for run in ("cold", "warm"):
+        out, wall = _run([sys.executable, script, path], {"JMF_CACHE_DIR": cache})
+        best = min(out["rmse"], key=out["rmse"].get)
+        rows.append(dict(run=run, jmf=os.path.dirname(jmf.__file__), programs=out["programs"],
+                         compile_s=out["compile_seconds"], process_s=wall,
+                         note=f"best l2 {best}: rmse {out['rmse'][best]:.4f}"))
+    _table("loop: ratings_als at 6 penalties, one fit after another (fresh process)", rows,
+           ["run", "programs", "compile_s", "process_s", "note", "jmf"])
+    return rows
+
+
 def part_compile(args, path, tmp):
     script = os.path.join(tmp, "compile_child.py")
     with open(script, "w") as fh:
@@ -353,7 +396,7 @@ def _fmt(x):
 
 
 PARTS = {"cli": part_cli, "api": part_api, "folds": part_folds, "search": part_search, "compile": part_compile,
-         "synthetic": part_synthetic}
+         "loop": part_loop, "synthetic": part_synthetic}
 
 
 def main():

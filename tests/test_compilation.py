@@ -75,6 +75,48 @@ def test_other_tolerances_and_keys_reuse_the_compiled_program(rng):
     assert int(b.n_iter) == 50 and b.status_name == "MAX_ITER" and int(a.n_iter) < 50
 
 
+@pytest.mark.parametrize("make, values, kind", [
+    (lambda v: jmf.solvers.als(l2=v), (0.1, 0.7), "weighted"),
+    (lambda v: jmf.solvers.ratings_als(l2=v, solve="cholesky"), (0.05, 0.3), "sparse"),
+    (lambda v: jmf.solvers.adam(v), (1e-2, 3e-3), "dense"),
+    (lambda v: jmf.solvers.hals(l1=v), (0.01, 0.2), "dense"),
+])
+def test_other_hyperparameter_values_reuse_the_compiled_programs_and_change_nothing(rng, make, values, kind):
+    """A searchable factory's nonzero hyperparameters are traced values of a single fit, as a grid's are."""
+    A = np.abs(low_rank(rng, 14, 11, 2, noise=0.1)).astype(np.float32)
+    M = (rng.random(A.shape) < 0.7).astype(np.float32)
+    rows, cols = np.nonzero(M)
+    data = {"dense": jmf.Dense(A), "weighted": jmf.Dense(A, M),
+            "sparse": jmf.Sparse(rows, cols, A[rows, cols], A.shape)}[kind]
+    kw = dict(rank=3, key=0, max_iter=15, tol=None, progress=False)
+    jmf.fit(data, make(values[0]), **kw)
+    with compilations() as log:
+        res = jmf.fit(data, make(values[1]), **kw)
+    assert log.programs == 0
+    # The same fit with the value compiled in (a solver that is not the factory's product stays static).
+    baked = make(values[1])._replace()
+    with compilations() as log:
+        ref = jmf.fit(data, baked, **kw)
+    assert log.programs > 0
+    np.testing.assert_allclose(np.asarray(res.factors.W), np.asarray(ref.factors.W), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(res.loss_history), np.asarray(ref.loss_history), rtol=2e-5)
+
+
+def test_zero_hyperparameters_stay_constants_of_the_program(rng):
+    """A zero may let a factory skip a term: ``als()`` (l2 = 0) compiles its own programs, as before."""
+    A = low_rank(rng, 13, 10, 2, noise=0.1).astype(np.float32)
+    kw = dict(rank=2, key=0, max_iter=10, tol=None, progress=False)
+    jmf.fit(A, jmf.solvers.als(l2=0.4), **kw)
+    with compilations() as log:
+        jmf.fit(A, jmf.solvers.als(), **kw)
+    assert log.programs > 0
+    from jmf._src.solvers.base import traced_point
+
+    assert traced_point(jmf.solvers.als()) is None
+    (factory, static), point = traced_point(jmf.solvers.als(l2=0.4, bias_l2=0.0, biases=True))
+    assert point == {"l2": 0.4} and dict(static)["bias_l2"] == 0.0 and factory.__name__ == "als"
+
+
 @pytest.mark.skipif(memory_maps() is None, reason="needs Linux's /proc (memory regions and vm.max_map_count)")
 def test_compiled_programs_are_freed_before_the_process_runs_out_of_memory_regions(monkeypatch):
     """Loaded programs hold memory regions; near the kernel's limit jmf frees them before fitting more.
