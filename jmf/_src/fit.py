@@ -383,7 +383,7 @@ _STRIPPED = dict(init=None, step=None, loss=None, spec=None, grid=None, update_w
 
 
 def _traced_hyperparameters(job: Job, args: Args, solver: Solver):
-    """The job with ``solver``'s nonzero searchable hyperparameters as traced values (a one-point grid without its axis).
+    """The job with ``solver``'s nonzero searchable hyperparameters as traced values: a grid of one point, no axis.
 
     ``als(l2=0.1)`` and ``als(l2=0.3)`` then run the same compiled programs,
     as points of a grid do: a script that loops over penalties or learning
