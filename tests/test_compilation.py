@@ -117,6 +117,19 @@ def test_zero_hyperparameters_stay_constants_of_the_program(rng):
     assert point == {"l2": 0.4} and dict(static)["bias_l2"] == 0.0 and factory.__name__ == "als"
 
 
+def test_jobs_with_traced_hyperparameters_keep_a_recipe():
+    """The programs of a traced-hyperparameter job are found without tracing in a warm process (a recipe),
+    also for a solver that declares a progress rule (HALS stopping on the violation)."""
+    from jmf._src.fit import _STRIPPED
+    from jmf._src.solvers.base import recipe_of, traced_point
+
+    for solver in (jmf.solvers.hals(l1=0.1, stop="violation"), jmf.solvers.als(l2=0.2), jmf.solvers.adam(1e-2),
+                   jmf.solvers.implicit_als(l2=0.5)):
+        static, point = traced_point(solver)
+        assert point and recipe_of(solver._replace(**_STRIPPED, factory=static)) is not None, solver.name
+    assert jmf.solvers.hals(l1=0.1, stop="violation").progress is not None
+
+
 @pytest.mark.skipif(memory_maps() is None, reason="needs Linux's /proc (memory regions and vm.max_map_count)")
 def test_compiled_programs_are_freed_before_the_process_runs_out_of_memory_regions(monkeypatch):
     """Loaded programs hold memory regions; near the kernel's limit jmf frees them before fitting more.

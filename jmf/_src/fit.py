@@ -379,7 +379,8 @@ def fit_many(
 
 # What a job's solver drops when its hyperparameters are traced: every member rebuilds it at its point
 # (jmf._src.run.driver.member_solver), so the compiled programs depend on the factory and metadata alone.
-_STRIPPED = dict(init=None, step=None, loss=None, spec=None, grid=None, update_w=None, direct=None)
+_STRIPPED = dict(init=None, step=None, loss=None, spec=None, grid=None, update_w=None, direct=None, progress=None,
+                 objective=None)
 
 
 def _traced_hyperparameters(job: Job, args: Args, solver: Solver):
