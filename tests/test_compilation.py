@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -128,6 +129,26 @@ def test_jobs_with_traced_hyperparameters_keep_a_recipe():
         static, point = traced_point(solver)
         assert point and recipe_of(solver._replace(**_STRIPPED, factory=static)) is not None, solver.name
     assert jmf.solvers.hals(l1=0.1, stop="violation").progress is not None
+
+
+def test_a_loss_written_twice_is_one_loss_and_its_solver_compiles_once(rng):
+    """``adam(1e-2, loss=huber(0.5))`` twice: the same solver, no second compilation, and a recipe."""
+    from jmf._src.solvers.base import recipe_of
+
+    A = low_rank(rng, 15, 12, 2, noise=0.1).astype(np.float32)
+    assert jmf.losses.huber(0.5) is jmf.losses.huber(delta=0.5) is not jmf.losses.huber(0.6)
+    assert jmf.losses.frobenius(l2=0.1) is jmf.losses.frobenius(0.1)
+    kw = dict(rank=2, key=0, max_iter=10, progress=False)
+    first = jmf.fit(A, jmf.solvers.adam(1e-2, loss=jmf.losses.huber(0.5)), **kw)
+    with compilations() as log:
+        again = jmf.fit(A, jmf.solvers.adam(1e-2, loss=jmf.losses.huber(0.5)), **kw)
+    assert log.programs == 0
+    np.testing.assert_array_equal(np.asarray(again.factors.W), np.asarray(first.factors.W))
+    recipe = recipe_of(jmf.solvers.adam(1e-2, loss=jmf.losses.huber(0.5)))
+    assert recipe is not None and recipe != recipe_of(jmf.solvers.adam(1e-2, loss=jmf.losses.huber(0.6)))
+    # a loss from a function of the user's has no recipe: its solver is traced, as before
+    custom = jmf.losses.custom(lambda f, d: jnp.sum((f.W @ f.H - d.A) ** 2))
+    assert recipe_of(jmf.solvers.adam(1e-2, loss=custom)) is None
 
 
 @pytest.mark.skipif(memory_maps() is None, reason="needs Linux's /proc (memory regions and vm.max_map_count)")

@@ -25,6 +25,9 @@ never an ``m x n`` array).
 
 from __future__ import annotations
 
+import collections
+import functools
+import inspect
 from typing import Callable, NamedTuple
 
 import jax
@@ -65,6 +68,46 @@ class Loss(NamedTuple):
     name: str = "loss"
     spec: tuple = ()
     data_kinds: tuple = DATA_KINDS
+
+
+# Losses a memoized loss factory made, by id while the factory's cache holds them: (factory, its frozen
+# arguments, the loss).  What describes a loss in another process (jmf._src.solvers.base.recipe_of).
+_LOSS_MADE: dict = {}
+
+
+def loss_factory(factory: Callable) -> Callable:
+    """Memoize a loss factory: the same arguments give the same :class:`Loss` object.
+
+    A solver built on a loss is memoized on it (its factory's cache key holds
+    the loss), and compiled programs are cached per solver: without this,
+    ``adam(1e-2, loss=huber(0.5))`` written twice was two solvers, and the
+    second fit compiled again.  Unhashable arguments (arrays, the traced
+    values of a grid's point) bypass the cache.
+    """
+    signature = inspect.signature(factory)
+    cache: collections.OrderedDict = collections.OrderedDict()
+
+    @functools.wraps(factory)
+    def wrapper(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            key = tuple(sorted(bound.arguments.items()))
+            hash(key)
+        except TypeError:  # a bad call (the factory reports it) or unhashable arguments
+            return factory(*args, **kwargs)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        loss = cache[key] = factory(**bound.arguments)
+        _LOSS_MADE[id(loss)] = (factory, key, loss)
+        if len(cache) > 256:
+            _, dropped = cache.popitem(last=False)
+            if _LOSS_MADE.get(id(dropped), (None, None, None))[2] is dropped:
+                del _LOSS_MADE[id(dropped)]
+        return loss
+
+    return wrapper
 
 
 def n_observed(data):

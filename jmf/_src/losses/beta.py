@@ -41,7 +41,18 @@ import numpy as np
 
 from .._validation import check_float, is_real
 from ..factors import predict_entries
-from .base import ALL_KINDS, Loss, _pair, entry_grad, entry_sum, fold_row_blocks, mean_of, squared_error, zero_filled
+from .base import (
+    ALL_KINDS,
+    Loss,
+    _pair,
+    entry_grad,
+    entry_sum,
+    fold_row_blocks,
+    loss_factory,
+    mean_of,
+    squared_error,
+    zero_filled,
+)
 
 __all__ = ["beta_divergence", "elementwise_beta_divergence", "check_beta", "DEFAULT_EPS"]
 
@@ -135,6 +146,7 @@ def zero_filled_sum(f, data, beta: float, eps: float = DEFAULT_EPS):
     return stored + all_zero - jnp.sum(w * jnp.maximum(y, eps) ** beta) / beta
 
 
+@loss_factory
 def beta_divergence(beta=2.0, l1=0.0, l2=0.0, eps=None) -> Loss:
     r"""Mean beta-divergence over observed entries plus penalties.
 

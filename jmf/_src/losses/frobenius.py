@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from ..data import Dense
 from ..factors import Factors
-from .base import ALL_KINDS, Loss, _pair, _same_form, entry_grad, mean_of, squared_error, zero_filled
+from .base import ALL_KINDS, Loss, _pair, _same_form, entry_grad, loss_factory, mean_of, squared_error, zero_filled
 
 __all__ = ["frobenius"]
 
@@ -85,6 +85,7 @@ def _d_squared(a, y):
     return -2 * (a - y)
 
 
+@loss_factory
 def frobenius(l2=0.0, l1=0.0, bias_l2=None) -> Loss:
     """Mean squared error over observed entries plus regularization.
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from .._validation import _is_tracer, check_int, check_nonneg_float
 from ..data import Sparse
 from ..factors import Factors
-from .base import Loss
+from .base import Loss, loss_factory
 from .ratings import chunked_entry_sum
 
 __all__ = ["implicit_loss", "penalty_scales"]
@@ -52,6 +52,7 @@ def penalty_scales(data: Sparse, unobserved_weight, nu, dtype):
     return (rows + unobserved_weight * n) ** nu, (cols + unobserved_weight * m) ** nu
 
 
+@loss_factory
 def implicit_loss(alpha: float = 1.0, l2: float = 0.0, chunk_size: int = 1 << 16, unobserved_weight: float = 1.0,
                   nu: float = 0.0) -> Loss:
     """The implicit-feedback objective (see the module docstring) as a :class:`jmf.losses.Loss`.

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from .._validation import check_bool, check_int, check_nonneg_float
 from ..data import Dense, Sparse
 from ..factors import Factors
-from .base import ALL_KINDS, Loss, _pair, squared_error, zero_filled
+from .base import ALL_KINDS, Loss, _pair, loss_factory, squared_error, zero_filled
 from .frobenius import _data_grad as _frobenius_data_grad
 
 __all__ = ["ratings_loss", "row_scaled_frobenius", "chunked_entry_sum", "weight_sums"]
@@ -153,6 +153,7 @@ def _chunked_data_grad(f: Factors, data: Sparse, chunk_size: int) -> Factors:
     return Factors(-2 * gW, -2 * gHt.T, *(None if g is None else -2 * g for g in (gb, gc, go)))
 
 
+@loss_factory
 def ratings_loss(l2=0.0, bias_l2: Optional[float] = None, count_scaled: bool = False,
                  chunk_size: int = 1 << 16) -> Loss:
     """Regularized squared error of a biased MF model (see the module docstring).

@@ -29,7 +29,7 @@ from functools import partial
 import jax.numpy as jnp
 
 from .._validation import check_positive_float
-from .base import Loss, _pair, _same_form, entry_grad, entry_sum, mean_of
+from .base import Loss, _pair, _same_form, entry_grad, entry_sum, loss_factory, mean_of
 
 __all__ = ["huber", "l1"]
 
@@ -63,6 +63,7 @@ def _elementwise_loss(rho, drho, name, l2, l1, bias_l2) -> Loss:
     return Loss(value, grad, name)
 
 
+@loss_factory
 def huber(delta: float = 1.0, l2=0.0, l1=0.0, bias_l2=None) -> Loss:
     r"""Huber loss: squared error for residuals up to ``delta``, linear growth beyond.
 
@@ -90,6 +91,7 @@ def huber(delta: float = 1.0, l2=0.0, l1=0.0, bias_l2=None) -> Loss:
                              l2, l1, bias_l2)
 
 
+@loss_factory
 def l1(l2=0.0, l1=0.0, bias_l2=None) -> Loss:
     r"""Absolute error (least absolute deviations): ``(sum_obs w |a - yhat| + penalty) / N``.
 

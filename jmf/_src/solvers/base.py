@@ -55,6 +55,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import numpy as np
 
 from ..losses import DATA_KINDS, Loss
+from ..losses.base import _LOSS_MADE
 
 __all__ = ["Solver", "EmptyState", "Grid", "DATA_KINDS", "cached_factory", "data_kind", "at_point"]
 
@@ -173,13 +174,19 @@ _MADE: dict = {}
 
 
 def _plain(x):
-    """``x`` as nested tuples of numbers, strings and solver recipes, or None when it is not that plain."""
+    """``x`` as nested tuples of numbers, strings and recipes of solvers and losses, or None when not that plain."""
     if x is None or isinstance(x, (bool, int, float, str)):
         return (type(x).__name__, repr(x))
     if isinstance(x, np.generic) and x.dtype.kind in "biuf":
         return (x.dtype.str, repr(x.item()))
     if isinstance(x, Solver):
         return recipe_of(x)
+    if isinstance(x, Loss):  # a memoized loss factory's product, by its factory and arguments
+        made = _LOSS_MADE.get(id(x))
+        if made is None or made[2] is not x:
+            return None
+        args = _plain(made[1])
+        return None if args is None else ("loss", made[0].__module__, made[0].__qualname__, args)
     if isinstance(x, (tuple, list)):
         parts = tuple(_plain(v) for v in x)
         return None if any(p is None for p in parts) else ("seq", parts)
