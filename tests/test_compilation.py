@@ -81,6 +81,8 @@ def test_other_tolerances_and_keys_reuse_the_compiled_program(rng):
     (lambda v: jmf.solvers.ratings_als(l2=v, solve="cholesky"), (0.05, 0.3), "sparse"),
     (lambda v: jmf.solvers.adam(v), (1e-2, 3e-3), "dense"),
     (lambda v: jmf.solvers.hals(l1=v), (0.01, 0.2), "dense"),
+    (lambda v: jmf.solvers.mu(l2=(v, 2 * v)), (0.01, 0.2), "weighted"),  # a (W, H) pair
+    (lambda v: jmf.solvers.als(l2=(v, 3 * v)), (0.1, 0.7), "dense"),
 ])
 def test_other_hyperparameter_values_reuse_the_compiled_programs_and_change_nothing(rng, make, values, kind):
     """A searchable factory's nonzero hyperparameters are traced values of a single fit, as a grid's are."""

@@ -398,7 +398,10 @@ def _traced_hyperparameters(job: Job, args: Args, solver: Solver):
         return job, args
     static, point = split
     job_solver = solver._replace(**_STRIPPED, factory=static)
-    hparams = {n: np.asarray(v, args.data.dtype) for n, v in point.items()}
+    dtype = args.data.dtype
+    # a (W, H) pair stays a pair of scalars: the factory reads a 1-D array as one value for both
+    hparams = {n: tuple(np.asarray(x, dtype) for x in v) if isinstance(v, tuple) else np.asarray(v, dtype)
+               for n, v in point.items()}
     return job._replace(solver=job_solver), args._replace(hparams=hparams)
 
 

@@ -339,18 +339,25 @@ _SEARCHABLE: dict = {}
 
 
 def _traceable(value) -> bool:
-    """A number a job may take as traced data: nonzero (a zero may let the factory skip a term), finite."""
+    """A number, or a ``(W, H)`` pair of them, a job may take as traced data: nonzero (a zero may let the
+    factory skip a term) and finite."""
+    if isinstance(value, (tuple, list)):
+        return len(value) == 2 and all(_traceable(v) for v in value)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         return False
     return value != 0 and bool(np.isfinite(value))
+
+
+def _as_point_value(value):
+    return tuple(float(v) for v in value) if isinstance(value, (tuple, list)) else float(value)
 
 
 def traced_point(solver: Solver):
     """``solver`` split into what a compiled program keeps and the hyperparameters it may take as data.
 
     For a solver a searchable factory made (and still holds), the nonzero
-    numbers among its searchable hyperparameters (``als(l2=0.1)``'s ``l2``,
-    ``adam(1e-2)``'s learning rate) become traced values, as a grid's are,
+    numbers (or ``(W, H)`` pairs of them) among its searchable hyperparameters
+    (``als(l2=0.1)``'s ``l2``, ``adam(1e-2)``'s learning rate) become traced values, as a grid's are,
     so that fits at other values of them reuse the same compiled programs.
     Returns ``(static, point)``: the factory with its other arguments, the
     way a grid's solver carries them (see :func:`at_point`), and
@@ -362,7 +369,7 @@ def traced_point(solver: Solver):
         return None
     factory, frozen = solver.factory
     named = dict(frozen)
-    point = {n: float(named[n]) for n in _SEARCHABLE.get(factory, ()) if _traceable(named.get(n))}
+    point = {n: _as_point_value(named[n]) for n in _SEARCHABLE.get(factory, ()) if _traceable(named.get(n))}
     if not point:
         return None
     return (factory, _frozen({k: v for k, v in named.items() if k not in point})), point
