@@ -120,6 +120,21 @@ def test_zero_hyperparameters_stay_constants_of_the_program(rng):
     assert point == {"l2": 0.4} and dict(static)["bias_l2"] == 0.0 and factory.__name__ == "als"
 
 
+def test_a_wrapper_of_a_factory_solver_is_never_rebuilt_from_the_factory(rng):
+    """A wrapper's product keeps its inner solver's factory (``_replace``): rebuilding that factory at a point
+    would drop the wrapper's parts (here the scikit-learn layer's error loss), so its values stay constants."""
+    from jmf._src.sklearn.nmf import mu_with_error_loss
+    from jmf._src.solvers.base import traced_point
+
+    wrapped = mu_with_error_loss(2.0, (0.1, 0.1), (0.2, 0.2))
+    assert wrapped.factory is not None and traced_point(wrapped) is None
+    A = np.abs(low_rank(rng, 16, 12, 3, noise=0.1)).astype(np.float32)
+    kw = dict(rank=3, key=0, max_iter=30, tol=None, progress=False)
+    a = jmf.fit(A, wrapped, **kw)
+    b = jmf.fit(A, wrapped._replace(), **kw)
+    np.testing.assert_array_equal(np.asarray(a.loss_history), np.asarray(b.loss_history))
+
+
 def test_jobs_with_traced_hyperparameters_keep_a_recipe():
     """The programs of a traced-hyperparameter job are found without tracing in a warm process (a recipe),
     also for a solver that declares a progress rule (HALS stopping on the violation)."""

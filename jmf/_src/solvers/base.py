@@ -368,6 +368,8 @@ def traced_point(solver: Solver):
     if made is None or made[2] is not solver or solver.factory is None or solver.grid is not None:
         return None
     factory, frozen = solver.factory
+    if made[0] is not factory:  # a wrapper's product (e.g. another loss) that kept its inner solver's factory
+        return None
     named = dict(frozen)
     point = {n: _as_point_value(named[n]) for n in _SEARCHABLE.get(factory, ()) if _traceable(named.get(n))}
     if not point:
