@@ -14,7 +14,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Lowest first.  Patterns are module names relative to the package (``_src.run.loop``).
 LAYERS = [
-    ("foundations", ["_version", "_src", "_src._validation", "_src.compilation"]),
+    ("foundations", ["_version", "_src", "_src._memo", "_src._validation", "_src.compilation"]),
     ("data", ["_src.sharding", "_src.data", "_src.data.*", "_src.factors"]),
     ("maths", ["_src.losses", "_src.losses.*", "_src.linalg", "_src.init"]),
     ("solvers", ["_src.solvers", "_src.solvers.*"]),

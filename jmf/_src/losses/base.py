@@ -25,7 +25,6 @@ never an ``m x n`` array).
 
 from __future__ import annotations
 
-import collections
 import functools
 import inspect
 from typing import Callable, NamedTuple
@@ -33,6 +32,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .._memo import memo_cache, remembered
 from .._validation import check_penalty
 from ..data import Dense
 from ..factors import Factors, matmul, predict_entries
@@ -85,7 +85,7 @@ def loss_factory(factory: Callable) -> Callable:
     values of a grid's point) bypass the cache.
     """
     signature = inspect.signature(factory)
-    cache: collections.OrderedDict = collections.OrderedDict()
+    cache = memo_cache()
 
     @functools.wraps(factory)
     def wrapper(*args, **kwargs):
@@ -96,16 +96,7 @@ def loss_factory(factory: Callable) -> Callable:
             hash(key)
         except TypeError:  # a bad call (the factory reports it) or unhashable arguments
             return factory(*args, **kwargs)
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-        loss = cache[key] = factory(**bound.arguments)
-        _LOSS_MADE[id(loss)] = (factory, key, loss)
-        if len(cache) > 256:
-            _, dropped = cache.popitem(last=False)
-            if _LOSS_MADE.get(id(dropped), (None, None, None))[2] is dropped:
-                del _LOSS_MADE[id(dropped)]
-        return loss
+        return remembered(cache, _LOSS_MADE, factory, key, lambda: factory(**bound.arguments))
 
     return wrapper
 

@@ -54,6 +54,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
+from .._memo import memo_cache, remembered
 from ..losses import DATA_KINDS, Loss
 from ..losses.base import _LOSS_MADE
 
@@ -271,7 +272,7 @@ def cached_factory(factory=None, *, searchable: tuple = ()):
         _SEARCHABLE[factory] = tuple(searchable)
     signature = inspect.signature(factory)
     var_keyword = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
-    cache: collections.OrderedDict = collections.OrderedDict()
+    cache = memo_cache()
 
     def make(named: dict):
         solver = factory(**named)
@@ -287,16 +288,7 @@ def cached_factory(factory=None, *, searchable: tuple = ()):
             hash(k)
         except TypeError:  # unhashable settings (e.g. arrays): no cache, and no grid rebuilding
             return factory(**named)
-        if k in cache:
-            cache.move_to_end(k)
-            return cache[k]
-        solver = cache[k] = make(named)
-        _MADE[id(solver)] = (factory, k, solver)
-        if len(cache) > 256:
-            _, dropped = cache.popitem(last=False)
-            if _MADE.get(id(dropped), (None, None, None))[2] is dropped:
-                del _MADE[id(dropped)]
-        return solver
+        return remembered(cache, _MADE, factory, k, lambda: make(named))
 
     @functools.wraps(factory)
     def wrapper(*args, **kwargs):
