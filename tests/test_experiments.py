@@ -237,7 +237,10 @@ def test_second_writer_is_refused(tmp_path):
 _CHILD = textwrap.dedent("""
     import sys
     import jmf.experiments as E
-    exp = E.Experiment(name="kill", datasets=[{"kind": "low_rank", "m": 24, "n": 16, "rank": 2, "noise": 0.1}],
+    # Three shapes: the learning rates share a program (traced), so each shape compiles and the child
+    # still has rows left to write when the second and third attempts kill it.
+    exp = E.Experiment(name="kill", datasets=[{"kind": "low_rank", "m": m, "n": 16, "rank": 2, "noise": 0.1}
+                                              for m in (24, 28, 32)],
                        solvers=[{"solver": "adam", "learning_rate": [0.02, 0.05]}],
                        ranks=[1, 2, 3, 4], restarts=12, max_iter=50, tol=None)
     if __name__ == "__main__":
@@ -258,7 +261,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     scope = {"__name__": "grid"}
     exec(compile(_CHILD, "child", "exec"), scope)  # the same grid, in-process, for its row ids
     expected = scope["exp"].row_ids()
-    assert len(expected) == len(set(expected)) == 2 * 4 * 12
+    assert len(expected) == len(set(expected)) == 3 * 2 * 4 * 12
     rng = np.random.default_rng()
     kills = 0
     sizes = []
