@@ -101,3 +101,29 @@ def test_bad_arguments_fail_before_compute(ratings):
         grid_search(ratings, s, [2], clip=(5, 1))
     with pytest.raises(ValueError, match="sparse"):
         grid_search(ratings, s._replace(data_kinds=("dense",)), [2])
+    with pytest.raises(ValueError, match="pad_ranks"):
+        grid_search(ratings, s, [2], pad_ranks="yes")
+
+
+def test_unpadded_ranks_give_the_padded_search(ratings):
+    solver = jmf.solvers.ratings_als(l2=np.array([0.05, 0.5]), solve="cholesky")
+    padded = grid_search(ratings, solver, [2, 3], n_splits=3, pad_ranks=True, **KW)
+    alone = grid_search(ratings, solver, [2, 3], n_splits=3, pad_ranks=False, **KW)
+    assert isinstance(alone.cv, tuple) and len(alone.cv) == 2 and padded.cv.axes == ("matrix", "param", "rank")
+    assert [c.result.factors.W.shape[-1] for c in alone.cv] == [2, 3]  # no padded columns
+    np.testing.assert_allclose(alone.rmse, padded.rmse, rtol=1e-5)
+    np.testing.assert_allclose(alone.mae, padded.mae, rtol=1e-5)
+    assert alone.best == padded.best
+    pd.testing.assert_frame_equal(alone.table, padded.table, rtol=1e-5)
+    np.testing.assert_allclose(alone.factors.W, padded.factors.W, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(alone.factors.col_bias, padded.factors.col_bias, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_pads_small_searches_and_splits_large_ones_of_unequal_ranks():
+    from jmf._src.model_selection import _unpadded_pays
+
+    ml_small_folds = (5, 80_669)  # 5 folds of MovieLens latest-small's training entries
+    assert _unpadded_pays([8, 16, 32, 64], ml_small_folds, 6, 10)  # 3x the work padded, ~1e12 FLOPs
+    assert not _unpadded_pays([8, 16, 32, 64], (3, 900), 6, 10)  # too small to pay for 3 more programs
+    assert not _unpadded_pays([48, 64], ml_small_folds, 6, 10)  # padding costs < 2x
+    assert not _unpadded_pays([64], ml_small_folds, 6, 10)

@@ -213,10 +213,11 @@ class SearchResult(NamedTuple):
         The refit on all the data at the best setting (``refit=True``).
     refit : FitResult or None
         That fit's result.
-    cv : FitManyResult
+    cv : FitManyResult or tuple of FitManyResult
         The search's members (axes ``("matrix", ["param",] "rank")``; the
         "matrix" axis is the fold, and with ``refit="joint"`` its last entry
-        is all the data).
+        is all the data); one per rank (each with a rank axis of length 1)
+        when the ranks were fitted unpadded (``pad_ranks``).
     rmse, mae : ndarray, shape (n_splits, n_points, n_ranks)
         Held-out errors of every member.
     seconds : dict
@@ -294,6 +295,29 @@ def _host_member(tree, index):
     return jax.tree_util.tree_map(lambda x: None if x is None else np.asarray(x)[index], tree)
 
 
+def _n_points(solver) -> int:
+    """Points of a solver's hyperparameter grid (1 without one)."""
+    return 1 if solver.grid is None else solver.grid.size
+
+
+# Padded-search FLOPs above which one program per rank is worth compiling (~2 s of this machine's CPU, about
+# what compiling the extra programs costs).
+_UNPADDED_MIN_FLOPS = 2e11
+
+
+def _unpadded_pays(ranks, train_shape, points: int, max_iter: int) -> bool:
+    """Whether fitting each rank unpadded beats padding every member to ``max(ranks)`` (``pad_ranks="auto"``).
+
+    The work of a sweep is dominated by the Gram blocks, ``2 nnz r^2`` FLOPs per side at rank ``r``: padding
+    costs ``len(ranks) max^2`` against ``sum r^2`` unpadded.  Unpadded needs a program per rank, so it is
+    chosen only when it at least halves the work and the padded search is large.
+    """
+    top = max(ranks)
+    padded = len(ranks) * top**2
+    flops = 4.0 * train_shape[-1] * train_shape[0] * points * padded * max_iter
+    return sum(r * r for r in ranks) * 2 <= padded and flops >= _UNPADDED_MIN_FLOPS
+
+
 def _append_full(train: Sparse, data: Sparse) -> Sparse:
     """The stacked folds with all of ``data`` as one more matrix, every part padded to ``data.nnz``."""
     nnz = data.nnz
@@ -315,18 +339,18 @@ def _append_full(train: Sparse, data: Sparse) -> Sparse:
 
 def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Optional[float] = None, key=0,
                 max_iter: int = 10, tol=None, check_every: Optional[int] = None, init="normal", clip="auto",
-                refit="joint", progress: bool = False) -> SearchResult:
+                refit="joint", pad_ranks="auto", progress: bool = False) -> SearchResult:
     r"""K-fold cross-validation of every rank x hyperparameter setting, all members in one compiled call.
 
     The folds (:func:`fold_stack`: equal-size test folds over the observed
     entries) are stacked as the "matrix" axis of :func:`jmf.fit_many`, the
     solver's hyperparameter grid (e.g. ``jmf.solvers.ratings_als(l2=np.array([0.05, 0.1, 0.2]))``)
     is its "param" axis and ``ranks`` its "rank" axis: ``n_splits x P x R``
-    fits run as members of one compiled program.  The held-out RMSE and MAE
-    of every member are computed by one more compiled program (no Python
-    loop over members), the setting with the lowest mean RMSE is chosen and,
-    with ``refit=True``, refitted on all of ``data``.  Calls with the same
-    shapes reuse the compiled programs.
+    fits run as members of one compiled program (or one per rank, see
+    ``pad_ranks``).  The held-out RMSE and MAE of every member are computed
+    by one more compiled program (no Python loop over members), the setting
+    with the lowest mean RMSE is chosen and, with ``refit=True``, refitted on
+    all of ``data``.  Calls with the same shapes reuse the compiled programs.
 
     Parameters
     ----------
@@ -337,7 +361,7 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
         (built with arrays for its searchable hyperparameters).  Sampling
         solvers (:func:`jmf.solvers.bpmf`) are scored by their posterior mean.
     ranks : int or sequence of int
-        Ranks to try (rank-padded members: cost grows with ``max(ranks)``).
+        Ranks to try.
     n_splits : int, default 5
         Number of folds; 1 for a single validation holdout of ``test_size``.
     test_size : float in (0, 1), optional
@@ -356,6 +380,14 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
         call (``n_splits + 1`` matrices; no program of its own, whichever
         setting wins), ``"separate"`` fits the best one afterwards (one fit,
         but programs for its rank), ``False`` skips it.
+    pad_ranks : {"auto", True, False}, default "auto"
+        True: every rank is a member of the same call, padded to
+        ``max(ranks)`` columns (one program; each member costs as much as one
+        at the largest rank).  False: one call per rank, unpadded (a program
+        per rank; ``sum r^2`` instead of ``len(ranks) max(ranks)^2`` work).
+        "auto" pads unless that at least doubles the work and the padded
+        search is large enough (over ~2e11 FLOPs) for the saving to outweigh
+        compiling a program per rank.
     progress : bool, default False
 
     Returns
@@ -404,6 +436,8 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
     if refit not in (True, False, "joint", "separate"):
         raise ValueError(f"refit must be True, False, 'joint' or 'separate', got {refit!r}")
     joint = refit is True or refit == "joint"
+    if not (pad_ranks is True or pad_ranks is False or pad_ranks == "auto"):
+        raise ValueError(f"pad_ranks must be 'auto', True or False, got {pad_ranks!r}")
     check_every = max_iter if check_every is None else check_every
     fit_key = as_key(key)
     train, test = fold_stack(data, n_splits, fit_key, test_size)  # the folds come from a numpy stream of the key
@@ -414,28 +448,39 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
         train = _append_full(train, data)
     kw = dict(init=init, max_iter=max_iter, tol=tol, check_every=check_every, progress=progress)
 
+    if pad_ranks == "auto":
+        pad_ranks = not _unpadded_pays(rank_list, train.rows.shape, _n_points(solver), max_iter)
+    groups = [rank_list] if pad_ranks else [[r] for r in rank_list]
+
     t0 = time.perf_counter()
-    cv = fit_many(train, solver, ranks=rank_list, key=fit_key, **kw)
-    jax.block_until_ready(cv.result.factors)
+    cvs = []
+    for group in groups:
+        cvs.append(fit_many(train, solver, ranks=group, key=fit_key, **kw))
+        jax.block_until_ready(cvs[-1].result.factors)
     t1 = time.perf_counter()
-    sampling = _is_sampling(cv.result)
-    dtype = np.dtype(cv.result.factors.W.dtype)
+    sampling = _is_sampling(cvs[0].result)
+    dtype = np.dtype(cvs[0].result.factors.W.dtype)
     weights = np.ones(test.vals.shape, dtype) if test.weights is None else test.weights
-    rmse, mae = _heldout_errors(cv.result.factors, cv.result.state if sampling else None, test.rows, test.cols,
-                                test.vals, weights, np.asarray(lo, dtype), np.asarray(hi, dtype),
-                                n_lead=len(cv.axes), n_splits=n_splits, sampling=sampling)
-    P = 1 if cv.params is None else len(next(iter(cv.params.values())))
+    P = 1 if cvs[0].params is None else len(next(iter(cvs[0].params.values())))
     R = len(rank_list)
-    rmse = np.asarray(rmse, np.float64).reshape(n_splits, P, R)
-    mae = np.asarray(mae, np.float64).reshape(n_splits, P, R)
+    rmse, mae = [], []
+    for cv, group in zip(cvs, groups):
+        e = _heldout_errors(cv.result.factors, cv.result.state if sampling else None, test.rows, test.cols,
+                            test.vals, weights, np.asarray(lo, dtype), np.asarray(hi, dtype),
+                            n_lead=len(cv.axes), n_splits=n_splits, sampling=sampling)
+        rmse.append(np.asarray(e[0], np.float64).reshape(n_splits, P, len(group)))
+        mae.append(np.asarray(e[1], np.float64).reshape(n_splits, P, len(group)))
+    rmse, mae = np.concatenate(rmse, axis=2), np.concatenate(mae, axis=2)
+    cv = cvs[0] if pad_ranks else tuple(cvs)
     t2 = time.perf_counter()
 
     rows = []
-    names = () if cv.params is None else tuple(cv.params)
+    params = cvs[0].params
+    names = () if params is None else tuple(params)
     for p in range(P):
         for j, r in enumerate(rank_list):
             row = {"rank": int(r)}
-            row.update({n: float(cv.params[n][p]) for n in names})
+            row.update({n: float(params[n][p]) for n in names})
             row.update(rmse=float(np.mean(rmse[:, p, j])), rmse_std=float(np.std(rmse[:, p, j])),
                        mae=float(np.mean(mae[:, p, j])))
             row.update({f"split{i}_rmse": float(rmse[i, p, j]) for i in range(n_splits)})
@@ -453,9 +498,10 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
     refit_res = factors = None
     if joint:
         p, j = divmod(b, R)
-        index = (n_splits,) + ((p,) if "param" in cv.axes else ()) + (j,)
-        res = _host_member(cv.result._replace(iterations=None), index)
-        refit_res = res._replace(iterations=cv.result.iterations)
+        won, j = (cvs[0], j) if pad_ranks else (cvs[j], 0)
+        index = (n_splits,) + ((p,) if "param" in won.axes else ()) + (j,)
+        res = _host_member(won.result._replace(iterations=None), index)
+        refit_res = res._replace(iterations=won.result.iterations)
         if sampling:
             factors = _posterior_means(refit_res.factors, refit_res.state)
         else:  # drop the rank padding
