@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from _common import machine_info, median_time, table  # noqa: E402
 
 import jmf  # noqa: E402
-from jmf._src.run.loop import RunConfig  # noqa: E402
+from jmf._src.run.loop import run_config  # noqa: E402
 from jmf._src.sharded.accounting import device_bytes, fit_memory, measure, project, sent_bytes  # noqa: E402
 from jmf._src.sharded.program import _start_program, make_ctx, step_program  # noqa: E402
 from jmf._src.sharded.solvers import make_impl  # noqa: E402
@@ -58,7 +58,7 @@ def sweep_seconds(data, solver, rank, repeats=3) -> float:
     """Median seconds of one compiled sweep (``step``) of the sharded program on ``data``'s mesh."""
     kind = "sparse" if isinstance(data, jmf.sharding.ShardedSparse) else "dense"
     impl, ctx = make_impl(solver, kind), make_ctx(data)
-    cfg = RunConfig(1, 1, rank, bool(solver.biases))
+    cfg = run_config(1, 1, rank, bool(solver.biases))
     carry = _start_program(impl, ctx, cfg, "random", data.mesh, data, jax.random.key(0), None)
     prog = step_program(impl, ctx, cfg, data.mesh)
     f, s = carry.factors, carry.state

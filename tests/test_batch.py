@@ -80,11 +80,11 @@ def test_memory_budget_chunks_give_identical_results_one_compile(rng):
     from jmf._src.compilation import compilations
     from jmf._src.run.driver import Args, Job
     from jmf._src.run.executor import member_bytes
-    from jmf._src.run.loop import RunConfig
+    from jmf._src.run.loop import iteration_schedule, run_config
 
     # budget for about 3 matrices x 2 restarts -> chunks of 3, last chunk padded
-    job_bytes = member_bytes(Job(solver, RunConfig(150, 10, 2, False), None, ("matrix", "restart")),
-                             Args(keys, None, None, data, None))
+    job_bytes = member_bytes(Job(solver, run_config(150, 10, 2, False), None, ("matrix", "restart")),
+                             Args(keys, None, None, data, None, schedule=iteration_schedule(150, 10)))
     budget = int(3.5 * (2 * job_bytes + As[0].nbytes))
     with compilations() as log:
         chunked = jmf.fit_many(data, solver, rank=2, keys=keys, memory_budget=budget, **KW)

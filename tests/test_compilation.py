@@ -76,6 +76,34 @@ def test_other_tolerances_and_keys_reuse_the_compiled_program(rng):
     assert int(b.n_iter) == 50 and b.status_name == "MAX_ITER" and int(a.n_iter) < 50
 
 
+@pytest.mark.parametrize("layout, solver", [
+    ("vmap", jmf.solvers.hals()),
+    ("lanes", jmf.solvers.hals()),
+    ("sparse", jmf.solvers.ratings_als(l2=0.1, solve="cholesky")),
+])
+def test_other_iteration_budgets_reuse_the_compiled_programs(rng, layout, solver):
+    """max_iter and check_every are traced: budgets whose history fits the same bucket share programs."""
+    A = np.abs(low_rank(rng, 13, 10, 2, noise=0.1)).astype(np.float32)
+    rows, cols = np.nonzero(rng.random(A.shape) < 0.8)
+    data = jmf.Sparse(rows, cols, A[rows, cols], A.shape) if layout == "sparse" else jmf.Dense(A)
+    fit = jmf.fit if layout != "lanes" else (lambda d, s, **kw: jmf.fit_many(np.stack([A, A]), s, **kw).result)
+    kw = dict(rank=2, key=0, tol=None, progress=False)
+    short = fit(data, solver, max_iter=20, check_every=10, **kw)  # 2 checks: 3 history entries (4 slots)
+    with compilations() as log:
+        longer = fit(data, solver, max_iter=25, check_every=10, **kw)  # 3 checks: 4 entries
+        every = fit(data, solver, max_iter=9, check_every=3, **kw)  # 3 checks of 3 iterations
+    assert log.programs == 0
+    np.testing.assert_array_equal(short.iterations, [0, 10, 20])
+    np.testing.assert_array_equal(longer.iterations, [0, 10, 20, 25])
+    np.testing.assert_array_equal(every.iterations, [0, 3, 6, 9])
+    assert np.shape(longer.loss_history)[-1] == 4 and np.all(np.isfinite(longer.loss_history))
+    assert np.all(np.asarray(longer.n_iter) == 25) and np.all(np.asarray(every.n_iter) == 9)
+    # the first 20 iterations are the same iterations, whatever the budget
+    np.testing.assert_allclose(np.asarray(longer.loss_history)[..., :3], short.loss_history, rtol=1e-6)
+    ref = fit(data, solver, max_iter=6, check_every=6, **kw)  # 1 check: another history length
+    np.testing.assert_allclose(np.asarray(every.loss_history)[..., 2], np.asarray(ref.loss_history)[..., 1], rtol=1e-5)
+
+
 @pytest.mark.parametrize("make, values, kind", [
     (lambda v: jmf.solvers.als(l2=v), (0.1, 0.7), "weighted"),
     (lambda v: jmf.solvers.ratings_als(l2=v, solve="cholesky"), (0.05, 0.3), "sparse"),
@@ -391,18 +419,18 @@ def test_program_descriptions_tell_apart_what_changes_the_program():
 
     from jmf._src.run.driver import Args, Job
     from jmf._src.run.executor import Plan, _description
-    from jmf._src.run.loop import RunConfig
+    from jmf._src.run.loop import iteration_schedule, run_config
 
-    cfg = RunConfig(10, 5, 3, True)
+    cfg = run_config(10, 5, 3, True)
     plan = Plan("vmap", None, 2, 2)
     args = Args(np.zeros((2, 2), np.uint32), None, None, np.zeros((4, 3), np.float32), None,
-                np.asarray(-1.0, np.float32))
+                np.asarray(-1.0, np.float32), schedule=iteration_schedule(10, 5))
     job = Job(jmf.solvers.ratings_als(l2=0.1), cfg, None, ("restart",))
     base = _description(job, plan, (args,))
     assert base is not None and base == _description(job, plan, (args,))
     changed = [
         job._replace(solver=jmf.solvers.ratings_als(l2=0.2)),  # a penalty (a constant of the program)
-        job._replace(cfg=cfg._replace(max_iter=11)),
+        job._replace(cfg=cfg._replace(slots=32)),  # another history length
     ]
     for other in changed:
         assert _description(other, plan, (args,)) != base
@@ -414,6 +442,9 @@ def test_program_descriptions_tell_apart_what_changes_the_program():
     # a solver that is not what a factory made, or holds a function: no description (traced as before)
     assert _description(job._replace(solver=job.solver._replace(name="x")), plan, (args,)) is None
     assert _description(job, plan, (args._replace(tol=lambda: 0),)) is None
+    # max_iter and check_every are traced: another budget with the same history length is the same program
+    assert run_config(12, 5, 3, True) == cfg
+    assert _description(job, plan, (args._replace(schedule=iteration_schedule(12, 4)),)) == base
 
 
 def test_the_tracing_context_is_part_of_a_programs_description():

@@ -98,14 +98,14 @@ def test_lapack_solvers_are_not_split_but_gradient_solvers_are():
 def test_blocking_custom_calls_found_in_lowered_member_program():
     from jmf._src.init import get_initializer
     from jmf._src.run.driver import Args, Job
-    from jmf._src.run.loop import RunConfig
+    from jmf._src.run.loop import iteration_schedule, run_config
 
     data = jmf.Dense(np.ones((5, 4)))
     key = jax.random.split(jax.random.key(0), 2)
 
     def calls(solver):
-        job = Job(solver, RunConfig(10, 5, 2, False), get_initializer("random"), ("restart",))
-        return blocking_custom_calls(job, Args(key, None, None, data, None))
+        job = Job(solver, run_config(10, 5, 2, False), get_initializer("random"), ("restart",))
+        return blocking_custom_calls(job, Args(key, None, None, data, None, schedule=iteration_schedule(10, 5)))
 
     assert calls(jmf.solvers.adam(1e-2)) == frozenset()
     assert calls(jmf.solvers.hals()) == frozenset()

@@ -18,7 +18,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import jmf
-from jmf._src.run.loop import RunConfig
+from jmf._src.run.loop import iteration_schedule, run_config
 from jmf._src.sharded.accounting import device_bytes, fit_memory, measure, project, sent_bytes
 from jmf._src.sharded.program import _advance_program, _start_program, make_ctx
 from jmf._src.sharded.solvers import make_impl
@@ -174,9 +174,10 @@ def test_no_lapack_custom_call_with_several_cpu_devices(mesh):
     solver = jmf.solvers.als(0.3, biases=True)
     impl, ctx = make_impl(solver, "sparse"), make_ctx(sharded)
     assert impl.uses_spd and not ctx.lapack
-    cfg = RunConfig(4, 2, K, True)
+    cfg = run_config(4, 2, K, True)
     carry = _start_program(impl, ctx, cfg, "random", mesh, sharded, jax.random.key(0), None)
-    text = _advance_program.lower(impl, ctx, cfg, mesh, sharded, carry, np.int32(4), np.float64(-1)).as_text()
+    text = _advance_program.lower(impl, ctx, cfg, mesh, sharded, carry, np.int32(4), np.float64(-1),
+                                  iteration_schedule(4, 2)).as_text()
     calls = set(re.findall(r"custom_call\s*@([\w.\-]+)", text)) - {"Sharding", "SPMDFullToShardShape",
                                                                       "SPMDShardToFullShape"}
     assert not calls, calls

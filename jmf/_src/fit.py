@@ -27,7 +27,7 @@ from .mixed_shapes import _bucket_shapes, _stack_bucket
 from .run.driver import Args, Job
 from .run.executor import ProgressInfo, execute, make_plan
 from .run.lanes import eligible as lanes_eligible
-from .run.loop import RunConfig, Status
+from .run.loop import Status, iteration_schedule, run_config
 from .sharded import run_sharded
 from .sharding import is_global
 from .solvers.base import Solver, data_kind, traced_point
@@ -194,10 +194,10 @@ def fit(
         if isinstance(solver, Solver) and solver.grid is not None:
             raise ValueError(f"solver {solver.name!r} carries a hyperparameter grid; a sharded fit takes one point")
         biases = _check_biases(solver, biases) if isinstance(solver, Solver) else False
-        cfg, carry = run_sharded(data, solver, rank, key=key, init=init, max_iter=max_iter, tol=tol,
-                                 check_every=check_every, biases=biases, progress=progress, callback=callback,
-                                 chunk_size=chunk_size, mesh=mesh)
-        return _to_result(cfg, carry)
+        carry = run_sharded(data, solver, rank, key=key, init=init, max_iter=max_iter, tol=tol,
+                            check_every=check_every, biases=biases, progress=progress, callback=callback,
+                            chunk_size=chunk_size, mesh=mesh)
+        return _to_result(max_iter, check_every, carry)
     _refuse_tracers("fit", data=data, rank=rank, key=key, init=init)
     data = as_data(data)
     if data.batch_shape:
@@ -356,16 +356,17 @@ def fit_many(
     else:
         key_arg = as_key(key) if factors0 is None else key
 
-    cfg = RunConfig(max_iter, check_every, width, bool(biases))
+    cfg = run_config(max_iter, check_every, width, bool(biases))
     # Host-side (numpy) so that building the arguments compiles nothing.
     mask = None if ranks_np is None else (np.arange(width)[None, :] < ranks_np[:, None]).astype(data.dtype)
     # A grid's values are traced data (args.hparams); the static job keeps only what every point shares
     # (the factory and the metadata), so another grid of the same size reuses the compiled programs.
     job_solver = solver if grid is None else solver._replace(**_STRIPPED, name=solver.factory[0].__name__)
     job = Job(job_solver, cfg, init_fn, tuple(axes))
-    # tol is traced (a negative value never converges), so other tolerances reuse the compiled program.
+    # tol (a negative value never converges), max_iter and check_every are traced, so fits with other
+    # tolerances and iteration budgets reuse the compiled programs.
     args = Args(key_arg, rank_arr, factors0, data, mask, np.asarray(-1.0 if tol is None else tol, data.dtype),
-                hparams)
+                hparams, iteration_schedule(max_iter, check_every))
     if grid is None:
         job, args = _traced_hyperparameters(job, args, solver)
     if memory_budget is not None:
@@ -374,7 +375,7 @@ def fit_many(
     carry = execute(job, args, run_plan, progress=progress, callback=callback, chunk_size=chunk_size,
                     desc=solver.name)
     params = None if grid is None else {n: np.asarray(v) for n, v in grid.values.items()}
-    return FitManyResult(_to_result(cfg, carry), tuple(axes), ranks_np, params)
+    return FitManyResult(_to_result(max_iter, check_every, carry), tuple(axes), ranks_np, params)
 
 
 # What a job's solver drops when its hyperparameters are traced: every member rebuilds it at its point

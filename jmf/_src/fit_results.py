@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .factors import Factors
-from .run.loop import RunConfig, Status, n_checks
+from .run.loop import Status, n_checks
 
 __all__ = ["FitResult", "FitManyResult"]
 
@@ -67,9 +67,17 @@ class FitResult(NamedTuple):
         return f"FitResult(batch={tuple(np.shape(self.loss))}, W={tuple(self.factors.W.shape)})"
 
 
-def _to_result(cfg: RunConfig, c) -> FitResult:
-    iterations = np.minimum(np.arange(n_checks(cfg) + 1, dtype=np.int32) * cfg.check_every, cfg.max_iter)
-    return FitResult(c.factors, c.loss_prev, c.history, iterations, c.n_iter, c.status, c.state)
+def _to_result(max_iter: int, check_every: int, c) -> FitResult:
+    """The result of a finished carry; its history is cut to the run's ``n_checks + 1`` entries (the
+    programs' history has a bucketed length, see :func:`jmf._src.run.loop.run_config`)."""
+    n = n_checks(max_iter, check_every) + 1
+    iterations = np.minimum(np.arange(n, dtype=np.int32) * check_every, max_iter)
+    history = c.history
+    if history.shape[-1] != n:
+        # on the host where it can be (slicing a JAX array would compile a program per shape)
+        whole = not isinstance(history, jax.Array) or history.is_fully_addressable
+        history = np.asarray(history)[..., :n] if whole else history[..., :n]
+    return FitResult(c.factors, c.loss_prev, history, iterations, c.n_iter, c.status, c.state)
 
 
 class FitManyResult(NamedTuple):

@@ -48,7 +48,8 @@ class Args(NamedTuple):
     ``key`` varies along "restart", ``rank`` and ``mask`` along "rank",
     ``data`` along "matrix", ``hparams`` (hyperparameter values, a dict of
     arrays) along "param"; ``factors0`` (a single fit's starting factors)
-    and ``tol`` (the stopping tolerance, negative for none) along none.
+    ``tol`` (the stopping tolerance, negative for none) and ``schedule``
+    (:func:`jmf._src.run.loop.iteration_schedule`) along none.
     """
 
     key: Any
@@ -58,12 +59,13 @@ class Args(NamedTuple):
     mask: Any
     tol: Any = -1.0
     hparams: Any = None
+    schedule: Any = None
 
 
 # The member axes each Args field varies along (the one table the layouts and the device split read).
 ARG_AXES = {"key": frozenset({"restart"}), "rank": frozenset({"rank"}), "factors0": frozenset(),
             "data": frozenset({"matrix"}), "mask": frozenset({"rank"}), "tol": frozenset(),
-            "hparams": frozenset({"param"})}
+            "hparams": frozenset({"param"}), "schedule": frozenset()}
 # start_member(key, rank, factors0, data, hparams)
 _START_AXES = tuple(ARG_AXES[name] for name in ("key", "rank", "factors0", "data", "hparams"))
 
@@ -257,7 +259,8 @@ def advance(job: Job, args: Args, carry: Carry, stop_at) -> Carry:
         progress = nest_vmap(member_progress, job.axes, (every, every, matrix, param))
         progress_fn = lambda f, s: progress(f, s, args.data, args.hparams)  # noqa: E731
     return check_loop(job.cfg, carry, lambda f, s: step(f, s, args.data, args.mask, args.hparams),
-                      lambda f, s: loss_fn(f, s, args.data, args.hparams), select, stop_at, args.tol, progress_fn)
+                      lambda f, s: loss_fn(f, s, args.data, args.hparams), select, stop_at, args.tol, args.schedule,
+                      progress_fn)
 
 
 def advance_sequential(job: Job, args: Args, carry: Carry, stop_at) -> Carry:

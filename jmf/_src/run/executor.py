@@ -53,7 +53,7 @@ from ..sharding import _axis_name, cpu_devices, default_memory_budget, is_global
 from ..solvers.base import recipe_of
 from . import driver, lanes
 from .driver import Args, Job
-from .loop import RUNNING, Carry, Status, n_checks
+from .loop import RUNNING, Carry, Status
 
 __all__ = ["Plan", "ProgressInfo", "make_plan", "execute", "member_bytes", "blocking_custom_calls"]
 
@@ -154,7 +154,7 @@ def member_bytes(job: Job, args: Args) -> int:
     solver = driver.member_solver(job, first)
     state = jax.eval_shape(lambda f, d: solver.init(f, d, jax.random.key(0)), f_struct, _one_matrix(job, data))
     state_bytes = sum(math.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(state))
-    return int(item * (4 * factor_elems + temps + n_checks(job.cfg) + 1) + 2 * state_bytes)
+    return int(item * (4 * factor_elems + temps + job.cfg.slots) + 2 * state_bytes)
 
 
 def _sequential_members(job: Job, args: Args) -> bool:
@@ -596,13 +596,19 @@ def _compiling_note(bar, first: bool):
             bar.set_postfix_str(f"compiled {log.compiled} program(s) in {log.seconds:.1f} s")
 
 
-def _time_stops(cfg, chunk_size, n_hint=20) -> list[int]:
-    ce = cfg.check_every
+def _time_stops(max_iter: int, check_every: int, chunk_size, n_hint=20) -> list[int]:
+    ce = check_every
     if chunk_size is None:
-        chunk_size = max(ce, -(-cfg.max_iter // n_hint // ce) * ce)
+        chunk_size = max(ce, -(-max_iter // n_hint // ce) * ce)
     else:
         chunk_size = max(ce, -(-chunk_size // ce) * ce)
-    return list(range(chunk_size, cfg.max_iter, chunk_size)) + [cfg.max_iter]
+    return list(range(chunk_size, max_iter, chunk_size)) + [max_iter]
+
+
+def _schedule(args: Args) -> tuple[int, int]:
+    """``(max_iter, check_every)`` of a run, as host integers."""
+    max_iter, check_every = (int(x) for x in np.asarray(args.schedule))
+    return max_iter, check_every
 
 
 def _host_view(job: Job, plan: Plan, args: Args, carry: Carry, field: str, n_real: int) -> np.ndarray:
@@ -621,12 +627,12 @@ def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, 
 
     ``n_real`` outer slices of ``args`` are real members, the rest repeat the last one.
     """
-    cfg = job.cfg
+    max_iter, check_every = _schedule(args)
     with _compiling_note(bar, first):
         carry = _run_program(_start_program, job, plan, args)
     # Processes of a multi-host run see only their own members: no live view.
     watched = (callback is not None or (bar is not None and not bar.disable)) and not is_global(args)
-    stops = _time_stops(cfg, chunk_size) if watched else [cfg.max_iter]
+    stops = _time_stops(max_iter, check_every, chunk_size) if watched else [max_iter]
     done = 0
     user_stop = False
     for i, stop_at in enumerate(stops):
@@ -649,8 +655,8 @@ def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, 
             user_stop = bool(callback(info))
         if user_stop or not (status == RUNNING).any():
             break
-    if bar is not None and done < cfg.max_iter:
-        bar.update(cfg.max_iter - done if watched else cfg.max_iter)
+    if bar is not None and done < max_iter:
+        bar.update(max_iter - done if watched else max_iter)
     carry = _finished(job, plan, args, carry)
     if user_stop:
         carry = carry._replace(status=jnp.where(carry.status == RUNNING, Status.STOPPED.value, carry.status))
@@ -662,7 +668,7 @@ def execute(job: Job, args: Args, plan: Plan, *, progress=True, callback=None, c
     """Run every member of ``args`` as ``plan`` says; returns the member-first carry (host int counters)."""
     if callback is not None and is_global(args):
         raise ValueError("callback is not supported for data spanning several processes")
-    bar = _progress_bar(progress, job.cfg.max_iter * plan.n_chunks, desc)
+    bar = _progress_bar(progress, _schedule(args)[0] * plan.n_chunks, desc)
     run = partial(_run_chunk, job, plan, bar=bar, callback=callback, chunk_size=chunk_size)
     try:
         if plan.n_chunks == 1 and plan.chunk == plan.n_outer:

@@ -257,7 +257,7 @@ def advance(job: Job, args: Args, carry: Carry, stop_at, L=None) -> Carry:
             inv_n = jnp.broadcast_to(shared_inv_n, (L,))
         mask = pm.get("mask")
         return check_loop(job.cfg, c, lambda f, s: kernel.step(f, s, A, w, inv_n, mask),
-                          lambda f, s: kernel.loss(f, A, w, inv_n), select, stop_at, args.tol)
+                          lambda f, s: kernel.loss(f, A, w, inv_n), select, stop_at, args.tol, args.schedule)
 
     return jax.lax.map(run_chunk, (carry, per_member))
 

@@ -15,8 +15,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["Status", "RUNNING", "DIVERGENCE_FACTOR", "RunConfig", "Carry", "n_checks", "check_loop"]
+__all__ = ["Status", "RUNNING", "DIVERGENCE_FACTOR", "RunConfig", "Carry", "n_checks", "run_config",
+           "iteration_schedule", "check_loop"]
 
 
 class Status(enum.IntEnum):
@@ -35,10 +37,14 @@ DIVERGENCE_FACTOR = 1e4
 
 
 class RunConfig(NamedTuple):
-    """Static settings of a run (part of the compilation key; ``tol`` is not: it is traced, see :func:`check_loop`)."""
+    """Static settings of a run (part of the compilation key).
 
-    max_iter: int
-    check_every: int
+    ``max_iter``, ``check_every`` and ``tol`` are not: they are traced (see
+    :func:`check_loop`), so fits that differ only in them share programs.
+    Built by :func:`run_config`.
+    """
+
+    slots: int  # entries of the loss history: n_checks + 1 rounded up to a power of two (see run_config)
     width: int  # number of factor columns (the largest rank of a rank-padded batch)
     biases: bool
 
@@ -66,8 +72,25 @@ class Carry(NamedTuple):
     check: jax.Array  # shared index of the last written history entry
 
 
-def n_checks(cfg: RunConfig) -> int:
-    return -(-cfg.max_iter // cfg.check_every)
+def n_checks(max_iter: int, check_every: int) -> int:
+    """Loss checks of a run: one every ``check_every`` iterations, and one at ``max_iter``."""
+    return -(-max_iter // check_every)
+
+
+def run_config(max_iter: int, check_every: int, width: int, biases: bool) -> RunConfig:
+    """The static configuration of a run.
+
+    The loss history needs ``n_checks + 1`` entries; that length is rounded
+    up to a power of two, so ``max_iter=100`` and ``max_iter=120`` (10
+    iterations per check) run the same programs, the unused entries NaN.
+    """
+    need = n_checks(max_iter, check_every) + 1
+    return RunConfig(max(2, 1 << (need - 1).bit_length()), int(width), bool(biases))
+
+
+def iteration_schedule(max_iter: int, check_every: int) -> np.ndarray:
+    """``[max_iter, check_every]``, the traced schedule :func:`check_loop` takes."""
+    return np.asarray([max_iter, check_every], np.int32)
 
 
 def initial_status(loss0):
@@ -75,14 +98,18 @@ def initial_status(loss0):
 
 
 def initial_history(cfg: RunConfig, loss0):
-    return jnp.full(loss0.shape + (n_checks(cfg) + 1,), jnp.nan, dtype=loss0.dtype).at[..., 0].set(loss0)
+    return jnp.full(loss0.shape + (cfg.slots,), jnp.nan, dtype=loss0.dtype).at[..., 0].set(loss0)
 
 
-def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol, progress_fn=None) -> Carry:
+def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol, schedule,
+               progress_fn=None) -> Carry:
     """Run every member, one check block at a time, until ``stop_at``, ``max_iter`` or every member stopped.
 
     ``tol`` (traced, so fits with other tolerances reuse the program) is the
     relative tolerance; a negative value (``tol=None``) never converges.
+    ``schedule`` is the traced :func:`iteration_schedule` ``[max_iter, check_every]``:
+    fits with other iteration budgets reuse the program too, as long as
+    their history fits ``cfg.slots``.
 
     ``step(factors, state)`` advances every member by one iteration,
     ``loss_fn(factors, state)`` returns the member-shaped losses (the state
@@ -93,8 +120,10 @@ def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol
     converges where ``progress <= tol``.
     """
 
+    max_iter, check_every = schedule[0], schedule[1]
+
     def body(c: Carry) -> Carry:
-        n = jnp.minimum(cfg.check_every, cfg.max_iter - c.it)
+        n = jnp.minimum(check_every, max_iter - c.it)
         # Frozen members are stepped too (SIMD lanes cannot idle) and their
         # results discarded below, once per check rather than once per step.
         f, s = jax.lax.fori_loop(0, n, lambda _, fs: step(*fs), (c.factors, c.state))
@@ -121,7 +150,7 @@ def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol
         status = jnp.where(
             ~finite,
             Status.DIVERGED.value,
-            jnp.where(converged, Status.CONVERGED.value, jnp.where(it >= cfg.max_iter, Status.MAX_ITER.value, RUNNING)),
+            jnp.where(converged, Status.CONVERGED.value, jnp.where(it >= max_iter, Status.MAX_ITER.value, RUNNING)),
         ).astype(jnp.int32)
         accept = running & finite
         # A blow-up climbs above the initial loss before it reaches inf (or the
@@ -147,6 +176,6 @@ def check_loop(cfg: RunConfig, carry: Carry, step, loss_fn, select, stop_at, tol
         )
 
     def cond(c: Carry):
-        return jnp.any(c.status == RUNNING) & (c.it < stop_at)
+        return jnp.any(c.status == RUNNING) & (c.it < jnp.minimum(stop_at, max_iter))
 
     return jax.lax.while_loop(cond, body, carry)

@@ -42,7 +42,7 @@ from typing import NamedTuple, Optional
 import jax
 import numpy as np
 
-from ..run.loop import RunConfig
+from ..run.loop import iteration_schedule, run_config
 from .layout import ShardedDense, ShardedSparse
 from .program import _advance_program, _start_program, loss_program, make_ctx, step_program
 from .solvers import make_impl
@@ -153,7 +153,7 @@ def measure(data, solver, rank: int, *, key=0, init: str = "random") -> dict:
     kind = "sparse" if isinstance(data, ShardedSparse) else "dense"
     impl = make_impl(solver, kind)
     ctx = make_ctx(data)
-    cfg = RunConfig(1, 1, int(rank), bool(solver.biases))
+    cfg = run_config(1, 1, int(rank), bool(solver.biases))
     carry = _start_program(impl, ctx, cfg, init, data.mesh, data, jax.random.key(key), None)
     step = step_program(impl, ctx, cfg, data.mesh).lower(data, carry.factors, carry.state).compile()
     loss = loss_program(impl, ctx, cfg, data.mesh).lower(data, carry.factors, carry.state).compile()
@@ -190,10 +190,11 @@ def fit_memory(data, solver, rank: int, *, key=0, init: str = "random", max_iter
         raise TypeError("fit_memory takes data from jmf.sharding.shard_sparse / shard_dense")
     kind = "sparse" if isinstance(data, ShardedSparse) else "dense"
     impl, ctx = make_impl(solver, kind), make_ctx(data)
-    cfg = RunConfig(int(max_iter), int(check_every), int(rank), bool(solver.biases))
+    cfg = run_config(int(max_iter), int(check_every), int(rank), bool(solver.biases))
     carry = _start_program(impl, ctx, cfg, init, data.mesh, data, jax.random.key(key), None)
     tol = np.asarray(-1.0, np.dtype(data.dtype))
-    compiled = _advance_program.lower(impl, ctx, cfg, data.mesh, data, carry, np.int32(max_iter), tol).compile()
+    compiled = _advance_program.lower(impl, ctx, cfg, data.mesh, data, carry, np.int32(max_iter), tol,
+                                      iteration_schedule(int(max_iter), int(check_every))).compile()
     mem = compiled.memory_analysis()
     if mem is None:
         return {}

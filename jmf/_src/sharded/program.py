@@ -42,7 +42,17 @@ from ..factors import Factors
 from ..init import _grid, _seed_words
 from ..run.driver import select
 from ..run.executor import ProgressInfo, _compiling_note, _progress_bar, _time_stops
-from ..run.loop import RUNNING, Carry, RunConfig, Status, check_loop, initial_history, initial_status
+from ..run.loop import (
+    RUNNING,
+    Carry,
+    RunConfig,
+    Status,
+    check_loop,
+    initial_history,
+    initial_status,
+    iteration_schedule,
+    run_config,
+)
 from ..sharding import _axis_name
 from ..solvers.base import Solver
 from .layout import ShardedDense, ShardedSparse, local_view, shard_dense, shard_sparse
@@ -127,12 +137,12 @@ def _start_local(impl: Impl, ctx: Ctx, cfg: RunConfig, init_kind: str, data, key
                  zero, zero)
 
 
-def _advance_local(impl: Impl, ctx: Ctx, cfg: RunConfig, data, carry: Carry, stop_at, tol) -> Carry:
+def _advance_local(impl: Impl, ctx: Ctx, cfg: RunConfig, data, carry: Carry, stop_at, tol, schedule) -> Carry:
     data = local_view(data)
     state0 = _unlead(carry.state)
     carry = carry._replace(state=state0)
     out = check_loop(cfg, carry, lambda f, s: impl.step(ctx, f, s, data),
-                     lambda f, s: impl.loss(ctx, f, state0, data), select, stop_at, tol)
+                     lambda f, s: impl.loss(ctx, f, state0, data), select, stop_at, tol, schedule)
     return out._replace(state=_lead(out.state))
 
 
@@ -153,11 +163,11 @@ def _start_program(impl, ctx, cfg, init_kind, mesh, data, key, f0):
 
 
 @partial(jax.jit, static_argnames=("impl", "ctx", "cfg", "mesh"), donate_argnames=("carry",))
-def _advance_program(impl, ctx, cfg, mesh, data, carry, stop_at, tol):
+def _advance_program(impl, ctx, cfg, mesh, data, carry, stop_at, tol, schedule):
     spec = _carry_specs(ctx.axis, cfg.biases)
     fn = jax.shard_map(partial(_advance_local, impl, ctx, cfg), mesh=mesh,
-                       in_specs=(_data_spec(ctx), spec, P(), P()), out_specs=spec, check_vma=False)
-    return fn(data, carry, stop_at, tol)
+                       in_specs=(_data_spec(ctx), spec, P(), P(), P()), out_specs=spec, check_vma=False)
+    return fn(data, carry, stop_at, tol, schedule)
 
 
 def step_program(impl: Impl, ctx: Ctx, cfg: RunConfig, mesh: Mesh):
@@ -243,7 +253,7 @@ def _place_factors(f: Factors, data, biases: bool) -> Factors:
 
 def run_sharded(data, solver: Solver, rank: Optional[int], *, key, init, max_iter: int, tol, check_every: int,
                 biases: bool, progress, callback, chunk_size, mesh: Mesh):
-    """Fit ONE matrix with its factors sharded over ``mesh``; returns ``(RunConfig, Carry)`` like the run layer.
+    """Fit ONE matrix with its factors sharded over ``mesh``; returns its finished ``Carry`` like the run layer.
 
     The carry's factors are global sharded arrays (padded, see the module
     docstring); its scalars and history are host NumPy; ``state`` is None.
@@ -278,21 +288,22 @@ def run_sharded(data, solver: Solver, rank: Optional[int], *, key, init, max_ite
         key = as_key(key)
     kw = dict(solver.factory[1]) if solver.factory is not None else {}
     ctx = make_ctx(data, int(kw.get("chunk_size", 1 << 16)))
-    cfg = RunConfig(max_iter, check_every, width, bool(biases))
+    cfg = run_config(max_iter, check_every, width, bool(biases))
     tol_arr = np.asarray(-1.0 if tol is None else tol, np.dtype(data.dtype))
+    schedule = iteration_schedule(max_iter, check_every)
     multi = jax.process_count() > 1
     if callback is not None and multi:
         raise ValueError("callback is not supported for fits spanning several processes")
-    bar = _progress_bar(False if multi else progress, cfg.max_iter, solver.name)
+    bar = _progress_bar(False if multi else progress, max_iter, solver.name)
     try:
         with _compiling_note(bar, True):
             carry = _start_program(impl, ctx, cfg, init_kind, mesh, data, key, f0)
         watched = callback is not None or (bar is not None and not bar.disable)
-        stops = _time_stops(cfg, chunk_size) if watched else [cfg.max_iter]
+        stops = _time_stops(max_iter, check_every, chunk_size) if watched else [max_iter]
         done, user_stop = 0, False
         for i, stop_at in enumerate(stops):
             with _compiling_note(bar, i == 0):
-                carry = _advance_program(impl, ctx, cfg, mesh, data, carry, np.int32(stop_at), tol_arr)
+                carry = _advance_program(impl, ctx, cfg, mesh, data, carry, np.int32(stop_at), tol_arr, schedule)
             if not watched:
                 break
             it = int(_host(carry.it))
@@ -306,8 +317,8 @@ def run_sharded(data, solver: Solver, rank: Optional[int], *, key, init, max_ite
                                                        carry.factors)))
             if user_stop or status != RUNNING:
                 break
-        if bar is not None and done < cfg.max_iter:
-            bar.update(cfg.max_iter - done if watched else cfg.max_iter)
+        if bar is not None and done < max_iter:
+            bar.update(max_iter - done if watched else max_iter)
     finally:
         if bar is not None:
             bar.close()
@@ -316,5 +327,5 @@ def run_sharded(data, solver: Solver, rank: Optional[int], *, key, init, max_ite
         status = np.asarray(Status.STOPPED.value, np.int32)
     carry = Carry(carry.factors, None, _host(carry.loss_init), _host(carry.loss_prev), None, _host(carry.kept_loss),
                   _host(carry.history), _host(carry.n_iter), status, int(_host(carry.it)), int(_host(carry.check)))
-    return cfg, carry
+    return carry
 
