@@ -26,7 +26,8 @@ search
     (``SVD``: n_factors x reg_all, 5 folds).
 loop
     A researcher's loop in a fresh process with an empty cache: ``ratings_als``
-    (rank 32, 10 sweeps) at 6 penalties, one ``jmf.fit`` after another,
+    (rank 32, 10 sweeps) at 6 penalties, then at 6 sweep counts (5 ... 30),
+    one ``jmf.fit`` after another,
     held-out RMSE of each: programs compiled, compile seconds, whole
     process.  Run it with ``PYTHONPATH`` set to another tree to compare.
 compile
@@ -313,11 +314,15 @@ data, _ = jmf.io.load_matrix(sys.argv[1])
 train, test = jmf.model_selection.train_test_split(data, 0.2, key=0)
 r, c, v = (np.asarray(x) for x in (test.rows, test.cols, test.vals))
 rmse = {}
+# "l2": 6 penalties at 10 sweeps; "max_iter": 5, 10, ..., 30 sweeps at l2 = 0.12
+settings = ([(l2, 10) for l2 in (0.05, 0.08, 0.12, 0.15, 0.2, 0.3)] if sys.argv[2] == "l2"
+            else [(0.12, it) for it in (5, 10, 15, 20, 25, 30)])
 with compilations() as log:
-    for l2 in (0.05, 0.08, 0.12, 0.15, 0.2, 0.3):
-        res = jmf.fit(train, jmf.solvers.ratings_als(l2=l2), rank=32, key=0, max_iter=10, tol=None, progress=False)
+    for l2, sweeps in settings:
+        res = jmf.fit(train, jmf.solvers.ratings_als(l2=l2), rank=32, key=0, max_iter=sweeps, tol=None,
+                      progress=False)
         p = np.clip(np.asarray(res.factors.predict(r, c)), 0.5, 5.0)
-        rmse[l2] = float(np.sqrt(np.mean((p - v) ** 2)))
+        rmse[l2 if sys.argv[2] == "l2" else sweeps] = float(np.sqrt(np.mean((p - v) ** 2)))
 print(json.dumps({"programs": log.programs, "compile_seconds": log.seconds, "rmse": rmse,
                   "process_seconds": time.perf_counter() - t0}))
 """
@@ -330,15 +335,16 @@ def part_loop(args, path, tmp):
     import jmf
 
     rows = []
-    cache = tempfile.mkdtemp(prefix="jmf-loop-cache-")
-    for run in ("cold", "warm"):
-        out, wall = _run([sys.executable, script, path], {"JMF_CACHE_DIR": cache})
-        best = min(out["rmse"], key=out["rmse"].get)
-        rows.append(dict(run=run, jmf=os.path.dirname(jmf.__file__), programs=out["programs"],
-                         compile_s=out["compile_seconds"], process_s=wall,
-                         note=f"best l2 {best}: rmse {out['rmse'][best]:.4f}"))
-    _table("loop: ratings_als at 6 penalties, one fit after another (fresh process)", rows,
-           ["run", "programs", "compile_s", "process_s", "note", "jmf"])
+    for loop in ("l2", "max_iter"):
+        cache = tempfile.mkdtemp(prefix="jmf-loop-cache-")
+        for run in ("cold", "warm"):
+            out, wall = _run([sys.executable, script, path, loop], {"JMF_CACHE_DIR": cache})
+            best = min(out["rmse"], key=out["rmse"].get)
+            rows.append(dict(loop=loop, run=run, jmf=os.path.dirname(jmf.__file__), programs=out["programs"],
+                             compile_s=out["compile_seconds"], process_s=wall,
+                             note=f"best {loop} {best}: rmse {out['rmse'][best]:.4f}"))
+    _table("loop: ratings_als at 6 penalties (l2) or 6 sweep counts (max_iter), one fit after another "
+           "(fresh process)", rows, ["loop", "run", "programs", "compile_s", "process_s", "note", "jmf"])
     return rows
 
 
