@@ -148,19 +148,41 @@ def test_zero_hyperparameters_stay_constants_of_the_program(rng):
     assert point == {"l2": 0.4} and dict(static)["bias_l2"] == 0.0 and factory.__name__ == "als"
 
 
-def test_a_wrapper_of_a_factory_solver_is_never_rebuilt_from_the_factory(rng):
-    """A wrapper's product keeps its inner solver's factory (``_replace``): rebuilding that factory at a point
-    would drop the wrapper's parts (here the scikit-learn layer's error loss), so its values stay constants."""
-    from jmf._src.sklearn.nmf import mu_with_error_loss
+def test_a_copy_of_a_factory_solver_is_never_rebuilt_from_the_factory(rng):
+    """A solver changed by ``_replace`` keeps its factory: rebuilding that factory at a point would drop the
+    change (here another loss), so its values stay constants."""
     from jmf._src.solvers.base import traced_point
 
-    wrapped = mu_with_error_loss(2.0, (0.1, 0.1), (0.2, 0.2))
-    assert wrapped.factory is not None and traced_point(wrapped) is None
+    inner = jmf.solvers.mu(l2=(0.1, 0.2))
+    copy = inner._replace(loss=jmf.losses.beta_divergence(1.0))
+    assert copy.factory is not None and traced_point(copy) is None and traced_point(inner) is not None
+
+
+@pytest.mark.parametrize("wrap", ["error_loss", "half_step", "stop_each_step"])
+def test_a_wrapper_of_a_factory_solver_traces_its_inner_values_and_keeps_its_parts(rng, wrap):
+    """A derived() wrapper (the scikit-learn layer's error loss, half step, stopping rule) takes its inner
+    solver's penalties as traced values: another value compiles nothing, and every member rebuilds the
+    wrapper around the inner solver, so the result equals the wrapper with the values compiled in."""
+    from jmf._src.sklearn._run import half_step, stop_each_step
+    from jmf._src.sklearn.nmf import mu_with_error_loss
+    from jmf._src.solvers.base import recipe_of, traced_point
+
+    make = {"error_loss": lambda v: mu_with_error_loss(2.0, (v, v), (2 * v, 2 * v)),
+            "half_step": lambda v: half_step(jmf.solvers.hals(l2=v)),
+            "stop_each_step": lambda v: stop_each_step(jmf.solvers.hals(l1=v, stop="violation"), 1e-4)}[wrap]
     A = np.abs(low_rank(rng, 16, 12, 3, noise=0.1)).astype(np.float32)
     kw = dict(rank=3, key=0, max_iter=30, tol=None, progress=False)
-    a = jmf.fit(A, wrapped, **kw)
-    b = jmf.fit(A, wrapped._replace(), **kw)
-    np.testing.assert_array_equal(np.asarray(a.loss_history), np.asarray(b.loss_history))
+    (factory, static), point = traced_point(make(0.1))
+    assert point and recipe_of(make(0.1)._replace(factory=(factory, static), init=None, step=None, loss=None,
+                                                  progress=None, objective=None, update_w=None)) is not None
+    jmf.fit(A, make(0.1), **kw)
+    with compilations() as log:
+        traced = jmf.fit(A, make(0.3), **kw)
+    assert log.programs == 0
+    constant = jmf.fit(A, make(0.3)._replace(), **kw)  # a copy: not a factory's product, values compiled in
+    np.testing.assert_allclose(np.asarray(traced.loss_history), np.asarray(constant.loss_history), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(traced.factors.W), np.asarray(constant.factors.W), rtol=1e-4,
+                               atol=1e-6)
 
 
 def test_jobs_with_traced_hyperparameters_keep_a_recipe():

@@ -16,10 +16,16 @@ from ._validation import as_data, bool_param, choice_param, int_param, key_from_
 __all__ = ["NMF", "non_negative_factorization"]
 
 
-@derived
-def mu_with_error_loss(beta: float, l1: float, l2: float):
+def mu_with_error_loss(beta: float, l1, l2):
     """:func:`jmf.solvers.mu` monitored by scikit-learn's error of the multiplicative updates."""
-    return mu(beta=beta, l1=l1, l2=l2)._replace(loss=error_loss(beta))
+    return _with_error_loss(mu(beta=beta, l1=l1, l2=l2), beta)
+
+
+@derived
+def _with_error_loss(solver, beta: float):
+    # A wrapper of mu's product (not a copy of it that keeps mu's factory), so that its penalties are traced
+    # values of the programs and every member rebuilds mu with this loss (jmf._src.solvers.base.traced_point).
+    return solver._replace(loss=error_loss(beta), factory=None)
 
 
 class NMF(BaseNMF):

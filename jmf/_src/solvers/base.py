@@ -182,6 +182,8 @@ def _plain(x):
         return (x.dtype.str, repr(x.item()))
     if isinstance(x, Solver):
         return recipe_of(x)
+    if callable(x) and x in _NAMED_FUNCTIONS:  # a solver factory or builder, by its name (same source)
+        return ("function", x.__module__, x.__qualname__)
     if isinstance(x, Loss):  # a memoized loss factory's product, by its factory and arguments
         made = _LOSS_MADE.get(id(x))
         if made is None or made[2] is not x:
@@ -196,6 +198,10 @@ def _plain(x):
 
 _DERIVED_KEPT = 1024  # solvers of derived() builders remembered (the oldest lose their recipe: traced again)
 _derived_order: collections.OrderedDict = collections.OrderedDict()
+# The undecorated builders of derived() and factories of cached_factory(): module-level functions that
+# recipes may name.
+_DERIVED: set = set()
+_NAMED_FUNCTIONS: set = set()
 
 
 def derived(builder: Callable) -> Callable:
@@ -207,6 +213,8 @@ def derived(builder: Callable) -> Callable:
     compiled programs are found without tracing, as a factory's are.
     """
     cached = functools.lru_cache(maxsize=256)(builder)
+    _DERIVED.add(builder)
+    _NAMED_FUNCTIONS.add(builder)
 
     @functools.wraps(builder)
     def wrapper(*args, **kwargs):
@@ -270,6 +278,7 @@ def cached_factory(factory=None, *, searchable: tuple = ()):
         return functools.partial(cached_factory, searchable=tuple(searchable))
     if searchable:
         _SEARCHABLE[factory] = tuple(searchable)
+    _NAMED_FUNCTIONS.add(factory)
     signature = inspect.signature(factory)
     var_keyword = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
     cache = memo_cache()
@@ -351,13 +360,20 @@ def traced_point(solver: Solver):
     numbers (or ``(W, H)`` pairs of them) among its searchable hyperparameters
     (``als(l2=0.1)``'s ``l2``, ``adam(1e-2)``'s learning rate) become traced values, as a grid's are,
     so that fits at other values of them reuse the same compiled programs.
+    A :func:`derived` wrapper of such a solver (the scikit-learn layer's
+    half steps and stopping rules) is split the same way: its inner
+    solver's values are traced and the wrapper is rebuilt around it.
     Returns ``(static, point)``: the factory with its other arguments, the
     way a grid's solver carries them (see :func:`at_point`), and
-    ``{name: value}``; or None (solvers from ``_replace``, wrappers, grids,
-    nothing to trace).
+    ``{name: value}``; or None (solvers from ``_replace``, other wrappers,
+    grids, nothing to trace).
     """
     made = _MADE.get(id(solver))
-    if made is None or made[2] is not solver or solver.factory is None or solver.grid is not None:
+    if made is None or made[2] is not solver or solver.grid is not None:
+        return None
+    if made[0] in _DERIVED:
+        return _derived_point(made[0], *made[1])
+    if solver.factory is None:
         return None
     factory, frozen = solver.factory
     if made[0] is not factory:  # a wrapper's product (e.g. another loss) that kept its inner solver's factory
@@ -367,6 +383,37 @@ def traced_point(solver: Solver):
     if not point:
         return None
     return (factory, _frozen({k: v for k, v in named.items() if k not in point})), point
+
+
+def _derived_point(builder, args: tuple, kwargs: tuple):
+    """:func:`traced_point` of a :func:`derived` builder's product: the traced values of the one solver it
+    wraps, and a factory that rebuilds the wrapper around that solver at other values (see :func:`rebuild_derived`).
+    None when the builder takes no solver, several, or one with nothing to trace."""
+    slots = [i for i, a in enumerate(args) if isinstance(a, Solver)]
+    if len(slots) != 1 or any(isinstance(v, Solver) for _, v in kwargs):
+        return None
+    slot = slots[0]
+    split = traced_point(args[slot])
+    if split is None:
+        return None
+    inner, point = split
+    rest = args[:slot] + (None,) + args[slot + 1:]
+    static = _frozen({"builder": builder, "args": rest, "kwargs": kwargs, "slot": slot, "inner": inner})
+    return (rebuild_derived, static), point
+
+
+def rebuild_derived(builder, args: tuple, kwargs: tuple, slot: int, inner: tuple, **point) -> Solver:
+    """``builder(*args, **kwargs)`` with ``args[slot]`` the solver ``inner = (factory, frozen arguments)``
+    builds at ``point`` (traced values allowed): a wrapper rebuilt inside a compiled member.
+
+    The undecorated builder is called: its memo must never hold a solver closing over traced values.
+    """
+    factory, static = inner
+    solver = factory(**{**dict(static), **point})
+    return builder(*(args[:slot] + (solver,) + args[slot + 1:]), **dict(kwargs))
+
+
+_NAMED_FUNCTIONS.add(rebuild_derived)
 
 
 def at_point(solver: Solver, point: dict) -> Solver:
