@@ -25,7 +25,7 @@ from .fit_results import FitManyResult, FitResult, _to_result
 from .init import get_initializer
 from .mixed_shapes import _bucket_shapes, _stack_bucket
 from .run.driver import Args, Job
-from .run.executor import ProgressInfo, execute, make_plan
+from .run.executor import ProgressInfo, balanced_job, execute, make_plan, restore_member_axes
 from .run.lanes import eligible as lanes_eligible
 from .run.loop import Status, iteration_schedule, run_config
 from .sharded import run_sharded
@@ -371,9 +371,17 @@ def fit_many(
         job, args = _traced_hyperparameters(job, args, solver)
     if memory_budget is not None:
         memory_budget = check_int(memory_budget, "memory_budget")
-    run_plan = make_plan(job, args, mesh=mesh, memory_budget=memory_budget, **_check_plan(plan))
-    carry = execute(job, args, run_plan, progress=progress, callback=callback, chunk_size=chunk_size,
+    plan_kw = dict(mesh=mesh, memory_budget=memory_budget, **_check_plan(plan))
+    run_plan = make_plan(job, args, **plan_kw)
+    # Members split over devices evenly along another axis when the first one would leave a device idle
+    # part of the time; a callback sees members as they run, so it keeps the job's own order.
+    run_job = None if callback is not None else balanced_job(job, args, run_plan)
+    if run_job is not None:
+        run_plan = make_plan(run_job, args, **plan_kw)
+    carry = execute(run_job or job, args, run_plan, progress=progress, callback=callback, chunk_size=chunk_size,
                     desc=solver.name)
+    if run_job is not None:
+        carry = restore_member_axes(carry, run_job.axes, job.axes)
     params = None if grid is None else {n: np.asarray(v) for n, v in grid.values.items()}
     return FitManyResult(_to_result(max_iter, check_every, carry), tuple(axes), ranks_np, params)
 

@@ -55,7 +55,8 @@ from . import driver, lanes
 from .driver import Args, Job
 from .loop import RUNNING, Carry, Status
 
-__all__ = ["Plan", "ProgressInfo", "make_plan", "execute", "member_bytes", "blocking_custom_calls"]
+__all__ = ["Plan", "ProgressInfo", "make_plan", "execute", "member_bytes", "blocking_custom_calls", "balanced_job",
+           "restore_member_axes"]
 
 
 class ProgressInfo(NamedTuple):
@@ -379,6 +380,41 @@ def make_plan(job: Job, args: Args, *, mesh: Optional[Mesh] = None, memory_budge
     else:
         chunk = max(n_dev, fits // n_dev * n_dev)
     return Plan(layout, mesh, n_outer, chunk, lane_width, reason)
+
+
+def balanced_job(job: Job, args: Args, plan: Plan) -> Optional[Job]:
+    """``job`` with another member axis outermost when that splits the members evenly over the plan's devices.
+
+    Devices split the outermost axis; when its length is not a multiple of
+    the device count its last slices are padded (5 folds on 2 devices: 3
+    slices each, one of them a repeat), and the busiest device sets the wall
+    time.  Another axis of a multiple length (6 penalties) splits the same
+    members with no padding.  None when the plan has no devices to balance,
+    runs in chunks, or no other axis divides evenly.  Members come back in
+    the job's own order (:func:`restore_member_axes`).
+    """
+    if plan.mesh is None or len(job.axes) < 2 or is_global(args) or plan.n_chunks != 1:
+        return None
+    n_dev = plan.mesh.devices.size
+    if plan.n_outer % n_dev == 0:
+        return None
+    even = [a for a in job.axes[1:] if _axis_len(args, a) % n_dev == 0]
+    if not even:
+        return None
+    outer = max(even, key=lambda a: _axis_len(args, a))
+    return job._replace(axes=(outer,) + tuple(a for a in job.axes if a != outer))
+
+
+@partial(jax.jit, static_argnames=("perm",))
+def _permuted(tree, perm: tuple):
+    return jax.tree_util.tree_map(lambda x: jnp.transpose(x, perm + tuple(range(len(perm), x.ndim))), tree)
+
+
+def restore_member_axes(carry: Carry, run_axes: tuple, axes: tuple) -> Carry:
+    """A member-first carry of a job run with member axes ``run_axes``, its leaves moved to ``axes`` order."""
+    perm = tuple(run_axes.index(a) for a in axes)
+    moved = _permuted(carry._replace(it=None, check=None), perm)
+    return moved._replace(it=carry.it, check=carry.check)
 
 
 # -- programs ------------------------------------------------------------------------------
