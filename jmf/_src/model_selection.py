@@ -214,10 +214,10 @@ class SearchResult(NamedTuple):
     refit : FitResult or None
         That fit's result.
     cv : FitManyResult or tuple of FitManyResult
-        The search's members (axes ``("matrix", ["param",] "rank")``; the
+        The search's members (axes ``("matrix", ["param",] ["rank"])``; the
         "matrix" axis is the fold, and with ``refit="joint"`` its last entry
-        is all the data); one per rank (each with a rank axis of length 1)
-        when the ranks were fitted unpadded (``pad_ranks``).
+        is all the data; "rank" when several ranks share the call); one per
+        rank when the ranks were fitted unpadded (``pad_ranks``).
     rmse, mae : ndarray, shape (n_splits, n_points, n_ranks)
         Held-out errors of every member.
     seconds : dict
@@ -455,7 +455,9 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
     t0 = time.perf_counter()
     cvs = []
     for group in groups:
-        cvs.append(fit_many(train, solver, ranks=group, key=fit_key, **kw))
+        # a single rank is no "rank" axis: no masks in the programs (they compile ~30 % faster)
+        ranked = {"ranks": group} if len(group) > 1 else {"rank": group[0]}
+        cvs.append(fit_many(train, solver, key=fit_key, **ranked, **kw))
         jax.block_until_ready(cvs[-1].result.factors)
     t1 = time.perf_counter()
     sampling = _is_sampling(cvs[0].result)
@@ -499,7 +501,7 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
     if joint:
         p, j = divmod(b, R)
         won, j = (cvs[0], j) if pad_ranks else (cvs[j], 0)
-        index = (n_splits,) + ((p,) if "param" in won.axes else ()) + (j,)
+        index = (n_splits,) + ((p,) if "param" in won.axes else ()) + ((j,) if "rank" in won.axes else ())
         res = _host_member(won.result._replace(iterations=None), index)
         refit_res = res._replace(iterations=won.result.iterations)
         if sampling:
