@@ -253,7 +253,7 @@ def part_search(args, path, tmp):
     rows = [dict(what="jmf one ratings_als fit (rank 64, 10 sweeps, warm)", seconds=single, ratio=1.0),
             dict(what="jmf grid_search 5 folds x 4 ranks x 6 l2 = 120 fits (warm)", seconds=search,
                  ratio=search / single, note=f"best {res.best} cv rmse {res.best_score:.4f}; "
-                                             f"{'padded' if not isinstance(res.cv, tuple) else 'a call per rank'}"),
+                                             f"{'padded' if len(res.cv) == 1 else 'a call per rank'}"),
             dict(what="the same, pad_ranks=True: every member at rank 64, one program", seconds=padded,
                  ratio=padded / single)]
     try:

@@ -37,13 +37,13 @@ def test_folds_are_equal_disjoint_and_cover_the_entries(ratings):
 def test_every_member_equals_its_own_fit_and_evaluation(ratings):
     solver = jmf.solvers.ratings_als(l2=np.array([0.05, 0.5]), solve="cholesky")
     out = grid_search(ratings, solver, [2, 3], n_splits=3, refit="separate", **KW)
-    assert out.rmse.shape == (3, 2, 2) and out.cv.axes == ("matrix", "param", "rank")
+    assert out.rmse.shape == (3, 2, 2) and len(out.cv) == 1 and out.cv[0].axes == ("matrix", "param", "rank")
     train, test = fold_stack(ratings, 3, key=KW["key"])
     lo, hi = float(ratings.vals.min()), float(ratings.vals.max())
     for f, p, j in [(0, 0, 0), (2, 1, 1), (1, 1, 0)]:
         tr = jmf.Sparse(train.rows[f], train.cols[f], train.vals[f], ratings.shape)
         te = (test.rows[f], test.cols[f], test.vals[f])
-        l2 = float(out.cv.params["l2"][p])
+        l2 = float(out.cv[0].params["l2"][p])
         single = jmf.fit(tr, jmf.solvers.ratings_als(l2=l2, solve="cholesky"), rank=[2, 3][j], key=KW["key"],
                          init="normal", max_iter=4, tol=None, progress=False)
         m = jmf.metrics.rating_metrics(single.factors, te, clip=(lo, hi))
@@ -63,7 +63,7 @@ def test_every_member_equals_its_own_fit_and_evaluation(ratings):
     # refit="joint": all the data is one more matrix of the same call; same scores (the folds are padded)
     joint = grid_search(ratings, solver, [2, 3], n_splits=3, **KW)
     np.testing.assert_allclose(joint.rmse, out.rmse, rtol=1e-5)
-    assert joint.cv.result.loss.shape == (4, 2, 2) and joint.best == out.best
+    assert joint.cv[0].result.loss.shape == (4, 2, 2) and joint.best == out.best
     np.testing.assert_allclose(joint.factors.W, ref.factors.W, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(joint.factors.col_bias, ref.factors.col_bias, rtol=1e-4, atol=1e-5)
 
@@ -109,7 +109,8 @@ def test_unpadded_ranks_give_the_padded_search(ratings):
     solver = jmf.solvers.ratings_als(l2=np.array([0.05, 0.5]), solve="cholesky")
     padded = grid_search(ratings, solver, [2, 3], n_splits=3, pad_ranks=True, **KW)
     alone = grid_search(ratings, solver, [2, 3], n_splits=3, pad_ranks=False, **KW)
-    assert isinstance(alone.cv, tuple) and len(alone.cv) == 2 and padded.cv.axes == ("matrix", "param", "rank")
+    assert len(alone.cv) == 2 and padded.cv[0].axes == ("matrix", "param", "rank")
+    assert [c.axes for c in alone.cv] == [("matrix", "param")] * 2  # one rank per call: no rank axis
     assert [c.result.factors.W.shape[-1] for c in alone.cv] == [2, 3]  # no padded columns
     np.testing.assert_allclose(alone.rmse, padded.rmse, rtol=1e-5)
     np.testing.assert_allclose(alone.mae, padded.mae, rtol=1e-5)

@@ -213,11 +213,12 @@ class SearchResult(NamedTuple):
         The refit on all the data at the best setting (``refit=True``).
     refit : FitResult or None
         That fit's result.
-    cv : FitManyResult or tuple of FitManyResult
-        The search's members (axes ``("matrix", ["param",] ["rank"])``; the
-        "matrix" axis is the fold, and with ``refit="joint"`` its last entry
-        is all the data; "rank" when several ranks share the call); one per
-        rank when the ranks were fitted unpadded (``pad_ranks``).
+    cv : tuple of FitManyResult
+        The search's members, one entry per compiled call: one for padded
+        ranks, one per rank when they were fitted unpadded (``pad_ranks``).
+        Axes ``("matrix", ["param",] ["rank"])``: the "matrix" axis is the
+        fold, and with ``refit="joint"`` its last entry is all the data;
+        "rank" when several ranks share the call.
     rmse, mae : ndarray, shape (n_splits, n_points, n_ranks)
         Held-out errors of every member.
     seconds : dict
@@ -473,7 +474,6 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
         rmse.append(np.asarray(e[0], np.float64).reshape(n_splits, P, len(group)))
         mae.append(np.asarray(e[1], np.float64).reshape(n_splits, P, len(group)))
     rmse, mae = np.concatenate(rmse, axis=2), np.concatenate(mae, axis=2)
-    cv = cvs[0] if pad_ranks else tuple(cvs)
     t2 = time.perf_counter()
 
     rows = []
@@ -517,5 +517,5 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
         factors = _posterior_means(refit_res.factors, refit_res.state) if sampling else refit_res.factors
         jax.block_until_ready(factors)
     t3 = time.perf_counter()
-    return SearchResult(table, best, best_score, factors, refit_res, cv, rmse, mae,
+    return SearchResult(table, best, best_score, factors, refit_res, tuple(cvs), rmse, mae,
                         {"search": t1 - t0, "evaluate": t2 - t1, "refit": t3 - t2})
