@@ -124,8 +124,8 @@ def test_device_split_equals_one_device(rng, solver):
     assert len(np.unique(np.asarray(one.n_iter))) > 1  # members froze at different times
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_members_split_evenly_along_another_axis_come_back_in_order(rng, monkeypatch, sparse):
+@pytest.mark.parametrize("kind", ["dense", "sparse", "lanes"])
+def test_members_split_evenly_along_another_axis_come_back_in_order(rng, monkeypatch, kind):
     """3 matrices x 4 restarts on 2 devices: the matrix axis (3) would pad a device with a repeat, so the
     restarts (4) are split instead; every member equals its one-device result, in the job's axis order."""
     import jmf._src.fit as fit_module
@@ -134,22 +134,26 @@ def test_members_split_evenly_along_another_axis_come_back_in_order(rng, monkeyp
     real = fit_module.balanced_job
     monkeypatch.setattr(fit_module, "balanced_job", lambda *a: chosen.append(real(*a)) or chosen[-1])
     As = np.stack([np.abs(low_rank(rng, 9, 7, 2, noise=0.1)) for _ in range(3)])
-    if sparse:
+    layout = {}
+    if kind == "sparse":
         rows, cols = np.nonzero(rng.random(As.shape[1:]) < 0.7)
         data = jmf.stack([jmf.Sparse(rows, cols, A[rows, cols], A.shape) for A in As])
         s = jmf.solvers.ratings_als(l2=0.1)  # CG solves: no LAPACK call, so members may split over devices
+    elif kind == "lanes":
+        data, s, layout = As, jmf.solvers.adam(1e-2), {"layout": "lanes"}
     else:
         data, s = As, jmf.solvers.hals()
     kw = dict(rank=2, n_restarts=4, key=3, max_iter=60, tol=1e-4, progress=False)
-    split = jmf.fit_many(data, s, plan={"devices": 2}, **kw)
+    split = jmf.fit_many(data, s, plan={"devices": 2, **layout}, **kw)
     assert chosen[-1] is not None and chosen[-1].axes == ("restart", "matrix")
-    one = jmf.fit_many(data, s, plan={"devices": 1}, **kw)
+    one = jmf.fit_many(data, s, plan={"devices": 1, **layout}, **kw)
     assert chosen[-1] is None and split.axes == one.axes == ("matrix", "restart")
     assert split.result.loss.shape == (3, 4)
     _assert_same(split.result, one.result, rtol=1e-5, atol=1e-6)
     # a callback sees the members as they run: the job's own order, padded
     seen = []
-    jmf.fit_many(data, s, plan={"devices": 2}, callback=lambda info: seen.append(np.shape(info.loss)), **kw)
+    jmf.fit_many(data, s, plan={"devices": 2, **layout}, callback=lambda info: seen.append(np.shape(info.loss)),
+                 **kw)
     assert chosen[-1] is None and seen[0] == (3, 4)
 
 

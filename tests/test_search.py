@@ -120,6 +120,17 @@ def test_unpadded_ranks_give_the_padded_search(ratings):
     np.testing.assert_allclose(alone.factors.col_bias, padded.factors.col_bias, rtol=1e-4, atol=1e-5)
 
 
+def test_unpadded_ranks_of_a_sampler(ratings):
+    """Bayesian PMF scored by its posterior mean, a call per rank (its draws depend on the width, so a padded
+    search is another sample, not the same numbers)."""
+    out = grid_search(ratings, jmf.solvers.bpmf(burn_in=1, n_keep=2), [1, 2], n_splits=2, max_iter=3, key=1,
+                      pad_ranks=False)
+    assert len(out.cv) == 2 and out.rmse.shape == (2, 1, 2) and np.all(np.isfinite(out.rmse))
+    assert np.all(out.rmse < 1.5 * np.std(np.asarray(ratings.vals)))  # better than a constant guess
+    pred = out.factors.predict(np.asarray(ratings.rows), np.asarray(ratings.cols))
+    assert np.all(np.isfinite(np.asarray(pred)))
+
+
 def test_auto_pads_small_searches_and_splits_large_ones_of_unequal_ranks():
     from jmf._src.model_selection import _unpadded_pays
 
