@@ -301,8 +301,8 @@ def _n_points(solver) -> int:
     return 1 if solver.grid is None else solver.grid.size
 
 
-# Padded-search FLOPs above which one program per rank is worth compiling (~2 s of this machine's CPU, about
-# what compiling the extra programs costs).
+# Padded-search FLOPs above which a program per rank is worth compiling: about the seconds that compiling
+# the extra programs costs, on a CPU core (see BENCHMARKS.md, "Evening, 2026-12-01").
 _UNPADDED_MIN_FLOPS = 2e11
 
 
@@ -341,7 +341,7 @@ def _append_full(train: Sparse, data: Sparse) -> Sparse:
 def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Optional[float] = None, key=0,
                 max_iter: int = 10, tol=None, check_every: Optional[int] = None, init="normal", clip="auto",
                 refit="joint", pad_ranks="auto", progress: bool = False) -> SearchResult:
-    r"""K-fold cross-validation of every rank x hyperparameter setting, all members in one compiled call.
+    r"""K-fold cross-validation of every rank x hyperparameter setting, in one compiled call (or one per rank).
 
     The folds (:func:`fold_stack`: equal-size test folds over the observed
     entries) are stacked as the "matrix" axis of :func:`jmf.fit_many`, the
@@ -456,7 +456,7 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
     t0 = time.perf_counter()
     cvs = []
     for group in groups:
-        # a single rank is no "rank" axis: no masks in the programs (they compile ~30 % faster)
+        # a single rank is no "rank" axis: no rank masks in the programs, which are smaller and compile faster
         ranked = {"ranks": group} if len(group) > 1 else {"rank": group[0]}
         cvs.append(fit_many(train, solver, key=fit_key, **ranked, **kw))
         jax.block_until_ready(cvs[-1].result.factors)
