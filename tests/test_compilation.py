@@ -158,7 +158,7 @@ def test_a_copy_of_a_factory_solver_is_never_rebuilt_from_the_factory(rng):
     assert copy.factory is not None and traced_point(copy) is None and traced_point(inner) is not None
 
 
-@pytest.mark.parametrize("wrap", ["error_loss", "half_step", "stop_each_step"])
+@pytest.mark.parametrize("wrap", ["error_loss", "half_step", "stop_each_step", "its_own_tol"])
 def test_a_wrapper_of_a_factory_solver_traces_its_inner_values_and_keeps_its_parts(rng, wrap):
     """A derived() wrapper (the scikit-learn layer's error loss, half step, stopping rule) takes its inner
     solver's penalties as traced values: another value compiles nothing, and every member rebuilds the
@@ -169,7 +169,9 @@ def test_a_wrapper_of_a_factory_solver_traces_its_inner_values_and_keeps_its_par
 
     make = {"error_loss": lambda v: mu_with_error_loss(2.0, (v, v), (2 * v, 2 * v)),
             "half_step": lambda v: half_step(jmf.solvers.hals(l2=v)),
-            "stop_each_step": lambda v: stop_each_step(jmf.solvers.hals(l1=v, stop="violation"), 1e-4)}[wrap]
+            "stop_each_step": lambda v: stop_each_step(jmf.solvers.hals(l1=v, stop="violation"), 1e-4),
+            # the wrapper's own searchable number, around a solver with nothing to trace
+            "its_own_tol": lambda v: stop_each_step(jmf.solvers.hals(stop="violation"), v * 1e-2)}[wrap]
     A = np.abs(low_rank(rng, 16, 12, 3, noise=0.1)).astype(np.float32)
     kw = dict(rank=3, key=0, max_iter=30, tol=None, progress=False)
     (factory, static), point = traced_point(make(0.1))

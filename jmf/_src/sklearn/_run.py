@@ -82,7 +82,7 @@ class StopState(NamedTuple):
     done: jax.Array  # the rule fired: further steps are the identity
 
 
-@derived
+@derived(searchable=("tol",))
 def stop_each_step(solver: Solver, tol: float) -> Solver:
     """``solver`` testing its own ``progress <= tol`` after **every** step, so the driver may check less often.
 
@@ -94,7 +94,8 @@ def stop_each_step(solver: Solver, tol: float) -> Solver:
     and state as they are) and its ``progress`` reads 0, so the driver stops
     at its next check, with the factors of the iteration the rule fired at;
     ``state.n_iter`` counts the iterations up to it (what a check after every
-    step reports).  ``tol`` is static (one compiled fit per value).
+    step reports).  A nonzero ``tol`` is a traced value of the fit's programs, as the wrapped
+    solver's penalties are (:func:`jmf._src.solvers.base.derived`).
     """
     if solver.progress is None:
         raise ValueError(f"solver {solver.name!r} has no progress measure to stop on")

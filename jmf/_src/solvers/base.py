@@ -198,22 +198,27 @@ def _plain(x):
 
 _DERIVED_KEPT = 1024  # solvers of derived() builders remembered (the oldest lose their recipe: traced again)
 _derived_order: collections.OrderedDict = collections.OrderedDict()
-# The undecorated builders of derived() and factories of cached_factory(): module-level functions that
-# recipes may name.
-_DERIVED: set = set()
+# The undecorated builders of derived() (with their signature and searchable arguments) and factories of
+# cached_factory(): module-level functions that recipes may name.
+_DERIVED: dict = {}
 _NAMED_FUNCTIONS: set = set()
 
 
-def derived(builder: Callable) -> Callable:
+def derived(builder: Optional[Callable] = None, *, searchable: tuple = ()) -> Callable:
     """Memoize a function that builds a solver from plain arguments and other solvers, recording how.
 
     For wrappers of solvers (e.g. the scikit-learn layer's half step of a
     solver, or its stopping rule inside the step): the solver they return
     has a recipe (:func:`recipe_of`) when their arguments do, so its
-    compiled programs are found without tracing, as a factory's are.
+    compiled programs are found without tracing, as a factory's are.  A
+    wrapper of one solver takes that solver's hyperparameters as traced
+    values (see :func:`traced_point`), and its own numbers named in
+    ``searchable`` too (e.g. a stopping rule's ``tol``).
     """
+    if builder is None:
+        return functools.partial(derived, searchable=tuple(searchable))
     cached = functools.lru_cache(maxsize=256)(builder)
-    _DERIVED.add(builder)
+    _DERIVED[builder] = (inspect.signature(builder), tuple(searchable))
     _NAMED_FUNCTIONS.add(builder)
 
     @functools.wraps(builder)
@@ -387,30 +392,47 @@ def traced_point(solver: Solver):
 
 def _derived_point(builder, args: tuple, kwargs: tuple):
     """:func:`traced_point` of a :func:`derived` builder's product: the traced values of the one solver it
-    wraps, and a factory that rebuilds the wrapper around that solver at other values (see :func:`rebuild_derived`).
-    None when the builder takes no solver, several, or one with nothing to trace."""
-    slots = [i for i, a in enumerate(args) if isinstance(a, Solver)]
-    if len(slots) != 1 or any(isinstance(v, Solver) for _, v in kwargs):
+    wraps and of the builder's own searchable numbers, and a factory that rebuilds the wrapper at other
+    values (see :func:`rebuild_derived`).  None when the builder takes no solver or several, or nothing is
+    left to trace."""
+    signature, searchable = _DERIVED[builder]
+    try:
+        bound = signature.bind(*args, **dict(kwargs))
+    except TypeError:
         return None
-    slot = slots[0]
-    split = traced_point(args[slot])
-    if split is None:
+    bound.apply_defaults()
+    named = dict(bound.arguments)
+    solvers = [n for n, v in named.items() if isinstance(v, Solver)]
+    if len(solvers) != 1:
         return None
-    inner, point = split
-    rest = args[:slot] + (None,) + args[slot + 1:]
-    static = _frozen({"builder": builder, "args": rest, "kwargs": kwargs, "slot": slot, "inner": inner})
-    return (rebuild_derived, static), point
+    solver_arg = solvers[0]
+    split = traced_point(named[solver_arg])
+    inner, point = (named[solver_arg], {}) if split is None else split
+    own = {n: _as_point_value(named[n]) for n in searchable if _traceable(named.get(n))}
+    if set(own) & set(point) or not (own or point):
+        return None
+    rest = {n: v for n, v in named.items() if n != solver_arg and n not in own}
+    static = _frozen({"builder": builder, "named": _frozen(rest), "solver_arg": solver_arg, "inner": inner,
+                      "inner_names": None if split is None else tuple(sorted(point))})
+    return (rebuild_derived, static), {**point, **own}
 
 
-def rebuild_derived(builder, args: tuple, kwargs: tuple, slot: int, inner: tuple, **point) -> Solver:
-    """``builder(*args, **kwargs)`` with ``args[slot]`` the solver ``inner = (factory, frozen arguments)``
-    builds at ``point`` (traced values allowed): a wrapper rebuilt inside a compiled member.
+def rebuild_derived(builder, named: tuple, solver_arg: str, inner, inner_names, **point) -> Solver:
+    """``builder(**named)`` around its solver argument ``solver_arg`` at ``point`` (traced values allowed):
+    a wrapper rebuilt inside a compiled member.
 
-    The undecorated builder is called: its memo must never hold a solver closing over traced values.
+    ``inner`` is the wrapped solver itself (``inner_names`` None) or ``(factory, frozen arguments)`` that
+    builds it at the values ``inner_names`` of ``point``; the rest of ``point`` are the builder's own
+    arguments.  The undecorated builder is called: its memo must never hold a solver closing over traced
+    values.
     """
-    factory, static = inner
-    solver = factory(**{**dict(static), **point})
-    return builder(*(args[:slot] + (solver,) + args[slot + 1:]), **dict(kwargs))
+    if inner_names is None:
+        solver = inner
+    else:
+        factory, static = inner
+        solver = factory(**{**dict(static), **{n: point[n] for n in inner_names}})
+    own = {n: v for n, v in point.items() if inner_names is None or n not in inner_names}
+    return builder(**{**dict(named), solver_arg: solver, **own})
 
 
 _NAMED_FUNCTIONS.add(rebuild_derived)
