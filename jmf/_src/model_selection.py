@@ -464,7 +464,7 @@ def grid_search(data: Sparse, solver, ranks, *, n_splits: int = 5, test_size: Op
     sampling = _is_sampling(cvs[0].result)
     dtype = np.dtype(cvs[0].result.factors.W.dtype)
     weights = np.ones(test.vals.shape, dtype) if test.weights is None else test.weights
-    P = 1 if cvs[0].params is None else len(next(iter(cvs[0].params.values())))
+    P = _n_points(solver)
     R = len(rank_list)
     rmse, mae = [], []
     for cv, group in zip(cvs, groups):

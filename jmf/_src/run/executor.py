@@ -202,7 +202,7 @@ def blocking_custom_calls(job: Job, args: Args, mesh: Optional[Mesh] = None) -> 
     member_args = (one(args.key, "restart"), one(args.rank, "rank"), args.factors0,
                    _one_matrix(job, args.data), one(args.mask, "rank"), hparams)
     structs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), member_args)
-    cache_key = (job, str(jax.tree_util.tree_structure(structs)),
+    cache_key = (_unordered(job), str(jax.tree_util.tree_structure(structs)),
                  tuple((s.shape, str(s.dtype)) for s in jax.tree_util.tree_leaves(structs)),
                  None if mesh is None else (mesh.axis_names, mesh.devices.shape))
     if cache_key in _blocking_cache:
@@ -223,9 +223,15 @@ def blocking_custom_calls(job: Job, args: Args, mesh: Optional[Mesh] = None) -> 
     return _blocking_cache[cache_key]
 
 
+def _unordered(job: Job) -> Job:
+    """``job`` with its member axes in a canonical order: one member's program and bytes depend on which axes
+    there are, not on their order (a job split along another axis, :func:`balanced_job`, is the same member)."""
+    return job._replace(axes=tuple(sorted(job.axes)))
+
+
 def _check_description(job: Job, structs, mesh: Optional[Mesh]):
     """What determines the pool-safety check's answer or a member's bytes (see :func:`_description`), or None."""
-    described = _job_description(job)
+    described = _job_description(_unordered(job))
     if described is None:
         return None
     leaves, tree = jax.tree_util.tree_flatten(structs)
