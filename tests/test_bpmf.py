@@ -138,3 +138,24 @@ def test_lapack_free_kernels_match_numpy(rng, q):
     B = rng.standard_normal((S, q, 2))
     np.testing.assert_allclose(np.asarray(triangular_solve_loop(jnp.asarray(L), jnp.asarray(B), transpose=True)),
                                np.linalg.solve(L.transpose(0, 2, 1), B), rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("q", [1, 4, 11, 16])
+def test_packed_draw_equals_the_draw_of_the_unpacked_blocks(rng, q):
+    """packed_spd_draw(triangles of G, scale, shift, ...) = spd_draw(scale G + shift, ...), batch-last."""
+    from jmf._src.solvers._normal import packed_spd_draw, spd_draw
+
+    S = 5
+    X = rng.standard_normal((S, q, q + 2))
+    G = X @ X.transpose(0, 2, 1)
+    shift = np.eye(q) + 0.2 * np.ones((q, q))
+    b, z = rng.standard_normal((2, S, q))
+    iu, ju = np.triu_indices(q)
+    Gt = jnp.asarray(G[:, iu, ju].T)  # (Q, S)
+    for noise in (z, None):
+        want = spd_draw(jnp.asarray(1.7 * G + shift), jnp.asarray(b), None if noise is None else jnp.asarray(noise))
+        got = packed_spd_draw(Gt, 1.7, jnp.asarray(shift), jnp.asarray(b.T), None if noise is None else
+                              jnp.asarray(noise.T))
+        np.testing.assert_allclose(np.asarray(got).T, np.asarray(want), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="UNROLLED_MAX"):
+        packed_spd_draw(jnp.zeros((153, 2)), 1.0, jnp.eye(17), jnp.zeros((17, 2)))

@@ -21,12 +21,13 @@ them there with :func:`solve_spd` too.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from ..data import Dense
 from ..losses.base import zero_filled
 
-__all__ = ["dense_normal_equations", "khatri_rao_square", "solve_spd", "ridge_floor", "spd_draw", "cholesky_loop",
+__all__ = ["dense_normal_equations", "khatri_rao_square", "solve_spd", "ridge_floor", "spd_draw", "packed_spd_draw", "cholesky_loop",
            "triangular_solve_loop", "UNROLLED_MAX"]
 
 # Systems solved per batch by the Cholesky solver (bounds the factor's temporary memory).
@@ -201,11 +202,45 @@ def spd_draw(P, b, z=None):
             y = y + z[..., None]
         return triangular_solve_loop(L, y, transpose=True)[..., 0]
     Pt = jnp.moveaxis(P, (-2, -1), (0, 1))  # (q, q, ...): each entry a contiguous vector over the batch
-    bt = jnp.moveaxis(b, -1, 0)
-    below = jnp.arange(q).reshape((q,) + (1,) * (P.ndim - 2))
+    zt = None if z is None else jnp.moveaxis(z, -1, 0)
+    return jnp.stack(_unrolled_draw(lambda j: Pt[:, j], jnp.moveaxis(b, -1, 0), zt), axis=-1)
+
+
+def packed_spd_draw(Gt, scale, shift, bt, zt=None):
+    """:func:`spd_draw` batch-last, for ``P = scale G + shift`` with the Gram blocks ``G`` packed.
+
+    ``Gt`` (Q, ...) holds the upper triangles of the blocks ``G`` (q, q)
+    in ``np.triu_indices(q)`` order, ``Q = q (q + 1) / 2``; ``scale`` is a
+    scalar, ``shift`` (q, q) is shared; ``bt``, ``zt`` (q, ...) and the
+    result are batch-last; ``q <= UNROLLED_MAX``.  Gram blocks accumulated as packed triangles are
+    factored without first being unpacked into (..., q, q) and transposed,
+    two passes over the largest array of a sampler's sweep.
+    """
+    q = bt.shape[0]
+    if q > UNROLLED_MAX:
+        raise ValueError(f"packed_spd_draw: blocks of width {q} > UNROLLED_MAX ({UNROLLED_MAX})")
+    index = {}
+    for pos, (i, j) in enumerate(zip(*np.triu_indices(q))):
+        index[i, j] = index[j, i] = pos
+    extra = (1,) * (Gt.ndim - 1)
+
+    def column(j):
+        rows = np.array([index[i, j] for i in range(q)])
+        return scale * Gt[rows] + shift[:, j].reshape((q,) + extra)
+
+    return jnp.stack(_unrolled_draw(column, bt, zt), axis=0)
+
+
+def _unrolled_draw(column, bt, zt):
+    """The straight-line Cholesky draw on batch-last vectors: rows of ``x`` (each (...)) in a list.
+
+    ``column(j)`` gives column ``j`` of ``P`` as (q, ...) (only its entries from ``j`` down are read).
+    """
+    q = bt.shape[0]
+    below = jnp.arange(q).reshape((q,) + (1,) * (bt.ndim - 1))
     cols, diag = [], []  # column j of L as (q, ...) with zeros above the diagonal; L_jj
     for j in range(q):
-        v = Pt[:, j]
+        v = column(j)
         for k in range(j):
             v = v - cols[k] * cols[k][j][None]
         d = jnp.sqrt(v[j])
@@ -217,8 +252,7 @@ def spd_draw(P, b, z=None):
         for k in range(j):
             acc = acc - cols[k][j] * y[k]
         y.append(acc / diag[j])
-    if z is not None:
-        zt = jnp.moveaxis(z, -1, 0)
+    if zt is not None:
         y = [y[j] + zt[j] for j in range(q)]
     x = [None] * q  # L^T x = y, last row first
     for j in reversed(range(q)):
@@ -226,7 +260,7 @@ def spd_draw(P, b, z=None):
         for k in range(j + 1, q):
             acc = acc - cols[j][k] * x[k]
         x[j] = acc / diag[j]
-    return jnp.stack(x, axis=-1)
+    return x
 
 
 def cholesky_loop(A):

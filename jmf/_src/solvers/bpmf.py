@@ -44,7 +44,7 @@ from ..factors import Factors
 from ..init import _GOLDEN, _grid, _mix32, _seed_words
 from ..losses.ratings import ratings_loss
 from ._blocked import SparseLayout, packed_rows, per_segment, sparse_layout
-from ._normal import UNROLLED_MAX, cholesky_loop, spd_draw, triangular_solve_loop
+from ._normal import UNROLLED_MAX, cholesky_loop, packed_spd_draw, triangular_solve_loop
 from .base import Solver, cached_factory
 
 __all__ = ["bpmf", "BPMFState", "posterior_mean", "member_means"]
@@ -178,14 +178,12 @@ _KR_MAX = 32
 
 
 def _sample(P, b, z):
-    """``P^-1 b + L^-T z`` with ``P = L L^T`` (S, D, D), ``b``, ``z`` (S, D); ``z = None``: the mean ``P^-1 b``.
+    """``P^-1 b + L^-T z`` with ``P = L L^T`` (S, D, D), ``b``, ``z`` (S, D) by LAPACK; ``z = None``: ``P^-1 b``.
 
-    ``L^-T z`` with ``z ~ N(0, I)`` has covariance ``P^-1``.  Up to ``D = UNROLLED_MAX`` (rank 15) by
-    :func:`._normal.spd_draw`: faster than LAPACK there, and with no custom call the sampler's members can
-    run on several CPU devices at once; wider systems by LAPACK, which is faster there.
+    ``L^-T z`` with ``z ~ N(0, I)`` has covariance ``P^-1``.  For ``D > UNROLLED_MAX`` (rank 16 and up),
+    where LAPACK is faster than :func:`._normal.packed_spd_draw`, which narrower systems take: it has no
+    custom call, so the sampler's members can run on several CPU devices at once.
     """
-    if P.shape[-1] <= UNROLLED_MAX:
-        return spd_draw(P, b, z)
     L = lax.linalg.cholesky(P, symmetrize_input=True)
     y = lax.linalg.triangular_solve(L, b[..., :, None], left_side=True, lower=True)
     if z is not None:
@@ -234,13 +232,19 @@ def _rows(data: Sparse, side, X, F, shift, other_idx, alpha, mu, lam, mask, nois
         return per_segment(jnp.concatenate([G, R, T], axis=1), tile_local, seg.shape[0])  # tiles into rows
 
     GR = packed_rows(side, jnp.zeros((S, Q + D + 1), dtype), chunk_fn, data.nnz, n_other)
-    G = GR[:, full.reshape(-1)].reshape(S, D, D)
     R = GR[:, Q: Q + D]
-    P = alpha * G + lam[None]
-    b = alpha * R + (lam @ mu)[None]
-    x = _sample(P, b, None if noise is None else noise.T)
+    if D <= UNROLLED_MAX:
+        # Factored batch-last from the packed triangles: no (S, D, D) blocks are unpacked and transposed.
+        GRt = GR.T
+        bt = alpha * GRt[Q: Q + D] + (lam @ mu)[:, None]
+        x = packed_spd_draw(GRt[:Q], alpha, lam, bt, noise).T
+    else:
+        G = GR[:, full.reshape(-1)].reshape(S, D, D)
+        x = _sample(alpha * G + lam[None], alpha * R + (lam @ mu)[None], None if noise is None else noise.T)
     x = x * mask[None, :]
-    sse = jnp.sum(GR[:, -1]) - 2 * jnp.sum(x * R) + jnp.einsum("sk,skj,sj->", x, G, x)
+    twice = np.where(iu == ju, 1, 2).astype(dtype)  # x^T G x from the triangle: off-diagonal entries count twice
+    quad = jnp.sum(GR[:, :Q] * (x[:, iu] * x[:, ju]) * twice[None])
+    sse = jnp.sum(GR[:, -1]) - 2 * jnp.sum(x * R) + quad
     return x, sse
 
 
