@@ -27,8 +27,8 @@ from jax import lax
 from ..data import Dense
 from ..losses.base import zero_filled
 
-__all__ = ["dense_normal_equations", "khatri_rao_square", "solve_spd", "ridge_floor", "spd_draw", "packed_spd_draw", "cholesky_loop",
-           "triangular_solve_loop", "UNROLLED_MAX"]
+__all__ = ["dense_normal_equations", "khatri_rao_square", "solve_spd", "ridge_floor", "spd_draw", "packed_spd_draw",
+           "cholesky_loop", "triangular_solve_loop", "UNROLLED_MAX"]
 
 # Systems solved per batch by the Cholesky solver (bounds the factor's temporary memory).
 SOLVE_BATCH = 2048
