@@ -108,6 +108,27 @@ def test_sparse_fit_equals_one_device(mesh, name):
     assert sh.state is None
 
 
+@pytest.mark.parametrize("rank", [K, 16], ids=["straight-line-draws", "wide-loop-draws"])
+def test_bpmf_chain_equals_one_device_and_keeps_its_samples(mesh, rank):
+    """The sharded Gibbs chain is the single-device one: same losses, last sample and posterior mean.
+
+    Rank 16 (17 numbers per row) draws its rows with the loop kernels, never LAPACK's (4 CPU devices).
+    """
+    data = _entries()
+    solver = jmf.solvers.bpmf(burn_in=3, n_keep=4)
+    kw = dict(key=5, max_iter=8, check_every=2, tol=None, init="normal", progress=False)
+    one = jmf.fit(data, solver, rank, **kw)
+    sh = jmf.fit(jmf.sharding.shard_sparse(data, mesh, exchange="all_to_all"), solver, rank, mesh=mesh, **kw)
+    _assert_split(sh, M, N, rank, biases=True)
+    _assert_same(one, sh, data, (M, N), rtol=1e-7)
+    assert int(sh.state.kept) == 5 and sh.state.W_buf.sharding.spec == P(None, "model")
+    r, c = np.asarray(data.rows), np.asarray(data.cols)
+    mean = jmf.sharding.gather_factors(jmf.solvers.posterior_mean(sh), (M, N))
+    want = np.asarray(jmf.solvers.posterior_mean(one).predict(r, c))
+    np.testing.assert_allclose(mean.predict(r, c), want, rtol=1e-7, atol=1e-9)
+    assert mean.W.shape == (M, 4 * rank)  # the 4 kept samples side by side
+
+
 @pytest.mark.parametrize("solver", [jmf.solvers.als(0.1), jmf.solvers.hals(l1=0.05)], ids=["als", "hals"])
 def test_dense_fit_equals_one_device(mesh, solver):
     rng = np.random.default_rng(1)
@@ -168,13 +189,14 @@ def test_layout_tables_hold_the_needed_rows(mesh):
             assert got == set(zip(r, c))
 
 
-def test_no_lapack_custom_call_with_several_cpu_devices(mesh):
-    """Exact ALS on 4 CPU devices of one process solves without jaxlib's LAPACK kernels (they would deadlock)."""
+@pytest.mark.parametrize("solver, rank", [(jmf.solvers.als(0.3, biases=True), K), (jmf.solvers.bpmf(), 16)],
+                         ids=["exact-als", "bpmf-wide"])
+def test_no_lapack_custom_call_with_several_cpu_devices(mesh, solver, rank):
+    """Exact ALS and wide Gibbs draws on 4 CPU devices of one process avoid jaxlib's LAPACK kernels (deadlock)."""
     sharded = jmf.sharding.shard_sparse(_entries(), mesh)
-    solver = jmf.solvers.als(0.3, biases=True)
     impl, ctx = make_impl(solver, "sparse"), make_ctx(sharded)
     assert impl.uses_spd and not ctx.lapack
-    cfg = run_config(4, 2, K, True)
+    cfg = run_config(4, 2, rank, True)
     carry = _start_program(impl, ctx, cfg, "random", mesh, sharded, jax.random.key(0), None)
     text = _advance_program.lower(impl, ctx, cfg, mesh, sharded, carry, np.int32(4), np.float64(-1),
                                   iteration_schedule(4, 2)).as_text()
@@ -187,7 +209,8 @@ def test_traffic_formula_matches_compiled_collectives(mesh):
     data = _entries(density=0.15)
     for exchange in ("all_to_all", "all_gather"):
         sharded = jmf.sharding.shard_sparse(data, mesh, exchange=exchange)
-        solvers = (jmf.solvers.ratings_als(0.2),) + ((jmf.solvers.implicit_als(),) if exchange == "all_to_all" else ())
+        solvers = (jmf.solvers.ratings_als(0.2), jmf.solvers.bpmf()) + (
+            (jmf.solvers.implicit_als(),) if exchange == "all_to_all" else ())
         for solver in solvers:
             rep = measure(sharded, solver, K)
             assert rep["step_by_kind"] == rep["step_formula_by_kind"], (exchange, solver.name)

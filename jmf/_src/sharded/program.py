@@ -170,6 +170,15 @@ def _advance_program(impl, ctx, cfg, mesh, data, carry, stop_at, tol, schedule):
     return fn(data, carry, stop_at, tol, schedule)
 
 
+@partial(jax.jit, static_argnames=("impl", "ctx", "cfg", "mesh"))
+def _export_program(impl, ctx, cfg, mesh, carry):
+    """What the result keeps of the final state (``impl.export``), laid out by ``impl.export_specs``."""
+    spec = _carry_specs(ctx.axis, cfg.biases)
+    fn = jax.shard_map(lambda f, state: impl.export(ctx, f, _unlead(state)), mesh=mesh,
+                       in_specs=(spec.factors, spec.state), out_specs=impl.export_specs(ctx.axis), check_vma=False)
+    return fn(carry.factors, carry.state)
+
+
 def step_program(impl: Impl, ctx: Ctx, cfg: RunConfig, mesh: Mesh):
     """One iteration (``step``) as its own ``jit(shard_map)`` program, for traffic and memory accounting."""
     spec = _carry_specs(ctx.axis, cfg.biases)
@@ -256,7 +265,8 @@ def run_sharded(data, solver: Solver, rank: Optional[int], *, key, init, max_ite
     """Fit ONE matrix with its factors sharded over ``mesh``; returns its finished ``Carry`` like the run layer.
 
     The carry's factors are global sharded arrays (padded, see the module
-    docstring); its scalars and history are host NumPy; ``state`` is None.
+    docstring); its scalars and history are host NumPy; ``state`` is what the
+    solver exports (:class:`.solvers.Impl`; the Gibbs sampler's sample buffers), else None.
     """
     _axis_name(mesh)
     if not isinstance(solver, Solver):
@@ -325,7 +335,8 @@ def run_sharded(data, solver: Solver, rank: Optional[int], *, key, init, max_ite
     status = _host(carry.status)
     if user_stop and status == RUNNING:
         status = np.asarray(Status.STOPPED.value, np.int32)
-    carry = Carry(carry.factors, None, _host(carry.loss_init), _host(carry.loss_prev), None, _host(carry.kept_loss),
+    state = None if impl.export is None else _export_program(impl, ctx, cfg, mesh, carry)
+    carry = Carry(carry.factors, state, _host(carry.loss_init), _host(carry.loss_prev), None, _host(carry.kept_loss),
                   _host(carry.history), _host(carry.n_iter), status, int(_host(carry.it)), int(_host(carry.check)))
     return carry
 

@@ -31,21 +31,24 @@ Each device's entries come with one padding segment (row ``mb`` / column
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from ..data import Sparse, _rebuild
 from ..factors import Factors
+from ..init import _grid
 from ..losses.base import _pair
 from ..losses.ratings import chunked_entry_sum
 from ..solvers._blocked import Side, SparseLayout, packed_cg, packed_solve, side_layout
 from ..solvers.als import _augment, _sparse_side
 from ..solvers.als import als as _als_factory
 from ..solvers.base import Solver
+from ..solvers.bpmf import _NOISE, BPMFState, GibbsSettings, _rows, gibbs_sweep, sample_rows
 from ..solvers.gradient import GradientSpec, gradient_update, nonnegative
 from ..solvers.hals import _cd_blocks, _cd_shared, _sparse_sweep
 from ..solvers.hals import hals as _hals_factory
@@ -77,13 +80,20 @@ class Ctx(NamedTuple):
 
 
 class Impl(NamedTuple):
-    """A sharded solver: per-device ``init_state``, ``step`` and ``loss`` (see the module docstring)."""
+    """A sharded solver: per-device ``init_state``, ``step`` and ``loss`` (see the module docstring).
+
+    ``export(ctx, f, state)`` (optional) gives what the fit's result keeps of the final state, laid out by
+    ``export_specs(axis)`` (e.g. the Gibbs sampler's sample buffers, row blocks over the devices); the
+    result's ``state`` is None without it.
+    """
 
     init_state: Callable
     step: Callable
     loss: Callable
     name: str
     uses_spd: bool  # may call an exact SPD solve (LAPACK on safe meshes)
+    export: Optional[Callable] = None
+    export_specs: Optional[Callable] = None
 
 
 # -- communication ---------------------------------------------------------------------------------
@@ -399,6 +409,74 @@ def _implicit_impl(kw: dict) -> Impl:
     return Impl(_base_init, step, loss, "implicit-als", solve == "cholesky")
 
 
+# -- Bayesian PMF -----------------------------------------------------------------------------------
+
+
+def _bpmf_impl(cfg: GibbsSettings) -> Impl:
+    """The Gibbs sampler of :func:`jmf.solvers.bpmf`: its own sweep (:func:`gibbs_sweep`) on the device's rows.
+
+    Each device draws its rows against the fetched table of the other side
+    (with the noise of their global indices, so the chain equals the
+    single-device one), the Normal-Wishart statistics and the residual are
+    summed over devices, and every device draws the same hyperparameters
+    and noise precision.  The result's ``state`` holds the sample buffers
+    (rows over the devices) for :func:`jmf.solvers.posterior_mean`.
+    """
+    obj = Objective((0.0, 0.0), (0.0, 0.0), 0.0, False)  # the mean squared error of the current sample
+
+    def init_state(ctx, f, data, key=None):
+        mb, nb = ctx.blocks
+        dtype = f.W.dtype
+        D = f.W.shape[1] + 1
+        key = jax.random.key(0) if key is None else key
+        eye, zero, count = jnp.eye(D, dtype=dtype), jnp.zeros((D,), dtype), jnp.zeros((), jnp.int32)
+        chain = BPMFState(None, jax.random.key_data(key), jnp.asarray(cfg.a0 / cfg.b0, dtype), zero, eye, zero, eye,
+                          count, count, jnp.zeros((cfg.n_keep, mb, D), dtype), jnp.zeros((cfg.n_keep, nb, D), dtype))
+        return _base_init(ctx, f, data)._replace(extra=chain)
+
+    def step(ctx, f, st, data):
+        lay = st.lay
+        mb, nb = ctx.blocks
+        dtype = f.W.dtype
+        k = f.W.shape[1]
+        mk = jnp.ones((k + 1,), dtype)
+
+        def side_rows(f, side, seed, alpha, mu, lam):
+            if side == 0:
+                (tab, other_bias), local, sd, block = _h_table(ctx, f, lay, data), lay.rows, lay.rside, mb
+            else:
+                (tab, other_bias), local, sd, block = _w_table(ctx, f, lay, data), lay.cols, lay.cside, nb
+            own = sample_rows(f)[side]
+            F = jnp.concatenate([tab, jnp.ones((tab.shape[0], 1), dtype)], axis=1)
+            start = lax.axis_index(ctx.axis) * block
+            noise = _grid(seed, _NOISE + side, k + 1, block, "normal", dtype, start=start)
+            noise = jnp.concatenate([noise, jnp.zeros((k + 1, 1), dtype)], axis=1)  # and the padding segment
+            new, sse = _rows(local, sd, _ext(own), F, other_bias + f.offset, local.cols, alpha, mu, lam, mk, noise,
+                             local.shape[1], lapack=ctx.lapack)
+            real = start + jnp.arange(block, dtype=start.dtype) < ctx.shape[side]  # rows past (m, n) stay zero padding
+            new = jnp.where(real[:, None], new[:-1], 0)
+            if side == 0:
+                return f._replace(W=new[:, :k], row_bias=new[:, k]), sse
+            return f._replace(H=new[:, :k].T, col_bias=new[:, k]), sse
+
+        live = ((lay.rcount[:mb] > 0).astype(dtype), (lay.ccount[:nb] > 0).astype(dtype))
+        f, chain = gibbs_sweep(f, st.extra, side_rows, live, st.n_obs.astype(dtype), mk, cfg,
+                               total=functools.partial(psum, ctx=ctx))
+        return f, st._replace(extra=chain)
+
+    def loss(ctx, f, st, data):
+        return _objective_value(ctx, obj, f, st.lay, data, st.n_obs)
+
+    def export(ctx, f, st):
+        return st.extra
+
+    def export_specs(axis):
+        r, rows = P(), P(None, axis)
+        return BPMFState(None, r, r, r, r, r, r, r, r, rows, rows)
+
+    return Impl(init_state, step, loss, "bpmf", True, export, export_specs)
+
+
 # -- HALS ---------------------------------------------------------------------------------------------
 
 
@@ -546,8 +624,8 @@ def _factory_of(solver: Solver):
 def make_impl(solver: Solver, kind: str) -> Impl:
     """The sharded version of ``solver`` for "sparse" or "dense" data, or a ValueError saying what is supported."""
     supported = ("supported: jmf.solvers.als / ratings_als (sparse, or dense without biases), implicit_als "
-                 "(sparse), hals (dense or sparse), and full-batch gradient solvers with an elementwise Optax "
-                 "transform (adam, sgd, gradient(..., elementwise=True)) on sparse data with the Frobenius or "
+                 "(sparse), hals (dense or sparse), bpmf (sparse), and full-batch gradient solvers with an elementwise "
+                 "Optax transform (adam, sgd, gradient(..., elementwise=True)) on sparse data with the Frobenius or "
                  "ratings loss")
     factory = _factory_of(solver)
     kw = {} if factory is None else dict(solver.factory[1])
@@ -565,6 +643,10 @@ def make_impl(solver: Solver, kind: str) -> Impl:
         return _implicit_impl(kw)
     if factory is getattr(_hals_factory, "__wrapped__", None):
         return _hals_impl(kw)
+    if isinstance(solver.spec, GibbsSettings):
+        if kind != "sparse":
+            raise ValueError(f"bpmf takes sparse ratings (jmf.Sparse); {supported}")
+        return _bpmf_impl(solver.spec)
     spec = solver.spec
     if isinstance(spec, GradientSpec):
         if kind != "sparse":

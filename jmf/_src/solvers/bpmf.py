@@ -44,7 +44,7 @@ from ..factors import Factors
 from ..init import _GOLDEN, _grid, _mix32, _seed_words
 from ..losses.ratings import ratings_loss
 from ._blocked import SparseLayout, packed_rows, per_segment, sparse_layout
-from ._normal import UNROLLED_MAX, cholesky_loop, packed_spd_draw, triangular_solve_loop
+from ._normal import UNROLLED_MAX, cholesky_loop, packed_spd_draw, spd_draw, triangular_solve_loop
 from .base import Solver, cached_factory
 
 __all__ = ["bpmf", "BPMFState", "posterior_mean", "member_means"]
@@ -148,19 +148,25 @@ def _sample_wishart(seed, stream: int, V_inv, nu, dtype):
     return MA @ MA.T
 
 
-def _sample_hyper(seed, stream: int, X, live, mask, beta0, dtype):
+def _same(x):
+    return x
+
+
+def _sample_hyper(seed, stream: int, X, live, mask, beta0, dtype, total=_same):
     """Normal-Wishart posterior draw ``(mu, Lambda)`` given the rows ``X`` (S, D) with ``live`` (S,) 0/1.
 
     Prior ``mu_0 = 0``, ``W_0 = I``, ``nu_0 = D`` (Salakhutdinov & Mnih 2008, eq. 14).  Inactive
     columns (``mask`` 0) come out with unit precision and zero mean, uncoupled from the others.
-    Streams ``stream`` to ``stream + 4`` of ``seed``.
+    Streams ``stream`` to ``stream + 4`` of ``seed``.  ``total`` sums over the row blocks of a
+    sharded fit (``psum``; every device then draws the same values).
     """
     D = X.shape[1]
-    N = jnp.maximum(jnp.sum(live), 1)
     Xl = X * live[:, None]
-    xbar = jnp.sum(Xl, axis=0) / N
+    counts = total(jnp.concatenate([jnp.sum(Xl, axis=0), jnp.sum(live)[None]]))
+    N = jnp.maximum(counts[D], 1)
+    xbar = counts[:D] / N
     Xc = (X - xbar[None, :]) * live[:, None]
-    S = Xc.T @ Xc  # N * S_bar
+    S = total(Xc.T @ Xc)  # N * S_bar, centred first: float32 sums of squares would lose the spread
     bn = beta0 + N
     V_inv = jnp.eye(D, dtype=dtype) + S + (beta0 * N / bn) * jnp.outer(xbar, xbar)
     lam = _sample_wishart(seed, stream, V_inv, D + N, dtype)
@@ -191,7 +197,7 @@ def _sample(P, b, z):
     return lax.linalg.triangular_solve(L, y, left_side=True, lower=True, transpose_a=True)[..., 0]
 
 
-def _rows(data: Sparse, side, X, F, shift, other_idx, alpha, mu, lam, mask, noise, n_other):
+def _rows(data: Sparse, side, X, F, shift, other_idx, alpha, mu, lam, mask, noise, n_other, lapack: bool = True):
     """New rows ``(S, D)`` of one side and the weighted squared residual of the data at them.
 
     Gaussian draws (``noise`` (D, S) standard normal) or conditional means
@@ -199,7 +205,8 @@ def _rows(data: Sparse, side, X, F, shift, other_idx, alpha, mu, lam, mask, nois
     of every row come from one packed pass over the entries; all rows are
     then factored at once.  The residual ``sum_ij w_ij (t_ij - f_j . x_i)^2``
     follows from those sums, ``sum w t^2 - 2 x . R + x^T G x``, without
-    another pass.
+    another pass.  ``lapack=False`` keeps systems wider than ``UNROLLED_MAX`` off LAPACK too (a sharded
+    fit whose mesh holds several CPU devices of this process: their custom calls could block each other).
     """
     dtype = F.dtype
     p, D = F.shape
@@ -240,12 +247,63 @@ def _rows(data: Sparse, side, X, F, shift, other_idx, alpha, mu, lam, mask, nois
         x = packed_spd_draw(GRt[:Q], alpha, lam, bt, noise).T
     else:
         G = GR[:, full.reshape(-1)].reshape(S, D, D)
-        x = _sample(alpha * G + lam[None], alpha * R + (lam @ mu)[None], None if noise is None else noise.T)
+        draw = _sample if lapack else spd_draw
+        x = draw(alpha * G + lam[None], alpha * R + (lam @ mu)[None], None if noise is None else noise.T)
     x = x * mask[None, :]
     twice = np.where(iu == ju, 1, 2).astype(dtype)  # x^T G x from the triangle: off-diagonal entries count twice
     quad = jnp.sum(GR[:, :Q] * (x[:, iu] * x[:, ju]) * twice[None])
     sse = jnp.sum(GR[:, -1]) - 2 * jnp.sum(x * R) + quad
     return x, sse
+
+
+class GibbsSettings(NamedTuple):
+    """The sampler's constants (see :func:`bpmf`)."""
+
+    burn_in: int
+    thin: int
+    n_keep: int
+    beta0: float
+    a0: float
+    b0: float
+
+
+def sample_rows(f: Factors):
+    """``([U, b], [V, c])``: the sampled rows of both sides, each factor row with its bias."""
+    return (jnp.concatenate([f.W, f.row_bias[:, None]], axis=1),
+            jnp.concatenate([f.H.T, f.col_bias[:, None]], axis=1))
+
+
+def gibbs_sweep(f: Factors, st: BPMFState, side_rows, live, n_obs, mk, cfg: GibbsSettings, total=_same):
+    """One sweep of the sampler: hyperparameters, user rows, item rows, noise precision, sample buffers.
+
+    ``side_rows(f, side, seed, alpha, mu, lam) -> (f, sse)`` draws every row
+    of one side (0: users, 1: items) and returns the factors with them and
+    the weighted squared residual of its entries; ``live`` is ``(users,
+    items)`` 0/1 (rows with observations) and ``n_obs`` the observed
+    weight.  ``total`` sums over the blocks of a sharded fit; the single-device
+    solver and the sharded one (:mod:`jmf._src.sharded.solvers`) run this
+    same sweep.
+    """
+    dtype = f.W.dtype
+    # One seed per (chain, sweep) for every draw of the sweep (see _draws): the hash is also 10x cheaper
+    # to run than threefry for the (m + n) D normals of the rows, which were a sixth of a sweep's time.
+    seed = _mix32(_seed_words(st.key) ^ (st.sweeps.astype(jnp.uint32) * jnp.uint32(_GOLDEN)))
+    X, Y = sample_rows(f)
+    mu_u, lam_u = _sample_hyper(seed, _HYPER[0], X, live[0], mk, cfg.beta0, dtype, total)
+    mu_v, lam_v = _sample_hyper(seed, _HYPER[1], Y, live[1], mk, cfg.beta0, dtype, total)
+    f, _ = side_rows(f, 0, seed, st.alpha, mu_u, lam_u)
+    f, sse = side_rows(f, 1, seed, st.alpha, mu_v, lam_v)  # residuals of the new sample
+    sse = jnp.maximum(total(sse), 0)
+    alpha = _gamma(seed, _ALPHA, cfg.a0 + n_obs / 2, dtype) / (cfg.b0 + sse / 2)
+    sweeps = st.sweeps + 1
+    take = (sweeps > cfg.burn_in) & ((sweeps - cfg.burn_in) % cfg.thin == 0)
+    slot = st.kept % cfg.n_keep
+    X, Y = sample_rows(f)
+    W_buf = st.W_buf.at[slot].set(jnp.where(take, X, st.W_buf[slot]))
+    H_buf = st.H_buf.at[slot].set(jnp.where(take, Y, st.H_buf[slot]))
+    st = st._replace(alpha=alpha, mu_u=mu_u, lam_u=lam_u, mu_v=mu_v, lam_v=lam_v,
+                     sweeps=sweeps, kept=st.kept + take.astype(jnp.int32), W_buf=W_buf, H_buf=H_buf)
+    return f, st
 
 
 @cached_factory
@@ -285,7 +343,9 @@ def bpmf(burn_in: int = 20, thin: int = 1, n_keep: int = 32, beta0: float = 2.0,
     Notes
     -----
     Cost per sweep ``O(nnz (k+1)^2 + (m + n) (k+1)^3)`` plus one pass over
-    the entries for the residuals.  Rank-masked members keep their inactive
+    the entries for the residuals.  ``jmf.fit(..., mesh=jmf.sharding.model_mesh())``
+    runs the same chain with the rows split over devices; :func:`posterior_mean`
+    of that result is sharded like its factors.  Rank-masked members keep their inactive
     columns at zero (unit prior precision, no data, no noise there).
     """
     who = "bpmf"
@@ -296,16 +356,13 @@ def bpmf(burn_in: int = 20, thin: int = 1, n_keep: int = 32, beta0: float = 2.0,
     a0 = check_positive_float(a0, "a0", who)
     b0 = check_positive_float(b0, "b0", who)
     loss = ratings_loss(0.0, 0.0)
+    settings = GibbsSettings(burn_in, thin, n_keep, beta0, a0, b0)
 
     def _mask(f: Factors, mask):
         k = f.W.shape[1]
         dtype = f.W.dtype
         mk = jnp.ones((k,), dtype) if mask is None else mask.astype(dtype)
         return jnp.concatenate([mk, jnp.ones((1,), dtype)])
-
-    def _x(f: Factors):
-        return jnp.concatenate([f.W, f.row_bias[:, None]], axis=1), jnp.concatenate([f.H.T, f.col_bias[:, None]],
-                                                                                    axis=1)
 
     def init(f: Factors, data, key=None):
         dtype = f.W.dtype
@@ -319,7 +376,7 @@ def bpmf(burn_in: int = 20, thin: int = 1, n_keep: int = 32, beta0: float = 2.0,
                          jnp.zeros((n_keep, n, D), dtype))
 
     def _side(f, st: BPMFState, data, mk, side, seed, alpha, mu, lam, sample):
-        X, Y = _x(f)
+        X, Y = sample_rows(f)
         m, n = data.shape
         if side == 0:
             own, other, shift_b, lay, other_idx, n_other = X, Y, f.col_bias, st.layout.rows, data.cols, n
@@ -336,36 +393,20 @@ def bpmf(burn_in: int = 20, thin: int = 1, n_keep: int = 32, beta0: float = 2.0,
 
     def step(f: Factors, st: BPMFState, data, mask=None):
         dtype = f.W.dtype
+        live = ((st.layout.row_weight > 0).astype(dtype), (st.layout.col_weight > 0).astype(dtype))
+
+        def side_rows(f, side, seed, alpha, mu, lam):
+            return _side(f, st, data, mk, side, seed, alpha, mu, lam, True)
+
         mk = _mask(f, mask)
-        # One seed per (chain, sweep) for every draw of the sweep (see _draws): the hash is also 10x cheaper
-        # to run than threefry for the (m + n) D normals of the rows, which were a sixth of a sweep's time.
-        seed = _mix32(_seed_words(st.key) ^ (st.sweeps.astype(jnp.uint32) * jnp.uint32(_GOLDEN)))
-        X, Y = _x(f)
-        live_u = (st.layout.row_weight > 0).astype(dtype)
-        live_v = (st.layout.col_weight > 0).astype(dtype)
-        mu_u, lam_u = _sample_hyper(seed, _HYPER[0], X, live_u, mk, beta0, dtype)
-        mu_v, lam_v = _sample_hyper(seed, _HYPER[1], Y, live_v, mk, beta0, dtype)
-        f, _ = _side(f, st, data, mk, 0, seed, st.alpha, mu_u, lam_u, True)
-        f, sse = _side(f, st, data, mk, 1, seed, st.alpha, mu_v, lam_v, True)  # residuals of the new sample
-        n_obs = data.n_observed().astype(dtype)
-        sse = jnp.maximum(sse, 0)
-        alpha = _gamma(seed, _ALPHA, a0 + n_obs / 2, dtype) / (b0 + sse / 2)
-        sweeps = st.sweeps + 1
-        take = (sweeps > burn_in) & ((sweeps - burn_in) % thin == 0)
-        slot = st.kept % n_keep
-        X, Y = _x(f)
-        W_buf = st.W_buf.at[slot].set(jnp.where(take, X, st.W_buf[slot]))
-        H_buf = st.H_buf.at[slot].set(jnp.where(take, Y, st.H_buf[slot]))
-        st = st._replace(alpha=alpha, mu_u=mu_u, lam_u=lam_u, mu_v=mu_v, lam_v=lam_v,
-                         sweeps=sweeps, kept=st.kept + take.astype(jnp.int32), W_buf=W_buf, H_buf=H_buf)
-        return f, st
+        return gibbs_sweep(f, st, side_rows, live, data.n_observed().astype(dtype), mk, settings)
 
     def update_w(f: Factors, st: BPMFState, data, mask=None):
         mk = _mask(f, mask)
         return _side(f, st, data, mk, 0, None, st.alpha, st.mu_u, st.lam_u, False)[0], st
 
     return Solver(init=init, step=step, loss=loss, name="bpmf", biases=True, data_kinds=("sparse",),
-                  update_w=update_w)
+                  update_w=update_w, spec=settings)
 
 
 def member_means(factors: Factors, state: BPMFState) -> Factors:
