@@ -14,6 +14,7 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -129,6 +130,24 @@ def test_bpmf_chain_equals_one_device_and_keeps_its_samples(mesh, rank):
     assert mean.W.shape == (M, 4 * rank)  # the 4 kept samples side by side
 
 
+@pytest.mark.parametrize("exchange", ["all_to_all", "all_gather"])
+def test_svdpp_equals_one_device_and_keeps_p_and_y(mesh, exchange):
+    """Sharded SVD++: the objective (which reads P and Y from the state), factors, P and Y of one device."""
+    data = _entries()
+    solver = jmf.solvers.svdpp(optax.adam(0.05), l2=0.5, implicit_l2=1.0, elementwise=True)
+    kw = dict(key=3, max_iter=12, check_every=4, tol=1e-9, init="normal", progress=False)
+    one = jmf.fit(data, solver, K, **kw)
+    sh = jmf.fit(jmf.sharding.shard_sparse(data, mesh, exchange=exchange), solver, K, mesh=mesh, **kw)
+    _assert_split(sh, M, N, K, biases=True)
+    _assert_same(one, sh, data, (M, N))
+    assert sh.state.Y.sharding.spec == P("model")
+    for name, size in (("P", M), ("Y", N), ("norm", M)):
+        np.testing.assert_allclose(np.asarray(getattr(sh.state, name))[:size], getattr(one.state, name), rtol=1e-7,
+                                   atol=1e-12)
+    with pytest.raises(ValueError, match="elementwise=True"):
+        jmf.fit(data, jmf.solvers.svdpp(optax.adam(0.05)), K, mesh=mesh, progress=False)
+
+
 @pytest.mark.parametrize("solver", [jmf.solvers.als(0.1), jmf.solvers.hals(l1=0.05)], ids=["als", "hals"])
 def test_dense_fit_equals_one_device(mesh, solver):
     rng = np.random.default_rng(1)
@@ -209,7 +228,8 @@ def test_traffic_formula_matches_compiled_collectives(mesh):
     data = _entries(density=0.15)
     for exchange in ("all_to_all", "all_gather"):
         sharded = jmf.sharding.shard_sparse(data, mesh, exchange=exchange)
-        solvers = (jmf.solvers.ratings_als(0.2), jmf.solvers.bpmf()) + (
+        solvers = (jmf.solvers.ratings_als(0.2), jmf.solvers.bpmf(),
+                   jmf.solvers.svdpp(optax.adam(0.01), elementwise=True)) + (
             (jmf.solvers.implicit_als(),) if exchange == "all_to_all" else ())
         for solver in solvers:
             rep = measure(sharded, solver, K)
@@ -218,6 +238,8 @@ def test_traffic_formula_matches_compiled_collectives(mesh):
             ex_h, ex_w = sharded.h_exchange, sharded.w_exchange
             fetched = sum((ex.per_pair if exchange == "all_to_all" else ex.block) for ex in (ex_h, ex_w))
             expect = 3 * fetched * q * 8  # (P - 1) rows of q float64 per exchanged row slot, P = 4
+            if solver.name == "svdpp":  # and N^T G, Y: k numbers per row slot each way
+                expect += 3 * fetched * K * 8
             fetch_sent = sum(sent_bytes(c, 4) for c in rep["step"] if c.kind in ("all-to-all", "all-gather"))
             assert fetch_sent == expect
     dense = jmf.sharding.shard_dense(np.random.default_rng(0).random((M, N)), mesh)

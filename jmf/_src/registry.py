@@ -258,7 +258,7 @@ def _svdpp(optimizer="adam", learning_rate=0.01, l2=10.0, bias_l2=None, implicit
     check_choice(optimizer, "optimizer", ("adam", "sgd"), "svdpp")
     lr = _check_lr(learning_rate, "svdpp")
     return _optax_cached(svdpp, optimizer, lr, l2=l2, bias_l2=bias_l2, implicit_l2=implicit_l2, biases=biases,
-                         chunk_size=chunk_size)
+                         chunk_size=chunk_size, elementwise=True)
 
 
 @functools.lru_cache(maxsize=64)

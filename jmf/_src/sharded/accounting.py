@@ -10,6 +10,8 @@ sparse, all_to_all     ``(P - 1) T_h q b`` (columns of H) + ``(P - 1) T_w q b`` 
 sparse, all_gather     ``(P - 1) nb q b`` + ``(P - 1) mb q b``
 implicit ALS adds      two all-reduces of ``k x k`` (the Grams ``Y^T Y``)
 gradient adds          one all-reduce of a scalar (the offset's gradient, with biases)
+svdpp adds             a fetch of ``k`` numbers per row each way (``N^T G``, ``Y``) and the offset's
+                       scalar all-reduce
 bpmf adds              all-reduces of ``2 (q + 1) + 2 q^2 + 1`` numbers (both sides' Normal-Wishart
                        statistics, the residual; XLA may merge them)
 dense ALS / HALS       all_gather of H ``(P - 1) nb k b`` + reduce-scatter of ``W^T A``
@@ -116,11 +118,15 @@ def expected_collectives(data, solver_name: str, rank: int, biases: bool, what: 
     if what == "loss":
         if solver_name == "implicit-als":
             return [_fetch(data.h_exchange, k, b), kk, kk, scalar]
+        if solver_name == "svdpp":  # the penalty of P and Y, summed apart from the data term
+            return [h, scalar, scalar]
         return [h, scalar]
     if solver_name == "implicit-als":
         return [_fetch(data.h_exchange, k, b), kk, _fetch(data.w_exchange, k, b), kk]
     if solver_name == "gradient":
         return [h, w] + ([scalar] if biases else [])
+    if solver_name == "svdpp":  # N^T G to the own columns and Y to the own rows: k numbers a row each
+        return [h, w, _fetch(data.w_exchange, k, b), _fetch(data.h_exchange, k, b), scalar]
     if solver_name == "bpmf":  # each side's Normal-Wishart statistics (sum, count, scatter) and the residual
         return [h, w, Collective("all-reduce", (2 * (q + 1) + 2 * q * q + 1) * b)]
     return [h, w]

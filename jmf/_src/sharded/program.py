@@ -142,7 +142,7 @@ def _advance_local(impl: Impl, ctx: Ctx, cfg: RunConfig, data, carry: Carry, sto
     state0 = _unlead(carry.state)
     carry = carry._replace(state=state0)
     out = check_loop(cfg, carry, lambda f, s: impl.step(ctx, f, s, data),
-                     lambda f, s: impl.loss(ctx, f, state0, data), select, stop_at, tol, schedule)
+                     lambda f, s: impl.loss(ctx, f, s, data), select, stop_at, tol, schedule)
     return out._replace(state=_lead(out.state))
 
 

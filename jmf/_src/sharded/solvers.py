@@ -49,11 +49,13 @@ from ..solvers.als import _augment, _sparse_side
 from ..solvers.als import als as _als_factory
 from ..solvers.base import Solver
 from ..solvers.bpmf import _NOISE, BPMFState, GibbsSettings, _rows, gibbs_sweep, sample_rows
-from ..solvers.gradient import GradientSpec, gradient_update, nonnegative
+from ..solvers.gradient import GradientSpec, gradient_update, nonnegative, optax_update
 from ..solvers.hals import _cd_blocks, _cd_shared, _sparse_sweep
 from ..solvers.hals import hals as _hals_factory
 from ..solvers.implicit import implicit_als as _implicit_factory
 from ..solvers.nmf import _inner_sweeps, _nz
+from ..solvers.svdpp import SVDppParams, SVDppState
+from ..solvers.svdpp import svdpp as _svdpp_factory
 from .layout import Exchange
 from .linalg import spd_solver
 
@@ -559,6 +561,33 @@ def _hals_impl(kw: dict) -> Impl:
 # -- gradient solvers -----------------------------------------------------------------------------------
 
 
+def _side_residuals(X, xb, tab, tb, offset, local: Sparse, n_seg):
+    """``sum_e w (a - yhat) [y, 1]`` over each own segment: ``(grad rows (S, k), grad biases (S,), sum)``."""
+    seg, slot = local.rows, local.cols
+    Xe = _ext(X)
+    pred = jnp.sum(Xe[seg] * tab[slot], axis=1)
+    if xb is not None:
+        pred = pred + _ext(xb)[seg] + tb[slot] + offset
+    r = local.weights * (local.vals - pred)
+    g = jax.ops.segment_sum(r[:, None] * tab[slot], seg, num_segments=n_seg + 1, indices_are_sorted=True)
+    gb = jax.ops.segment_sum(r, seg, num_segments=n_seg + 1, indices_are_sorted=True)
+    return g[:n_seg], gb[:n_seg], jnp.sum(r)
+
+
+def _residual_sums(ctx: Ctx, f: Factors, lay: LocalLayout, data):
+    """The data term's residual sums of own rows ``(g, g_bias, sum)`` and own columns ``(g, g_bias)``.
+
+    ``-2 / N`` times them is the gradient of ``sum w (a - yhat)^2 / N`` (the
+    offset's from the rows' sum, to be summed over devices).
+    """
+    mb, nb = ctx.blocks
+    Ht, cb = _h_table(ctx, f, lay, data)
+    rows = _side_residuals(f.W, f.row_bias, Ht, cb, f.offset, lay.rows, mb)
+    Wt, rb = _w_table(ctx, f, lay, data)
+    gc, gc_b, _ = _side_residuals(f.H.T, f.col_bias, Wt, rb, f.offset, lay.cols, nb)
+    return rows, (gc, gc_b)
+
+
 def _gradient_impl(spec: GradientSpec, loss_obj, biases: bool) -> Impl:
     obj = _objective_of(loss_obj)
     optimizer, projection = spec.optimizer, spec.projection
@@ -569,26 +598,9 @@ def _gradient_impl(spec: GradientSpec, loss_obj, biases: bool) -> Impl:
             opt_state = optimizer.init(f)
         return st._replace(extra=opt_state)
 
-    def side_grad(ctx, X, xb, tab, tb, offset, local: Sparse, n_seg):
-        """``sum_e w (a - yhat) [y, 1]`` over each own segment: ``(grad rows (S, k), grad biases (S,), sum)``."""
-        seg, slot = local.rows, local.cols
-        Xe = _ext(X)
-        pred = jnp.sum(Xe[seg] * tab[slot], axis=1)
-        if xb is not None:
-            pred = pred + _ext(xb)[seg] + tb[slot] + offset
-        r = local.weights * (local.vals - pred)
-        g = jax.ops.segment_sum(r[:, None] * tab[slot], seg, num_segments=n_seg + 1, indices_are_sorted=True)
-        gb = jax.ops.segment_sum(r, seg, num_segments=n_seg + 1, indices_are_sorted=True)
-        return g[:n_seg], gb[:n_seg], jnp.sum(r)
-
     def grads(ctx, f: Factors, st: State, data) -> Factors:
-        mb, nb = ctx.blocks
-        lay = st.lay
-        Ht, cb = _h_table(ctx, f, lay, data)
-        gr, gr_b, total = side_grad(ctx, f.W, f.row_bias, Ht, cb, f.offset, lay.rows, mb)
-        Wt, rb = _w_table(ctx, f, lay, data)
-        gc, gc_b, _ = side_grad(ctx, f.H.T, f.col_bias, Wt, rb, f.offset, lay.cols, nb)
-        sr, sc = _scales(ctx, obj, lay, f.W.dtype)
+        (gr, gr_b, total), (gc, gc_b) = _residual_sums(ctx, f, st.lay, data)
+        sr, sc = _scales(ctx, obj, st.lay, f.W.dtype)
         inv = 1 / st.n_obs
         gW = (2 * obj.l2[0] * sr[:, None] * f.W - 2 * gr) * inv
         gH = (2 * obj.l2[1] * sc[None, :] * f.H - 2 * gc.T) * inv
@@ -613,6 +625,85 @@ def _gradient_impl(spec: GradientSpec, loss_obj, biases: bool) -> Impl:
     return Impl(init_state, step, loss, "gradient", False)
 
 
+# -- SVD++ ----------------------------------------------------------------------------------------------
+
+
+def _kept_sum(ctx: Ctx, X, send, ex: Exchange, local: Sparse, n_seg: int):
+    """``sum`` over each own segment's entries of positive weight of the other side's rows ``X``: (n_seg, k).
+
+    ``X`` (own block of the other side) is fetched like the factors (``send``, ``ex``).
+    """
+    tab = fetch(ctx, X, send, ex)
+    keep = (local.weights > 0).astype(X.dtype)
+    out = jax.ops.segment_sum(keep[:, None] * tab[local.cols], local.rows, num_segments=n_seg + 1,
+                              indices_are_sorted=True)
+    return out[:n_seg]
+
+
+def _svdpp_impl(kw: dict) -> Impl:
+    """:func:`jmf.solvers.svdpp` with ``P``, the rows of ``W``, own rows; ``H``, ``Y``, own columns.
+
+    The data gradient at the effective ``W = P + N Y`` is the gradient
+    solvers' (:func:`_residual_sums`); ``N^T G`` fetches the rows of
+    ``norm * G`` to the column layout and ``N Y`` the rows of ``Y`` to the row
+    layout: two more fetches of ``k`` numbers per row than a biased gradient
+    step.  The elementwise optimizer moves each device's parameters.  The
+    result's ``state`` holds ``P``, ``Y`` and ``norm``, sharded like the factors' rows.
+    """
+    optimizer = kw["optimizer"]
+    l2 = kw["l2"]
+    bias_l2 = l2 if kw["bias_l2"] is None else kw["bias_l2"]
+    implicit_l2 = l2 if kw["implicit_l2"] is None else kw["implicit_l2"]
+    obj = Objective((0.0, 0.0), (0.0, 0.0), bias_l2, False)  # the data term and the bias penalty
+
+    def init_state(ctx, f, data, key=None):
+        mb, nb = ctx.blocks
+        dtype = f.W.dtype
+        counts = jax.ops.segment_sum((data.r_w > 0).astype(dtype), data.r_seg, num_segments=mb + 1,
+                                     indices_are_sorted=True)[:mb]
+        norm = jnp.where(counts > 0, lax.rsqrt(jnp.maximum(counts, 1)), 0).astype(dtype)
+        Y = jnp.zeros((nb, f.W.shape[1]), dtype)
+        with jax.numpy_dtype_promotion("standard"):
+            opt_state = optimizer.init(SVDppParams(f.W, f.H, Y, f.row_bias, f.col_bias, f.offset))
+        return _base_init(ctx, f, data)._replace(extra=SVDppState(f.W, Y, norm, opt_state, None))
+
+    def implicit_rows(ctx, Y, norm, lay, data):  # N Y of own rows
+        mb = ctx.blocks[0]
+        return norm[:, None] * _kept_sum(ctx, Y, data.h_send, ctx.h_exchange, lay.rows, mb)
+
+    def step(ctx, f, st, data):
+        lay, sv = st.lay, st.extra
+        nb = ctx.blocks[1]
+        inv = 1 / st.n_obs
+        (gr, gr_b, total), (gc, gc_b) = _residual_sums(ctx, f, lay, data)
+        gW = -2 * gr * inv  # the data term's gradient at the effective W
+        gY = _kept_sum(ctx, sv.norm[:, None] * gW, data.w_send, ctx.w_exchange, lay.cols, nb)
+        grads = SVDppParams(gW + 2 * l2 * inv * sv.P, (2 * l2 * f.H - 2 * gc.T) * inv,
+                            gY + 2 * implicit_l2 * inv * sv.Y,
+                            None if f.row_bias is None else (2 * bias_l2 * f.row_bias - 2 * gr_b) * inv,
+                            None if f.col_bias is None else (2 * bias_l2 * f.col_bias - 2 * gc_b) * inv,
+                            None if f.offset is None else -2 * psum(total, ctx) * inv)
+        params = SVDppParams(sv.P, f.H, sv.Y, f.row_bias, f.col_bias, f.offset)
+        updates, opt_state = optax_update(optimizer, grads, sv.opt_state, params)
+        new = optax.apply_updates(params, updates)
+        W = new.P + implicit_rows(ctx, new.Y, sv.norm, lay, data)
+        f = Factors(W, new.H, new.row_bias, new.col_bias, new.offset)
+        return f, st._replace(extra=SVDppState(new.P, new.Y, sv.norm, opt_state, None))
+
+    def loss(ctx, f, st, data):
+        sv = st.extra
+        factors = l2 * (jnp.sum(sv.P * sv.P) + jnp.sum(f.H * f.H)) + implicit_l2 * jnp.sum(sv.Y * sv.Y)
+        return _objective_value(ctx, obj, f, st.lay, data, st.n_obs) + psum(factors, ctx) / st.n_obs
+
+    def export(ctx, f, st):
+        return st.extra._replace(opt_state=None)
+
+    def export_specs(axis):
+        return SVDppState(P(axis), P(axis), P(axis), None, None)
+
+    return Impl(init_state, step, loss, "svdpp", False, export, export_specs)
+
+
 # -- which solver -------------------------------------------------------------------------------------
 
 
@@ -624,9 +715,9 @@ def _factory_of(solver: Solver):
 def make_impl(solver: Solver, kind: str) -> Impl:
     """The sharded version of ``solver`` for "sparse" or "dense" data, or a ValueError saying what is supported."""
     supported = ("supported: jmf.solvers.als / ratings_als (sparse, or dense without biases), implicit_als "
-                 "(sparse), hals (dense or sparse), bpmf (sparse), and full-batch gradient solvers with an elementwise "
-                 "Optax transform (adam, sgd, gradient(..., elementwise=True)) on sparse data with the Frobenius or "
-                 "ratings loss")
+                 "(sparse), hals (dense or sparse), bpmf and svdpp (sparse), and full-batch gradient solvers with an "
+                 "elementwise Optax transform (adam, sgd, gradient(..., elementwise=True)) on sparse data with the "
+                 "Frobenius or ratings loss")
     factory = _factory_of(solver)
     kw = {} if factory is None else dict(solver.factory[1])
     if factory is getattr(_als_factory, "__wrapped__", None):
@@ -643,6 +734,13 @@ def make_impl(solver: Solver, kind: str) -> Impl:
         return _implicit_impl(kw)
     if factory is getattr(_hals_factory, "__wrapped__", None):
         return _hals_impl(kw)
+    if factory is getattr(_svdpp_factory, "__wrapped__", None):
+        if kind != "sparse":
+            raise ValueError(f"svdpp takes sparse ratings (jmf.Sparse); {supported}")
+        if not kw.get("elementwise", False):
+            raise ValueError("a sharded svdpp fit needs an elementwise Optax transform (each device updates its own "
+                             "rows): declare it with jmf.solvers.svdpp(optax.adam(...), elementwise=True)")
+        return _svdpp_impl(kw)
     if isinstance(solver.spec, GibbsSettings):
         if kind != "sparse":
             raise ValueError(f"bpmf takes sparse ratings (jmf.Sparse); {supported}")

@@ -126,7 +126,7 @@ def implicit_factors(state: SVDppState, data: Sparse):
 
 @cached_factory(searchable=("l2", "bias_l2", "implicit_l2"))
 def svdpp(optimizer, l2: float = 10.0, bias_l2: Optional[float] = None, implicit_l2: Optional[float] = 40.0,
-          biases: bool = True, chunk_size: int = 1 << 16, name: str = "svdpp") -> Solver:
+          biases: bool = True, chunk_size: int = 1 << 16, name: str = "svdpp", elementwise: bool = False) -> Solver:
     """Full-batch SVD++ (Koren 2008) on sparse ratings with any Optax transformation.
 
     See the module docstring for the model, the objective and the representation: the factors
@@ -153,6 +153,11 @@ def svdpp(optimizer, l2: float = 10.0, bias_l2: Optional[float] = None, implicit
     chunk_size : int, default 65536
         Entries per chunk when the objective is evaluated.
     name : str
+    elementwise : bool, default False
+        Declares that ``optimizer`` treats every parameter entry on its own
+        (``optax.adam``, ``optax.sgd``; not global-norm clipping): a fit
+        sharded over devices (``jmf.fit(..., mesh=...)``) needs it, since each
+        device updates its own rows.
 
     Returns
     -------
@@ -174,7 +179,9 @@ def svdpp(optimizer, l2: float = 10.0, bias_l2: Optional[float] = None, implicit
     the default ratings model (:func:`jmf.cf.fit_ratings`) stayed ahead (BENCHMARKS.md).
 
     Rank-masked members (:func:`jmf.fit_many` over ranks) keep the inactive columns of ``P``,
-    ``Y`` (hence ``W``) and rows of ``H`` exactly zero.
+    ``Y`` (hence ``W``) and rows of ``H`` exactly zero.  With ``elementwise=True``,
+    ``jmf.fit(..., mesh=jmf.sharding.model_mesh())`` fits one matrix sharded over devices
+    (``P``, ``Y`` in the result's state, split like the rows of ``W`` and ``H``).
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"svdpp: name must be a non-empty string, got {name!r}")
@@ -187,6 +194,7 @@ def svdpp(optimizer, l2: float = 10.0, bias_l2: Optional[float] = None, implicit
     implicit_l2 = l2 if implicit_l2 is None else check_nonneg_float(implicit_l2, "implicit_l2", who)
     biases = check_bool(biases, "biases", who)
     chunk_size = check_int(chunk_size, "chunk_size", who)
+    check_bool(elementwise, "elementwise", who)
     # The data term and the bias penalty are those of the biased model at the effective factors;
     # the factor penalties are on P and Y, which only the state holds.
     data_term = ratings_loss(0.0, bias_l2, False, chunk_size)
