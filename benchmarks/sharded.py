@@ -45,6 +45,7 @@ sys.path.insert(0, HERE)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 from _common import machine_info, median_time, table  # noqa: E402
 
 import jmf  # noqa: E402
@@ -98,6 +99,8 @@ def part_sharded(quick: bool) -> None:
         "als biases exact (XLA Cholesky)": jmf.solvers.als(0.1, biases=True),
         "implicit_als (CG)": jmf.solvers.implicit_als(),
         "adam (ratings loss)": jmf.solvers.adam(1e-2, loss=jmf.losses.ratings_loss(0.1), biases=True),
+        "svdpp (adam)": jmf.solvers.svdpp(optax.adam(1e-2), elementwise=True),
+        "bpmf (Gibbs)": jmf.solvers.bpmf(burn_in=2, n_keep=4),
     }
     rows, mem_rows = [], []
     sweeps = 5
