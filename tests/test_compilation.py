@@ -481,3 +481,35 @@ def test_the_tracing_context_is_part_of_a_programs_description():
     with jax.numpy_dtype_promotion("standard"):
         standard = compilation._tracing_context()
     assert len({base, in_mesh, standard}) == 3
+
+
+def test_the_user_path_around_a_fit_compiles_one_program_per_call(rng):
+    """Building data, splitting it and asking for predictions, lists, neighbours, metrics and a fold-in.
+
+    Each compiles at most the one program that does its work: no per-shape copies of host arrays
+    (``jnp.asarray``), dtype conversions, eager gathers or eager random permutations (a split compiled
+    22 programs, a ranking evaluation 4).  The sizes are unusual so nothing is cached in this process.
+    """
+    m, n, nnz = 53, 41, 911
+    flat = rng.choice(m * n, nnz, replace=False)
+    with compilations() as log:
+        data = jmf.Sparse(flat // n, flat % n, rng.integers(1, 6, nnz).astype(np.float64), (m, n))
+        jmf.Dense(rng.random((m, 7)))
+    assert log.count == 0
+    with compilations() as log:
+        train, test = jmf.model_selection.train_test_split(data, 0.25, key=0)
+    assert log.count <= 1
+    res = jmf.fit(train, jmf.solvers.ratings_als(l2=0.1), rank=3, key=0, max_iter=3, progress=False)
+    f = res.factors
+    calls = {
+        "predict": lambda: jmf.cf.predict(f, np.asarray(test.rows), np.asarray(test.cols)),
+        "recommend": lambda: jmf.cf.recommend(f, [0, 1, 2], n=5, seen=train),
+        "similar_items": lambda: jmf.cf.similar_items(f, [0, 3], n=4),
+        "ranking_metrics": lambda: jmf.metrics.ranking_metrics(f, test, k=5, train=train),
+        "fold_in": lambda: jmf.cf.fold_in(f, jmf.solvers.ratings_als(l2=0.1),
+                                          jmf.Sparse([0, 0], [1, 2], [4.0, 3.0], (1, n))),
+    }
+    for name, call in calls.items():
+        with compilations() as log:
+            call()
+        assert log.count <= 1, (name, log.count)

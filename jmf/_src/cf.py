@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .data import Sparse, _rebuild
+from .data.checks import device_array
 from .factors import Factors, predict_entries
 
 __all__ = ["predict", "recommend", "padded_user_entries", "similar_items", "similar_users", "fold_in"]
@@ -40,8 +41,8 @@ def predict(factors: Factors, rows, cols, clip: Optional[tuple] = None) -> jax.A
         ``offset + row_bias[i] + col_bias[j] + W[i] . H[:, j]`` with every
         term involving an unknown index dropped.  O(p k), no m x n array.
     """
-    rows = jnp.asarray(rows)
-    cols = jnp.asarray(cols)
+    rows = device_array(rows)
+    cols = device_array(cols)
     if rows.shape != cols.shape or rows.ndim != 1:
         raise ValueError(f"rows and cols must be 1-D of the same length, got {rows.shape} and {cols.shape}")
     return _predict(factors, rows.astype(jnp.int32), cols.astype(jnp.int32), clip)
@@ -174,7 +175,7 @@ def recommend(factors: Factors, users, n: int = 10, exclude_seen: bool = True, s
         loc, cols, _ = padded_user_entries(seen, users_pad, B)
     else:
         loc, cols = np.full((nb, 1), B, np.int32), np.zeros((nb, 1), np.int32)
-    items, scores = _topn(factors, jnp.asarray(users_pad), jnp.asarray(loc), jnp.asarray(cols), int(n), B)
+    items, scores = _topn(factors, device_array(users_pad), device_array(loc), device_array(cols), int(n), B)
     return items[: users.size], scores[: users.size]
 
 
@@ -223,7 +224,7 @@ def _similar_checked(V, ids, n, batch_size, what: str):
     B = int(min(_next_pow2(batch_size), _next_pow2(ids.size, 8)))
     padded = np.zeros(-(-_next_pow2(ids.size, 8) // B) * B, np.int32)
     padded[: ids.size] = ids
-    idx, scores = _similar(V, jnp.asarray(padded), int(n), B, columns)
+    idx, scores = _similar(V, device_array(padded), int(n), B, columns)
     return np.asarray(idx)[: ids.size], np.asarray(scores)[: ids.size]
 
 
@@ -386,7 +387,8 @@ def fold_in(factors: Factors, solver, entries, *, state=None) -> Factors:
             raise ValueError(f"entries must be a single jmf.Sparse of shape (U, {n_items}) with absent='missing', "
                              f"got shape {entries.shape}")
         rows, cols = np.asarray(entries.rows), np.asarray(entries.cols)
-        vals, w = np.asarray(entries.vals), np.asarray(entries.effective_weights())
+        vals = np.asarray(entries.vals)
+        w = np.ones(vals.shape, vals.dtype) if entries.weights is None else np.asarray(entries.weights)
         U = entries.shape[0]
     else:
         try:
@@ -421,11 +423,11 @@ def fold_in(factors: Factors, solver, entries, *, state=None) -> Factors:
     cols_p = np.concatenate([cols, np.full(pad, n_items - 1)]).astype(np.int32)
     vals_p = np.concatenate([vals, np.zeros(pad)]).astype(dtype)
     w_p = np.concatenate([w, np.zeros(pad)]).astype(dtype)
-    data = _rebuild(Sparse, tuple(jnp.asarray(x) for x in (rows_p, cols_p, vals_p, w_p)), (U_pad, n_items))
-    f0 = Factors(jnp.zeros((U_pad, k), dtype), jnp.asarray(factors.H))
+    data = _rebuild(Sparse, tuple(device_array(x) for x in (rows_p, cols_p, vals_p, w_p)), (U_pad, n_items))
+    f0 = Factors(device_array(np.zeros((U_pad, k), dtype)), device_array(factors.H))
     if exact.biases:
-        f0 = f0._replace(row_bias=jnp.zeros((U_pad,), dtype), col_bias=jnp.asarray(factors.col_bias),
-                         offset=jnp.asarray(factors.offset))
+        f0 = f0._replace(row_bias=device_array(np.zeros((U_pad,), dtype)), col_bias=device_array(factors.col_bias),
+                         offset=device_array(factors.offset))
     out = _fold(exact, f0, data)
     W = np.asarray(out.W)[:U]  # host-side slices: no program per U
     out = out._replace(W=W if implicit is None else (W + implicit).astype(W.dtype), H=factors.H)

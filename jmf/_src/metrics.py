@@ -32,6 +32,7 @@ import numpy as np
 
 from .cf import padded_user_entries, predict
 from .data import Sparse
+from .data.checks import device_array
 from .factors import Factors
 
 __all__ = ["rmse", "mae", "rating_metrics", "ranking_metrics", "precision_at_k", "recall_at_k", "ndcg_at_k",
@@ -195,8 +196,8 @@ def ranking_metrics(factors: Factors, test: Sparse, k: int = 10, train: Optional
     else:
         seen_loc, seen_cols = np.full((nb, 1), B, np.int32), np.zeros((nb, 1), np.int32)
     up = np.where(users_pad >= 0, users_pad, 0).astype(np.int32)
-    res = _rank_eval(factors, jnp.asarray(up), jnp.asarray(seen_loc), jnp.asarray(seen_cols),
-                     jnp.asarray(rel_loc), jnp.asarray(rel_cols), int(k), B)
+    res = _rank_eval(factors, device_array(up), device_array(seen_loc), device_array(seen_cols),
+                     device_array(rel_loc), device_array(rel_cols), int(k), B)
     hits, dcg, ap, rr, auc_num, n_neg = (np.asarray(x, np.float64)[: users.size] for x in res)
     n_rel = n_rel[: users.size].astype(np.float64)
     disc = 1.0 / np.log2(np.arange(k) + 2)

@@ -41,9 +41,14 @@ def subset(data: Sparse, index) -> Sparse:
     index = np.sort(index.astype(np.int64))
     if index.size == 0:
         raise ValueError("the subset is empty")
-    idx = jnp.asarray(index, dtype=jnp.int32)
-    w = None if data.weights is None else data.weights[idx]
-    return _rebuild(Sparse, (data.rows[idx], data.cols[idx], data.vals[idx], w), data.shape)
+    # on the host, like fold_stack: gathers on the device compiled a program per leaf and size
+    leaves = (data.rows, data.cols, data.vals) + (() if data.weights is None else (data.weights,))
+    taken = [jax.device_put(np.asarray(x)[index]) for x in leaves]
+    return _rebuild(Sparse, tuple(taken) + ((None,) if data.weights is None else ()), data.shape)
+
+
+# The permutation of the key-seeded splits as one program (eagerly, jax.random.permutation compiled five).
+_key_permutation = jax.jit(jax.random.permutation, static_argnums=1)
 
 
 def holdout_mask(n_entries: int, fraction: float, rng: np.random.Generator, weights=None) -> np.ndarray:
@@ -88,7 +93,7 @@ def train_test_split(data: Sparse, test_size: float = 0.2, key=0):
         raise TypeError(f"test_size must be a float fraction or an int count, got {test_size!r}")
     if not 1 <= n_test < nnz:
         raise ValueError(f"test_size gives {n_test} test entries out of {nnz}; need between 1 and nnz - 1")
-    perm = np.asarray(jax.random.permutation(as_key(key), nnz))
+    perm = np.asarray(_key_permutation(as_key(key), nnz))
     return subset(data, perm[n_test:]), subset(data, perm[:n_test])
 
 
@@ -131,7 +136,7 @@ def kfold(data: Sparse, n_splits: int = 5, key=0) -> Iterator:
     _check(data)
     if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or not 2 <= n_splits <= data.nnz:
         raise ValueError(f"n_splits must be an int in [2, nnz={data.nnz}], got {n_splits!r}")
-    perm = np.asarray(jax.random.permutation(as_key(key), data.nnz))
+    perm = np.asarray(_key_permutation(as_key(key), data.nnz))
     folds = np.array_split(perm, n_splits)
 
     def gen():

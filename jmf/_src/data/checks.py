@@ -31,6 +31,18 @@ def _check_not_half(dtype, name: str) -> None:
                         "use float32 or float64")
 
 
+def device_array(x, dtype=None):
+    """``x`` as a JAX array; host data is converted (and cast) with NumPy and copied by ``device_put``.
+
+    ``jnp.asarray`` of host data compiles a small program per shape and dtype (a copy, a conversion),
+    which every call of the functions taking user ids, padded batches or new users paid.  A JAX array
+    is returned as it is (cast if ``dtype`` differs).
+    """
+    if isinstance(x, jax.Array):
+        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+    return jax.device_put(np.asarray(x) if dtype is None else np.asarray(x, dtype=dtype))
+
+
 def _float_dtype(dtype) -> np.dtype:
     """Floating dtype used to store values of ``dtype`` (ints/bools become the default float)."""
     dtype = np.dtype(dtype)
@@ -120,7 +132,7 @@ def _as_float_array(x, name: str, *, dtype=None):
     target = _float_dtype(arr.dtype) if dtype is None else np.dtype(dtype)
     if dtype is None:
         _check_cast(arr, target, name)
-    return jnp.asarray(arr, dtype=target)
+    return device_array(arr, target)
 
 
 def _check_finite(arr, name: str, what: str = "NaN or inf") -> None:

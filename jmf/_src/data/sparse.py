@@ -16,6 +16,7 @@ from .checks import (
     _float_dtype,
     _is_tracer,
     check_scale,
+    device_array,
 )
 
 _DUPLICATE_POLICIES = ("error", "sum", "mean", "last")
@@ -116,10 +117,10 @@ class Sparse:
         fdt = _float_dtype(v.dtype)
         _check_cast(v, fdt, "vals")
         check_scale(v if w is None else v[w > 0], fdt, "vals")
-        self.rows = jnp.asarray(r, dtype=jnp.int32)
-        self.cols = jnp.asarray(c, dtype=jnp.int32)
-        self.vals = jnp.asarray(v, dtype=fdt)
-        self.weights = None if w is None else jnp.asarray(w, dtype=fdt)
+        self.rows = device_array(r, np.int32)
+        self.cols = device_array(c, np.int32)
+        self.vals = device_array(v, fdt)
+        self.weights = None if w is None else device_array(w, fdt)
         self.shape = shape
 
     # -- alternative constructors -------------------------------------------------
