@@ -495,6 +495,8 @@ def test_the_user_path_around_a_fit_compiles_one_program_per_call(rng):
     with compilations() as log:
         data = jmf.Sparse(flat // n, flat % n, rng.integers(1, 6, nnz).astype(np.float64), (m, n))
         jmf.Dense(rng.random((m, 7)))
+        batch = jmf.stack([data, jmf.model_selection.subset(data, np.arange(0, nnz, 2))])
+        jmf.stack([jmf.Dense(rng.random((m, 5))), jmf.Dense(rng.random((m, 5)), weights=np.ones((m, 5)))])
     assert log.count == 0
     with compilations() as log:
         train, test = jmf.model_selection.train_test_split(data, 0.25, key=0)
@@ -513,3 +515,15 @@ def test_the_user_path_around_a_fit_compiles_one_program_per_call(rng):
         with compilations() as log:
             call()
         assert log.count <= 1, (name, log.count)
+    # members split over CPU devices: placed from the host, no slicing program per leaf shape
+    import jax
+
+    mesh = jmf.sharding.batch_mesh(jax.devices()[:2])
+    with compilations() as log:
+        jmf.fit_many(batch, jmf.solvers.ratings_als(l2=0.1), rank=2, key=0, max_iter=2, mesh=mesh, progress=False)
+    assert log.count == 2  # start and advance
+    # a list of mixed shapes: per bucket its two programs and one that splits the members out
+    mats = [np.abs(rng.standard_normal((m - i, 9 + i))) for i in range(3)]
+    with compilations() as log:
+        jmf.fit_many(mats, jmf.solvers.hals(), rank=2, key=0, max_iter=2, progress=False)
+    assert log.count <= 3 * 3

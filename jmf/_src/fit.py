@@ -11,6 +11,7 @@ iterations.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -443,16 +444,36 @@ def _fit_list(items: Sequence, solver, max_buckets: int = 8, **kwargs) -> list:
         members = [i for i, s in enumerate(padded) if s == shape]
         bucket = _stack_bucket([datas[i] for i in members], shape)
         res = fit_many(bucket, solver, **kwargs)
-        for b, i in enumerate(members):
-            m, n = datas[i].shape
-            sub = jax.tree_util.tree_map(lambda x: x[b], res.result._replace(iterations=None))
-            f = sub.factors
-            f = f._replace(
-                W=f.W[..., :m, :],
-                H=f.H[..., :, :n],
-                row_bias=None if f.row_bias is None else f.row_bias[..., :m],
-                col_bias=None if f.col_bias is None else f.col_bias[..., :n],
-            )
-            sub = sub._replace(factors=f, iterations=res.result.iterations)
+        subs = _members_of_bucket(res.result._replace(iterations=None), tuple(datas[i].shape for i in members))
+        for sub, i in zip(subs, members):
+            sub = sub._replace(iterations=res.result.iterations)
             results[i] = FitManyResult(sub, tuple(a for a in res.axes if a != "matrix"), res.ranks, res.params)
     return results
+
+
+def _members_of_bucket(result: FitResult, shapes: tuple) -> list:
+    """Every member of a bucket's result, its factors trimmed to its own ``shapes[b]``.
+
+    The device arrays are split by ONE program per bucket (indexing and slicing them eagerly compiled a
+    program per leaf shape and member); host arrays (the loss history) are split on the host.
+    """
+    leaves, tree = jax.tree_util.tree_flatten(result._replace(factors=None))
+    on_device = [isinstance(x, jax.Array) for x in leaves]
+    factors, others = _split_bucket(result.factors, [x for x, d in zip(leaves, on_device) if d], shapes)
+    out = []
+    for f, rest in zip(factors, others):
+        it = iter(rest)
+        sub = jax.tree_util.tree_unflatten(tree, [next(it) if d else x[len(out)] for x, d in zip(leaves, on_device)])
+        out.append(sub._replace(factors=f))
+    return out
+
+
+@partial(jax.jit, static_argnames=("shapes",))
+def _split_bucket(factors: Factors, leaves: list, shapes: tuple):
+    own = []
+    for b, (m, n) in enumerate(shapes):
+        f = jax.tree_util.tree_map(lambda x: x[b], factors)
+        own.append(f._replace(W=f.W[..., :m, :], H=f.H[..., :, :n],
+                              row_bias=None if f.row_bias is None else f.row_bias[..., :m],
+                              col_bias=None if f.col_bias is None else f.col_bias[..., :n]))
+    return own, [[x[b] for x in leaves] for b in range(len(shapes))]

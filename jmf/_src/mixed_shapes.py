@@ -10,8 +10,11 @@ import math
 from typing import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 from .data import Dense, Sparse, _rebuild, pad_entries
+from .data.checks import device_array
+from .data.construct import host_entries
 
 
 def _bucket_shapes(shapes: Sequence[tuple[int, int]], max_buckets: int) -> list[tuple[int, int]]:
@@ -34,28 +37,31 @@ def _bucket_shapes(shapes: Sequence[tuple[int, int]], max_buckets: int) -> list[
     return [big] * len(shapes)
 
 
-def _pad_dense(d: Dense, shape, weighted: bool) -> tuple:
+def _pad_dense(d: Dense, shape, weighted: bool, dtype) -> tuple:
+    """``(A, weights or None)`` of ``d`` padded to ``shape`` on the host (NumPy)."""
     m, n = d.shape
     M, N = shape
-    A = jnp.pad(d.A, ((0, M - m), (0, N - n)))
+    A = np.pad(np.asarray(d.A, dtype), ((0, M - m), (0, N - n)))
     if not weighted:
         return A, None
-    w = jnp.ones(d.shape, d.dtype) if d.weights is None else d.weights
-    return A, jnp.pad(w, ((0, M - m), (0, N - n)))
+    w = np.ones(d.shape, dtype) if d.weights is None else np.asarray(d.weights, dtype)
+    return A, np.pad(w, ((0, M - m), (0, N - n)))
 
 
 def _stack_bucket(items: list, shape) -> "Dense | Sparse":
-    """One batch of a common padded ``shape``: padding rows and columns are unobserved (weight 0)."""
+    """One batch of a common padded ``shape``: padding rows and columns are unobserved (weight 0).
+
+    Built on the host, like :func:`jmf.stack`: eager JAX padding compiled programs per member shape.
+    """
     dtype = jnp.result_type(*[x.dtype for x in items])
     if isinstance(items[0], Dense):
         weighted = any(x.weights is not None or x.shape != tuple(shape) for x in items)
-        padded = [_pad_dense(x, shape, weighted) for x in items]
-        A = jnp.stack([a.astype(dtype) for a, _ in padded])
-        W = jnp.stack([w.astype(dtype) for _, w in padded]) if weighted else None
+        padded = [_pad_dense(x, shape, weighted, dtype) for x in items]
+        A = device_array(np.stack([a for a, _ in padded]))
+        W = device_array(np.stack([w for _, w in padded])) if weighted else None
         return _rebuild(Dense, (A, W))
     nnz = max(x.nnz for x in items)
-    cols = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz, shape[0] - 1)
-            for x in items]
-    leaves = tuple(jnp.stack(c) for c in zip(*cols))
+    cols = [pad_entries(*host_entries(x, dtype), nnz, shape[0] - 1) for x in items]
+    leaves = tuple(device_array(np.stack(c)) for c in zip(*cols))
     return _rebuild(Sparse, leaves, tuple(shape))
 

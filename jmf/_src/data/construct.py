@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
+from .checks import device_array
 from .dense import Dense, _dense_from_leaves
 from .sparse import Sparse, _sparse_from_leaves
 
@@ -28,8 +30,17 @@ def pad_entries(rows, cols, vals, weights, nnz: int, last_row: int = 0) -> tuple
     ``effective_weights()``): the padding needs them.
     """
     pad = nnz - rows.shape[-1]
-    return (jnp.pad(rows, (0, pad), constant_values=last_row),) + tuple(
-        jnp.pad(x, (0, pad)) for x in (cols, vals, weights))
+    # NumPy arrays are padded on the host (an eager jnp.pad compiles a program per length); others in JAX.
+    xp = np if all(isinstance(x, np.ndarray) for x in (rows, cols, vals, weights)) else jnp
+    return (xp.pad(rows, (0, pad), constant_values=last_row),) + tuple(
+        xp.pad(x, (0, pad)) for x in (cols, vals, weights))
+
+
+def host_entries(x: Sparse, dtype) -> tuple:
+    """``(rows, cols, vals, weights)`` of one matrix as NumPy, values and weights (ones if none) in ``dtype``."""
+    vals = np.asarray(x.vals, dtype)
+    weights = np.ones(vals.shape, dtype) if x.weights is None else np.asarray(x.weights, dtype)
+    return np.asarray(x.rows), np.asarray(x.cols), vals, weights
 
 
 def as_data(x, *, name: str = "data") -> "Dense | Sparse":
@@ -71,10 +82,12 @@ def stack(items: Sequence["Dense | Sparse"]) -> "Dense | Sparse":
     if any(x.batch_shape for x in items):
         raise ValueError("items must be single (unbatched) matrices")
     dtype = jnp.result_type(*[x.dtype for x in items])
+    # Stacked on the host: eager jnp.stack / pad / astype compiled a few programs per shape.
     if isinstance(items[0], Dense):
-        A = jnp.stack([x.A.astype(dtype) for x in items])
+        A = device_array(np.stack([np.asarray(x.A, dtype) for x in items]))
         if any(x.weights is not None for x in items):
-            W = jnp.stack([jnp.ones(x.shape, dtype) if x.weights is None else x.weights.astype(dtype) for x in items])
+            W = device_array(np.stack([np.ones(x.shape, dtype) if x.weights is None else np.asarray(x.weights, dtype)
+                                       for x in items]))
         else:
             W = None
         return _rebuild(Dense, (A, W))
@@ -84,9 +97,8 @@ def stack(items: Sequence["Dense | Sparse"]) -> "Dense | Sparse":
                          f"(absent={sorted(absent)})")
     nnz = max(x.nnz for x in items)
     last_row = items[0].shape[0] - 1
-    padded = [pad_entries(x.rows, x.cols, x.vals.astype(dtype), x.effective_weights().astype(dtype), nnz, last_row)
-              for x in items]
-    leaves = tuple(jnp.stack(col) for col in zip(*padded))
+    padded = [pad_entries(*host_entries(x, dtype), nnz, last_row) for x in items]
+    leaves = tuple(device_array(np.stack(col)) for col in zip(*padded))
     any_weighted = any(x.weights is not None for x in items) or any(x.nnz != nnz for x in items)
     if not any_weighted:
         leaves = leaves[:3] + (None,)

@@ -117,11 +117,16 @@ def make_dataset(spec: Mapping) -> PreparedData:
     return _make_dataset(spec)
 
 
+@jax.jit
+def _dataset_keys(seed):
+    """The generator's, the missing mask's and the holdout's keys of ``seed``: one program (eagerly, four)."""
+    return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
 def _make_dataset(spec: Mapping, svd: bool = True) -> PreparedData:
     config = _dataset_config(spec)
     seed = int(config.get("seed", 0))
-    key = jax.random.key(seed)
-    k_gen, k_missing, k_holdout = jax.random.split(key, 3)
+    k_gen, k_missing, k_holdout = _dataset_keys(seed)
     dtype = np.float64 if config.get("dtype") == "float64" and jax.config.jax_enable_x64 else np.float32
     if "data" in spec:
         raw, info = spec["data"], {}

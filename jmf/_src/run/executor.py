@@ -43,7 +43,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..compilation import compilations, stored_fact, stored_program
@@ -664,11 +664,33 @@ def _host_view(job: Job, plan: Plan, args: Args, carry: Carry, field: str, n_rea
     return x[:n_real] if job.axes else x
 
 
+def _placed(job: Job, plan: Plan, args: Args) -> Args:
+    """``args`` split over the plan's CPU devices as the programs take them, from host memory.
+
+    Given arrays on one device, JAX splits them with a compiled slicing program per shape and dtype
+    (which a warm process loads again); ``device_put`` of host memory splits without compiling.
+    Typed PRNG keys and arrays already laid out right are left as they are.
+    """
+    mesh = plan.mesh
+    if mesh is None or is_global(args) or any(d.platform != "cpu" for d in mesh.devices.flat):
+        return args
+
+    def place(spec, x):
+        if not isinstance(x, jax.Array) or jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return x
+        target = NamedSharding(mesh, spec)
+        return x if x.sharding.is_equivalent_to(target, x.ndim) else jax.device_put(np.asarray(x), target)
+
+    specs = _arg_specs(job, mesh.axis_names[0])
+    return Args(*(jax.tree_util.tree_map(partial(place, spec), field) for spec, field in zip(specs, args)))
+
+
 def _run_chunk(job: Job, plan: Plan, args: Args, n_real: int, *, bar, callback, chunk_size, first=True) -> Carry:
     """Start, advance (in time chunks when someone watches) and finish one chunk of members.
 
     ``n_real`` outer slices of ``args`` are real members, the rest repeat the last one.
     """
+    args = _placed(job, plan, args)
     max_iter, check_every = _schedule(args)
     with _compiling_note(bar, first):
         carry = _run_program(_start_program, job, plan, args)
