@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import warnings
 
-import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .._validation import is_int, is_real
+from ..data.checks import device_array
 from ..factors import Factors
 from ._init import initialize_nmf, observed_mean
 from ._run import host_beta_divergence
@@ -181,7 +181,7 @@ class BaseNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             if H.dtype != X.dtype or W.dtype != X.dtype:
                 raise TypeError(f"H and W should have the same dtype as X. Got H.dtype = {H.dtype} and "
                                 f"W.dtype = {W.dtype}.")
-            return Factors(jnp.asarray(W, dt), jnp.asarray(H, dt)), self._n_components
+            return Factors(device_array(W, dt), device_array(H, dt)), self._n_components
         if not update_H:
             if W is not None:
                 warnings.warn("When update_H=False, the provided initial W is not used.", RuntimeWarning,
@@ -193,7 +193,7 @@ class BaseNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 self._n_components = H.shape[0]
             if H.dtype != X.dtype:
                 raise TypeError(f"H should have the same dtype as X. Got H.dtype = {H.dtype}.")
-            return Factors(jnp.asarray(start_w(self._n_components), dt), jnp.asarray(H, dt)), self._n_components
+            return Factors(device_array(start_w(self._n_components), dt), device_array(H, dt)), self._n_components
         if W is not None or H is not None:
             warnings.warn("When init!='custom', provided W or H are ignored. Set  init='custom' to use them as "
                           "initialization.", RuntimeWarning, stacklevel=3)
@@ -206,7 +206,7 @@ class BaseNMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(f"{name}: n_init > 1 needs n_components <= min(n_samples, n_features)")
             return init, k
         W0, H0 = initialize_nmf(X, k, init, self.random_state, self._params()["absent"])
-        return Factors(jnp.asarray(W0, dt), jnp.asarray(H0, dt)), k
+        return Factors(device_array(W0, dt), device_array(H0, dt)), k
 
     # -- results -------------------------------------------------------------------
     def _reconstruction_err(self, X, W, H, beta, absent):

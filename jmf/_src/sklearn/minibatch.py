@@ -27,6 +27,7 @@ from jax import lax
 from sklearn.utils.validation import check_is_fitted
 
 from ..data import Dense, Sparse, _rebuild
+from ..data.checks import device_array
 from ..factors import Factors
 from ..losses.base import ALL_KINDS, zero_filled
 from ..losses.beta import DEFAULT_EPS, beta_divergence, elementwise_beta_divergence
@@ -395,7 +396,7 @@ class MiniBatchNMF(BaseNMF):
                 return W_out, H0.astype(X.dtype, copy=False), 0, 0
             padded = _padded(X, data, m_pad)
             W0 = np.concatenate([W0, np.zeros((m_pad - m, k), W0.dtype)]) if m_pad > m else W0
-            res = run(padded, epoch_solver(cfg), init=Factors(jnp.asarray(W0), jnp.asarray(H0)),
+            res = run(padded, epoch_solver(cfg), init=Factors(device_array(W0), device_array(H0)),
                       max_iter=p["max_iter"], tol=0.0, check_every=1, verbose=p["verbose"])
             W_out = np.asarray(res.factors.W)[:m].astype(X.dtype, copy=False)
             H_out = np.asarray(res.factors.H).astype(X.dtype, copy=False)
@@ -444,8 +445,8 @@ class MiniBatchNMF(BaseNMF):
             entries = _entries_per_batch(X, X.shape[0]) if sp.issparse(X) else 0
             cfg = self._config(p, X, X.shape[0], self._rho, entries)
             data = _host_batch(X, entries, absent) if sp.issparse(X) else as_data(X, absent)
-            H1, A, B = _partial_step(cfg, data, jnp.asarray(H0), jnp.asarray(self._components_numerator),
-                                     jnp.asarray(self._components_denominator))
+            H1, A, B = _partial_step(cfg, data, device_array(H0), device_array(self._components_numerator),
+                                     device_array(self._components_denominator))
             self.components_ = np.asarray(H1).astype(X.dtype, copy=False)
             self._components_numerator = np.asarray(A)
             self._components_denominator = np.asarray(B)
@@ -471,7 +472,7 @@ def _host_batch(X, entries: int, absent: str):
     cols[:nnz] = X.indices
     vals[:nnz] = X.data
     weights[:nnz] = 1
-    leaves = tuple(jnp.asarray(a) for a in (rows, cols, vals, weights))
+    leaves = tuple(device_array(a) for a in (rows, cols, vals, weights))
     return _rebuild(Sparse, leaves, X.shape, absent)
 
 

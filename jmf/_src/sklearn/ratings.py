@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import warnings
 
-import jax.numpy as jnp
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
@@ -13,6 +12,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._validation import is_int as _is_int
 from ..data import Sparse, _rebuild
+from ..data.checks import device_array
 from ..fit import fit
 from ..losses.frobenius import frobenius
 from ..ratings_model import DEFAULT_BURN_IN, DEFAULT_SWEEPS, fit_ratings
@@ -365,12 +365,12 @@ def _padded_ratings(u, i, y, m, n):
     m_pad, n_pad, nnz_pad = _bucket(m), _bucket(n), _bucket(nnz)
     pad = nnz_pad - nnz
     dt = np.dtype(base.dtype)
-    # Built with numpy and transferred once (eager jnp ops would each compile per shape).
+    # Built with numpy and transferred with device_put (eager jnp ops, jnp.asarray too, compile per shape).
     rows = np.concatenate([np.asarray(base.rows), np.full(pad, m_pad - 1, np.int32)])
     cols = np.concatenate([np.asarray(base.cols), np.full(pad, n_pad - 1, np.int32)])
     vals = np.concatenate([np.asarray(base.vals), np.zeros(pad, dt)])
     weights = np.concatenate([np.ones(nnz, dt), np.zeros(pad, dt)])
-    leaves = (jnp.asarray(rows), jnp.asarray(cols), jnp.asarray(vals), jnp.asarray(weights))
+    leaves = tuple(device_array(a) for a in (rows, cols, vals, weights))
     return _rebuild(Sparse, leaves, (m_pad, n_pad))
 
 
