@@ -186,9 +186,9 @@ _KR_MAX = 32
 def _sample(P, b, z):
     """``P^-1 b + L^-T z`` with ``P = L L^T`` (S, D, D), ``b``, ``z`` (S, D) by LAPACK; ``z = None``: ``P^-1 b``.
 
-    ``L^-T z`` with ``z ~ N(0, I)`` has covariance ``P^-1``.  For ``D > UNROLLED_MAX`` (rank 16 and up),
-    where LAPACK is faster than :func:`._normal.packed_spd_draw`, which narrower systems take: it has no
-    custom call, so the sampler's members can run on several CPU devices at once.
+    ``L^-T z`` with ``z ~ N(0, I)`` has covariance ``P^-1``.  Used for ``D > UNROLLED_MAX`` (rank 16 and
+    up), where LAPACK is the faster.  Narrower systems take :func:`._normal.packed_spd_draw`, which has no
+    custom call, so the sampler's members can run on several CPU devices of one process at once.
     """
     L = lax.linalg.cholesky(P, symmetrize_input=True)
     y = lax.linalg.triangular_solve(L, b[..., :, None], left_side=True, lower=True)
