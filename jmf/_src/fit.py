@@ -461,9 +461,9 @@ def _members_of_bucket(result: FitResult, shapes: tuple) -> list:
     on_device = [isinstance(x, jax.Array) for x in leaves]
     factors, others = _split_bucket(result.factors, [x for x, d in zip(leaves, on_device) if d], shapes)
     out = []
-    for f, rest in zip(factors, others):
+    for b, (f, rest) in enumerate(zip(factors, others)):
         it = iter(rest)
-        sub = jax.tree_util.tree_unflatten(tree, [next(it) if d else x[len(out)] for x, d in zip(leaves, on_device)])
+        sub = jax.tree_util.tree_unflatten(tree, [next(it) if d else x[b] for x, d in zip(leaves, on_device)])
         out.append(sub._replace(factors=f))
     return out
 
