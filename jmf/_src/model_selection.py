@@ -18,6 +18,7 @@ import numpy as np
 
 from ._validation import as_key, numpy_rng
 from .data import Sparse, _rebuild
+from .data.checks import device_array
 from .factors import Factors
 
 __all__ = ["train_test_split", "leave_k_out", "kfold", "subset", "holdout_mask", "fold_stack", "grid_search",
@@ -42,9 +43,9 @@ def subset(data: Sparse, index) -> Sparse:
     if index.size == 0:
         raise ValueError("the subset is empty")
     # on the host, like fold_stack: gathers on the device compiled a program per leaf and size
-    leaves = (data.rows, data.cols, data.vals) + (() if data.weights is None else (data.weights,))
-    taken = [jax.device_put(np.asarray(x)[index]) for x in leaves]
-    return _rebuild(Sparse, tuple(taken) + ((None,) if data.weights is None else ()), data.shape)
+    w = None if data.weights is None else device_array(np.asarray(data.weights)[index])
+    rows, cols, vals = (device_array(np.asarray(x)[index]) for x in (data.rows, data.cols, data.vals))
+    return _rebuild(Sparse, (rows, cols, vals, w), data.shape)
 
 
 # The permutation of the key-seeded splits as one program (eagerly, jax.random.permutation compiled five).
@@ -195,7 +196,7 @@ def fold_stack(data: Sparse, n_splits: int = 5, key=0, test_size: Optional[float
 
     def batch(idx):
         idx = np.stack(idx)
-        arrays = tuple(jax.device_put(x[idx]) for x in leaves) + (None if w is None else jax.device_put(w[idx]),)
+        arrays = tuple(device_array(x[idx]) for x in leaves) + (None if w is None else device_array(w[idx]),)
         return _rebuild(Sparse, arrays, data.shape)
 
     return batch(train_idx), batch(test_idx)
@@ -334,7 +335,7 @@ def _append_full(train: Sparse, data: Sparse) -> Sparse:
     def grow(x, fill, full):
         x = np.asarray(x)
         x = np.concatenate([x, np.full((K, pad), fill, x.dtype)], axis=1)
-        return jax.device_put(np.concatenate([x, np.asarray(full, x.dtype)[None]], axis=0))
+        return device_array(np.concatenate([x, np.asarray(full, x.dtype)[None]], axis=0))
 
     tw = np.ones(train.rows.shape, np.asarray(data.vals).dtype) if train.weights is None else train.weights
     dw = np.ones(nnz, np.asarray(data.vals).dtype) if data.weights is None else data.weights
