@@ -292,6 +292,8 @@ def test_errors(mesh):
     data = _entries()
     with pytest.raises(ValueError, match="no sharded version"):
         jmf.fit(data, jmf.solvers.mu(), K, mesh=mesh, progress=False)
+    with pytest.raises(ValueError, match="sparse"):  # the sampler takes observed ratings only
+        jmf.fit(np.ones((8, 8)), jmf.solvers.bpmf(), 2, mesh=mesh, progress=False)
     with pytest.raises(ValueError, match="init must be one of"):
         jmf.fit(data, jmf.solvers.als(0.1), K, init="svd", mesh=mesh, progress=False)
     with pytest.raises(ValueError, match="full-batch"):

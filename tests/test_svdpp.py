@@ -184,6 +184,8 @@ def test_bad_arguments(synth):
             jmf.solvers.svdpp(optax.adam(0.01), **{name: -1.0})
     with pytest.raises(TypeError, match="biases"):
         jmf.solvers.svdpp(optax.adam(0.01), biases="yes")
+    with pytest.raises(TypeError, match="elementwise"):
+        jmf.solvers.svdpp(optax.adam(0.01), elementwise="yes")
     with pytest.raises(ValueError, match="chunk_size"):
         jmf.solvers.svdpp(optax.adam(0.01), chunk_size=0)
     with pytest.raises(TypeError, match="name"):
