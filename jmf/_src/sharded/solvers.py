@@ -53,7 +53,7 @@ from ..solvers.gradient import GradientSpec, gradient_update, nonnegative, optax
 from ..solvers.hals import _cd_blocks, _cd_shared, _sparse_sweep
 from ..solvers.hals import hals as _hals_factory
 from ..solvers.implicit import implicit_als as _implicit_factory
-from ..solvers.nmf import _inner_sweeps, _nz
+from ..solvers.nmf import _inner_sweeps, _nz, _repeated
 from ..solvers.svdpp import SVDppParams, SVDppState
 from ..solvers.svdpp import svdpp as _svdpp_factory
 from .layout import Exchange
@@ -482,25 +482,6 @@ def _bpmf_impl(cfg: GibbsSettings) -> Impl:
 # -- HALS ---------------------------------------------------------------------------------------------
 
 
-def _repeated(ctx: Ctx, sweep, X, max_sweeps, rel_tol: float):
-    """:func:`jmf._src.solvers.nmf._repeated` with the sweep norms summed over devices (one decision for all)."""
-    X1 = sweep(X)
-    if isinstance(max_sweeps, int) and max_sweeps <= 1:
-        return X1
-    d0 = psum(jnp.sum((X1 - X) ** 2), ctx)
-
-    def cond(c):
-        i, _, d = c
-        return (i < max_sweeps) & (d > rel_tol * rel_tol * d0)
-
-    def body(c):
-        i, Xc, _ = c
-        Xn = sweep(Xc)
-        return i + 1, Xn, psum(jnp.sum((Xn - Xc) ** 2), ctx)
-
-    return lax.while_loop(cond, body, (jnp.ones((), jnp.int32), X1, d0))[1]
-
-
 def _hals_impl(kw: dict) -> Impl:
     l1W, l1H = _pair(kw["l1"], "l1")
     l2W, l2H = _pair(kw["l2"], "l2")
@@ -524,7 +505,8 @@ def _hals_impl(kw: dict) -> Impl:
             G = G + lam2 * eye
         if _nz(lam1):
             B = B - lam1 / 2
-        X = _repeated(ctx, lambda X: _cd_shared(X, G, B)[0], X, sweeps, inner_tol)
+        X = _repeated(lambda X: _cd_shared(X, G, B)[0], X, sweeps, inner_tol,
+                      total=functools.partial(psum, ctx=ctx))  # one stopping decision for all devices
         return f._replace(W=X.T) if side == 0 else f._replace(H=X)
 
     def sparse_half(ctx, f: Factors, st: State, data, side):

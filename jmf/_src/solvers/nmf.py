@@ -55,7 +55,11 @@ def _gram_kind(data) -> bool:
     return (isinstance(data, Dense) and data.weights is None) or zero_filled(data)
 
 
-def _repeated(sweep, X, max_sweeps, rel_tol: float, first=None):
+def _same(x):
+    return x
+
+
+def _repeated(sweep, X, max_sweeps, rel_tol: float, first=None, total=_same):
     """Up to ``max_sweeps`` applications of ``sweep`` to ``X`` with the products held fixed (accelerated NMF).
 
     Stops early once a sweep changes ``X`` by less than ``rel_tol`` times the
@@ -64,11 +68,12 @@ def _repeated(sweep, X, max_sweeps, rel_tol: float, first=None):
     increase the loss on its own, so neither do the repeats.  ``max_sweeps``
     may be traced (it depends on the effective rank of a rank-masked member).
     ``first``: the result of the first sweep, when the caller has it already.
+    ``total`` sums the change over the row blocks of a sharded fit (``psum``: one decision for all devices).
     """
     X1 = sweep(X) if first is None else first
     if isinstance(max_sweeps, int) and max_sweeps <= 1:
         return X1
-    d0 = jnp.sum((X1 - X) ** 2)
+    d0 = total(jnp.sum((X1 - X) ** 2))
 
     def cond(c):
         i, _, d = c
@@ -77,7 +82,7 @@ def _repeated(sweep, X, max_sweeps, rel_tol: float, first=None):
     def body(c):
         i, Xc, _ = c
         Xn = sweep(Xc)
-        return i + 1, Xn, jnp.sum((Xn - Xc) ** 2)
+        return i + 1, Xn, total(jnp.sum((Xn - Xc) ** 2))
 
     return lax.while_loop(cond, body, (jnp.ones((), jnp.int32), X1, d0))[1]
 
