@@ -131,6 +131,11 @@ class Solver(NamedTuple):
     objective: Optional[Callable[..., Any]] = None
 
 
+def unsharded_total(x):
+    """The ``total`` of a single-device step: the identity (a sharded step passes ``psum`` over its devices)."""
+    return x
+
+
 def data_kind(data) -> str:
     """"dense", "weighted", "sparse" (absent entries missing) or "sparse-zero" (absent entries zero)."""
     from ..data import Dense

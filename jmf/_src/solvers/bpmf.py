@@ -45,7 +45,7 @@ from ..init import _GOLDEN, _grid, _mix32, _seed_words
 from ..losses.ratings import ratings_loss
 from ._blocked import SparseLayout, packed_rows, per_segment, sparse_layout
 from ._normal import UNROLLED_MAX, cholesky_loop, packed_spd_draw, spd_draw, triangular_solve_loop
-from .base import Solver, cached_factory
+from .base import Solver, cached_factory, unsharded_total
 
 __all__ = ["bpmf", "BPMFState", "posterior_mean", "member_means"]
 
@@ -148,11 +148,7 @@ def _sample_wishart(seed, stream: int, V_inv, nu, dtype):
     return MA @ MA.T
 
 
-def _same(x):
-    return x
-
-
-def _sample_hyper(seed, stream: int, X, live, mask, beta0, dtype, total=_same):
+def _sample_hyper(seed, stream: int, X, live, mask, beta0, dtype, total=unsharded_total):
     """Normal-Wishart posterior draw ``(mu, Lambda)`` given the rows ``X`` (S, D) with ``live`` (S,) 0/1.
 
     Prior ``mu_0 = 0``, ``W_0 = I``, ``nu_0 = D`` (Salakhutdinov & Mnih 2008, eq. 14).  Inactive
@@ -273,7 +269,7 @@ def sample_rows(f: Factors):
             jnp.concatenate([f.H.T, f.col_bias[:, None]], axis=1))
 
 
-def gibbs_sweep(f: Factors, st: BPMFState, side_rows, live, n_obs, mk, cfg: GibbsSettings, total=_same):
+def gibbs_sweep(f: Factors, st: BPMFState, side_rows, live, n_obs, mk, cfg: GibbsSettings, total=unsharded_total):
     """One sweep of the sampler: hyperparameters, user rows, item rows, noise precision, sample buffers.
 
     ``side_rows(f, side, seed, alpha, mu, lam) -> (f, sse)`` draws every row

@@ -26,6 +26,7 @@ from .._validation import check_fraction, check_int, is_int
 from ..data import Dense
 from ..factors import Factors
 from ..losses.base import zero_filled
+from .base import unsharded_total
 
 __all__ = ["products"]
 
@@ -55,11 +56,7 @@ def _gram_kind(data) -> bool:
     return (isinstance(data, Dense) and data.weights is None) or zero_filled(data)
 
 
-def _same(x):
-    return x
-
-
-def _repeated(sweep, X, max_sweeps, rel_tol: float, first=None, total=_same):
+def _repeated(sweep, X, max_sweeps, rel_tol: float, first=None, total=unsharded_total):
     """Up to ``max_sweeps`` applications of ``sweep`` to ``X`` with the products held fixed (accelerated NMF).
 
     Stops early once a sweep changes ``X`` by less than ``rel_tol`` times the
